@@ -1,0 +1,81 @@
+"""Validator sets: who may vote at a height and with what power (stake, in units).
+
+The set of height h is computed from the state after block h-2 (SPEC §2), so it is known from a
+block's parent state. Quorum is strictly more than 2/3 of total power, in integer arithmetic.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+from construct import Int16ub, Int64ub, PrefixedArray, Struct
+
+from timecoin.wire.messages import Address, Codec, PubKey
+
+ValidatorLayout = Struct("address" / Address, "pubkey" / PubKey, "power" / Int64ub)
+VALIDATOR_SET = Codec("ValidatorSet", Struct("validators" / PrefixedArray(Int16ub, ValidatorLayout)))
+
+
+@dataclass(frozen=True)
+class Validator:
+    address: bytes
+    pubkey: bytes
+    power: int
+
+
+def has_quorum(power: int, total: int) -> bool:
+    """Strictly more than 2/3 of total voting power."""
+    return 3 * power > 2 * total
+
+
+def has_one_third(power: int, total: int) -> bool:
+    """More than 1/3: at least one honest validator is among them."""
+    return 3 * power > total
+
+
+class ValidatorSet:
+    """An immutable, address-ordered validator set."""
+
+    __slots__ = ("validators", "by_address", "total_power", "__dict__")
+
+    def __init__(self, validators: Iterable[Validator]) -> None:
+        vals = sorted((v for v in validators if v.power > 0), key=lambda v: v.address)
+        self.validators: tuple[Validator, ...] = tuple(vals)
+        self.by_address: dict[bytes, Validator] = {v.address: v for v in vals}
+        if len(self.by_address) != len(vals):
+            raise ValueError("duplicate validator address")
+        self.total_power: int = sum(v.power for v in vals)
+
+    def __len__(self) -> int:
+        return len(self.validators)
+
+    def __contains__(self, address: bytes) -> bool:
+        return address in self.by_address
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ValidatorSet) and self.validators == other.validators
+
+    def __hash__(self) -> int:
+        return hash(self.validators)
+
+    def power_of(self, address: bytes) -> int:
+        v = self.by_address.get(address)
+        return v.power if v else 0
+
+    def encode(self) -> bytes:
+        return VALIDATOR_SET.encode({"validators": [
+            {"address": v.address, "pubkey": v.pubkey, "power": v.power} for v in self.validators]})
+
+    @classmethod
+    def decode(cls, data: bytes) -> ValidatorSet:
+        c = VALIDATOR_SET.decode(data)
+        return cls(Validator(v.address, v.pubkey, v.power) for v in c.validators)
+
+    @cached_property
+    def hash(self) -> bytes:
+        return hashlib.sha256(self.encode()).digest()
+
+    def quorum(self, power: int) -> bool:
+        return has_quorum(power, self.total_power)

@@ -1,0 +1,1 @@
+"""Wire format: message layouts (messages.py) and length-prefixed framing (framing.py)."""
