@@ -1,0 +1,24 @@
+"""Consensus-critical chain parameters, fixed by the genesis file (SPEC §2–§3)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from timecoin.crypto import UNITS_PER_TIME
+
+MIN_VALIDATOR_STAKE = 1_000 * UNITS_PER_TIME
+
+
+@dataclass(frozen=True)
+class ChainParams:
+    chain_id: str
+    block_reward: int = 10 * UNITS_PER_TIME       # units minted to the proposer per block
+    min_fee: int = 1_000                           # units
+    min_stake: int = MIN_VALIDATOR_STAKE           # stake at which an account is a validator
+    unbonding_period: int = 100                    # blocks from unstake to spendable
+    slash_ppm: int = 50_000                        # stake slashed on equivocation, parts per million
+    max_block_txs: int = 1_000
+    max_block_bytes: int = 4 * 1024 * 1024
+    evidence_max_age: int = 10_000                 # blocks after which evidence is no longer accepted
+
+    def to_json(self) -> dict[str, int | str]:
+        return asdict(self)
