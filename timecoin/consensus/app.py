@@ -1,0 +1,133 @@
+"""ChainApp: what the consensus engine needs from the chain (Tendermint's getValue/valid/commit).
+
+It works over the LMDB ``Store`` in the node and over ``MemoryStore`` in tests and the simulator.
+Blocks are executed once: the result of validating (or building) a block is cached by hash and
+committed as is.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.logger import Logger
+
+from timecoin.consensus import proposer as prio
+from timecoin.errors import Reason, ValidationError
+from timecoin.ledger.block import Block, CommitCertificate, Evidence
+from timecoin.ledger.params import ChainParams
+from timecoin.ledger.result import BlockResult
+from timecoin.ledger.state import build_block, validate_block
+from timecoin.ledger.tx import Transaction
+from timecoin.ledger.validators import ValidatorSet
+
+PRIORITIES_DB = "priorities"
+MAX_CLOCK_DRIFT_MS = 10_000       # a proposed block's timestamp may be at most this far in our future
+
+
+class ChainApp:
+    log = Logger()
+
+    def __init__(self, chain: Any, params: ChainParams, address: bytes | None, genesis_time_ms: int,
+                 now_ms: Callable[[], int], candidates: Callable[[], Iterable[Transaction]] = lambda: (),
+                 max_block_txs: int | None = None) -> None:
+        self.chain = chain
+        self.params = params
+        self.chain_id = params.chain_id
+        self.address = address
+        self.genesis_time_ms = genesis_time_ms
+        self.now_ms = now_ms
+        self.candidates = candidates
+        self.max_block_txs = max_block_txs
+        self.pending_evidence: dict[bytes, Evidence] = {}
+        self._results: dict[bytes, BlockResult] = {}
+        self._prio_cache: dict[int, prio.Priorities] = {}
+
+    # -- validator sets and proposers ------------------------------------------------------------
+    def validator_set(self, height: int) -> ValidatorSet:
+        vs = self.chain.validator_set(height)
+        if vs is None:
+            raise ValidationError(Reason.WRONG_HEIGHT, f"no validator set for height {height}")
+        return vs
+
+    def priorities(self, height: int) -> prio.Priorities:
+        """Proposer priorities at the start of ``height`` (stored; recomputed from the last stored)."""
+        cached = self._prio_cache.get(height)
+        if cached is not None:
+            return cached
+        raw = self.chain.get(PRIORITIES_DB, height.to_bytes(8, "big"))
+        if raw is not None:
+            p = prio.decode(raw)
+        elif height <= 1:
+            p = prio.initial(self.validator_set(1))
+        else:
+            start = height - 1
+            while start > 1 and self.chain.get(PRIORITIES_DB, start.to_bytes(8, "big")) is None:
+                start -= 1
+            p = self.priorities(start)
+            for h in range(start, height):
+                p = prio.next_height(self.validator_set(h), p, self.validator_set(h + 1))
+        if len(self._prio_cache) > 64:
+            self._prio_cache.clear()
+        self._prio_cache[height] = p
+        return p
+
+    def proposer(self, height: int, round_: int) -> bytes:
+        return prio.proposer_for(self.validator_set(height), self.priorities(height), round_)
+
+    # -- getValue / valid ------------------------------------------------------------------------
+    def prev_block_time_ms(self) -> int:
+        tip = self.chain.tip_height()
+        if tip == 0:
+            return self.genesis_time_ms
+        return self.chain.get_block(tip).header.timestamp
+
+    def propose(self, height: int, round_: int, timestamp_ms: int) -> Block:
+        assert self.address is not None
+        evidence = [e for e in self.pending_evidence.values()
+                    if self._admissible(e, height)][:16]
+        block, result = build_block(self.chain, self.params, height, round_, self.chain.tip_hash(),
+                                    max(timestamp_ms, self.prev_block_time_ms()), self.address,
+                                    self.candidates(), evidence, max_txs=self.max_block_txs)
+        self._results[block.hash] = result
+        return block
+
+    def _admissible(self, ev: Evidence, height: int) -> bool:
+        acct = self.chain.get_account(ev.validator)
+        return (acct is not None and not acct.jailed and ev.height < height
+                and height - ev.height <= self.params.evidence_max_age)
+
+    def validate(self, block: Block) -> bool:
+        if block.hash in self._results:
+            return True
+        if block.header.timestamp > self.now_ms() + MAX_CLOCK_DRIFT_MS:
+            self.log.info("Block {hash} is from the future", hash=block.hash.hex()[:16])
+            return False
+        try:
+            result = validate_block(self.chain, self.params, block, self.chain.tip_hash(), self.prev_block_time_ms())
+        except ValidationError as exc:
+            self.log.info("Invalid block {hash} at {height}: {why}", hash=block.hash.hex()[:16],
+                          height=block.height, why=str(exc))
+            return False
+        self._results[block.hash] = result
+        return True
+
+    # -- commit ----------------------------------------------------------------------------------
+    def commit(self, block: Block, cert: CommitCertificate) -> BlockResult:
+        """Store a decided block with its certificate (executing it if this node never did)."""
+        result = self._results.get(block.hash)
+        if result is None:
+            result = validate_block(self.chain, self.params, block, self.chain.tip_hash(),
+                                    self.prev_block_time_ms())
+        height = block.height
+        next_prio = prio.next_height(self.validator_set(height), self.priorities(height),
+                                     self.validator_set(height + 1))
+        self.chain.commit_block(block, cert, result)
+        self.chain.put(PRIORITIES_DB, (height + 1).to_bytes(8, "big"), prio.encode(next_prio))
+        self._prio_cache[height + 1] = next_prio
+        self._results.clear()
+        for ev in block.evidence:
+            self.pending_evidence.pop(ev.hash, None)
+        return result
+
+    def add_evidence(self, ev: Evidence) -> None:
+        self.pending_evidence.setdefault(ev.hash, ev)

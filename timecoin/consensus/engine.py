@@ -1,0 +1,375 @@
+"""The Tendermint consensus state machine, pure: events in, actions out (SPEC §4).
+
+Algorithm 1 of "The latest gossip on BFT consensus" (Buchman, Kwon, Milosevic, 2018,
+arXiv:1807.04938); the ``[Lnn]`` marks below cite its line numbers. The engine never touches the
+reactor, sockets or the clock: every input carries ``now`` (seconds), and the outputs are actions for
+the service to perform (broadcast, schedule a timeout, commit a block, report evidence). What it
+needs from the world is injected:
+
+* ``app`` (:class:`ConsensusApp`): validator sets and proposers per height/round, ``getValue()``
+  (build a block) and ``valid(v)`` (fully validate a block; cached per hash here).
+* ``signer``: the double-sign guard (``privval``); it durably records what it signs *before*
+  returning a signature, and refuses a conflicting signature. A refused signature means no vote.
+
+Quorums are stake-weighted and strict (> 2/3 of total power, integer arithmetic); the paper's
+``2f + 1`` is read as "> 2/3 of power" and ``f + 1`` as "> 1/3 of power".
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from timecoin.errors import InvalidSignature, Reason, ValidationError
+from timecoin.ledger.block import NIL_HASH, Block, CommitCertificate, Evidence, Proposal, Vote, VoteType
+from timecoin.ledger.validators import ValidatorSet
+from timecoin.consensus.votes import HeightVotes
+
+MAX_ROUND_AHEAD = 100          # votes/proposals further ahead than this are refused (memory bound)
+MAX_BUFFERED_NEXT_HEIGHT = 10_000
+
+
+class Step(enum.IntEnum):
+    PROPOSE = 1
+    PREVOTE = 2
+    PRECOMMIT = 3
+    COMMITTED = 4              # decided; waiting for the service to start the next height
+
+
+class TimeoutKind(enum.IntEnum):
+    BLOCK_INTERVAL = 0         # the proposer waits until time(h-1) + block_interval (SPEC §4)
+    PROPOSE = 1
+    PREVOTE = 2
+    PRECOMMIT = 3
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-phase timeouts: base + round × delta, seconds (SPEC §4)."""
+
+    propose: float = 0.04
+    propose_delta: float = 0.001
+    prevote: float = 0.01
+    prevote_delta: float = 0.001
+    precommit: float = 0.01
+    precommit_delta: float = 0.001
+    block_interval: float = 1.0
+
+    def for_step(self, kind: TimeoutKind, round_: int) -> float:
+        if kind == TimeoutKind.PROPOSE:
+            return self.propose + round_ * self.propose_delta
+        if kind == TimeoutKind.PREVOTE:
+            return self.prevote + round_ * self.prevote_delta
+        return self.precommit + round_ * self.precommit_delta
+
+
+# -- actions ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BroadcastProposal:
+    proposal: Proposal
+
+
+@dataclass(frozen=True)
+class BroadcastVote:
+    vote: Vote
+
+
+@dataclass(frozen=True)
+class ScheduleTimeout:
+    height: int
+    round: int
+    kind: TimeoutKind
+    delay: float
+
+
+@dataclass(frozen=True)
+class CommitBlock:
+    block: Block
+    certificate: CommitCertificate
+
+
+@dataclass(frozen=True)
+class EvidenceFound:
+    evidence: Evidence
+
+
+Action = BroadcastProposal | BroadcastVote | ScheduleTimeout | CommitBlock | EvidenceFound
+
+
+class ConsensusApp(Protocol):
+    chain_id: str
+
+    def validator_set(self, height: int) -> ValidatorSet: ...
+
+    def proposer(self, height: int, round_: int) -> bytes: ...
+
+    def propose(self, height: int, round_: int, timestamp_ms: int) -> Block: ...
+
+    def validate(self, block: Block) -> bool: ...
+
+
+class Signer(Protocol):
+    address: bytes
+
+    def sign_vote(self, vote: Vote) -> Vote | None: ...
+
+    def sign_proposal(self, proposal: Proposal) -> Proposal | None: ...
+
+
+class Engine:
+    """One validator's (or observer's, with ``signer=None``) view of consensus."""
+
+    def __init__(self, app: ConsensusApp, signer: Signer | None, timeouts: Timeouts) -> None:
+        self.app = app
+        self.signer = signer
+        self.timeouts = timeouts
+        self.height = 0
+        self.round = 0
+        self.step = Step.COMMITTED
+        self.now = 0.0
+        self._next_height_msgs: list[Proposal | Vote] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start_height(self, height: int, now: float, prev_block_time: float) -> list[Action]:
+        """Begin ``height`` [L52–L54 after a decision; L10 at start]: reset locks, start round 0."""
+        self.now = now
+        self.height = height
+        self.validators = self.app.validator_set(height)
+        self.prev_block_time = prev_block_time
+        self.locked_value: Block | None = None     # [L6]
+        self.locked_round = -1                     # [L7]
+        self.valid_value: Block | None = None      # [L8]
+        self.valid_round = -1                      # [L9]
+        self.decision: Block | None = None         # [L5]
+        self.proposals: dict[int, Proposal] = {}
+        self.votes = HeightVotes(self.validators)
+        self._valid_cache: dict[bytes, bool] = {}
+        self._prevote_timeout_done: set[int] = set()
+        self._precommit_timeout_done: set[int] = set()
+        self._l36_done: set[int] = set()
+        out: list[Action] = []
+        self._start_round(0, out)
+        buffered, self._next_height_msgs = self._next_height_msgs, []
+        for msg in buffered:
+            if msg.height != height:
+                continue
+            try:
+                out += self.on_proposal(msg, now) if isinstance(msg, Proposal) else self.on_vote(msg, now)
+            except ValidationError:
+                continue
+        return out
+
+    @property
+    def is_validator(self) -> bool:
+        return self.signer is not None and self.signer.address in self.validators
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def on_proposal(self, p: Proposal, now: float) -> list[Action]:
+        """A proposal from the network. Raises ValidationError(reason) if it must be refused."""
+        self.now = max(self.now, now)
+        if self._defer(p):
+            return []
+        if p.round > self.round + MAX_ROUND_AHEAD:
+            raise ValidationError(Reason.WRONG_ROUND, f"round {p.round} too far ahead of {self.round}")
+        if not -1 <= p.pol_round < p.round:
+            raise ValidationError(Reason.WRONG_ROUND, "pol_round must be -1 or below the round")
+        expected = self.app.proposer(self.height, p.round)
+        if p.proposer != expected:
+            raise ValidationError(Reason.NOT_VALIDATOR, "not the proposer of that round")
+        if p.block.height != self.height:
+            raise ValidationError(Reason.BAD_BLOCK, "proposed block is for another height")
+        prior = self.proposals.get(p.round)
+        if prior is not None:
+            if prior.signature == p.signature and prior.block.hash == p.block.hash:
+                raise ValidationError(Reason.DUPLICATE, "proposal already received")
+            raise ValidationError(Reason.DUPLICATE, "a different proposal for this round was received first")
+        try:
+            p.verify_signature(self.validators.by_address[p.proposer].pubkey, self.app.chain_id)
+        except InvalidSignature:
+            raise ValidationError(Reason.BAD_SIGNATURE, "proposal signature does not verify") from None
+        self.proposals[p.round] = p
+        self.votes.mark_seen(p.round, p.proposer)
+        out: list[Action] = []
+        self._process(out)
+        return out
+
+    def on_vote(self, v: Vote, now: float) -> list[Action]:
+        """A vote from the network. Raises ValidationError(reason) if it must be refused."""
+        self.now = max(self.now, now)
+        if self._defer(v):
+            return []
+        if v.round > self.round + MAX_ROUND_AHEAD:
+            raise ValidationError(Reason.WRONG_ROUND, f"round {v.round} too far ahead of {self.round}")
+        val = self.validators.by_address.get(v.validator)
+        if val is None:
+            raise ValidationError(Reason.NOT_VALIDATOR, "vote from a non-validator")
+        try:
+            v.verify_signature(val.pubkey, self.app.chain_id)
+        except InvalidSignature:
+            raise ValidationError(Reason.BAD_SIGNATURE, "vote signature does not verify") from None
+        out: list[Action] = []
+        result = self.votes.add(v)
+        if result is False:
+            raise ValidationError(Reason.DUPLICATE, "vote already received")
+        if isinstance(result, Evidence):
+            out.append(EvidenceFound(result))
+            return out
+        self._process(out)
+        return out
+
+    def on_timeout(self, height: int, round_: int, kind: TimeoutKind, now: float) -> list[Action]:
+        self.now = max(self.now, now)
+        out: list[Action] = []
+        if height != self.height or self.step == Step.COMMITTED:
+            return out
+        if kind == TimeoutKind.BLOCK_INTERVAL:
+            if round_ == self.round and self.step == Step.PROPOSE:
+                self._propose(out)
+        elif kind == TimeoutKind.PROPOSE:          # [L57–L60]
+            if round_ == self.round and self.step == Step.PROPOSE:
+                self._vote(VoteType.PREVOTE, NIL_HASH, out)
+                self.step = Step.PREVOTE
+        elif kind == TimeoutKind.PREVOTE:          # [L61–L64]
+            if round_ == self.round and self.step == Step.PREVOTE:
+                self._vote(VoteType.PRECOMMIT, NIL_HASH, out)
+                self.step = Step.PRECOMMIT
+        elif kind == TimeoutKind.PRECOMMIT:        # [L65–L67]
+            if round_ == self.round:
+                self._start_round(self.round + 1, out)
+        self._process(out)
+        return out
+
+    # -- the algorithm ---------------------------------------------------------------------------
+    def _defer(self, msg: Proposal | Vote) -> bool:
+        """Buffer next-height messages; refuse other heights. True if the message was buffered."""
+        if msg.height == self.height and self.step != Step.COMMITTED:
+            return False
+        if msg.height == self.height + 1 or (msg.height == self.height and self.step == Step.COMMITTED):
+            if len(self._next_height_msgs) < MAX_BUFFERED_NEXT_HEIGHT:
+                self._next_height_msgs.append(msg)
+            return True
+        raise ValidationError(Reason.WRONG_HEIGHT, f"message for height {msg.height}, we are at {self.height}")
+
+    def _valid(self, block: Block) -> bool:
+        ok = self._valid_cache.get(block.hash)
+        if ok is None:
+            ok = self._valid_cache[block.hash] = self.app.validate(block)
+        return ok
+
+    def _start_round(self, round_: int, out: list[Action]) -> None:
+        """StartRound [L11–L21]."""
+        self.round = round_                        # [L12]
+        self.step = Step.PROPOSE                   # [L13]
+        wait = 0.0
+        if round_ == 0:
+            wait = max(0.0, self.prev_block_time + self.timeouts.block_interval - self.now)
+        if self.signer is not None and self.app.proposer(self.height, round_) == self.signer.address:  # [L14]
+            if wait > 0 and self.valid_value is None:
+                out.append(ScheduleTimeout(self.height, round_, TimeoutKind.BLOCK_INTERVAL, wait))
+            else:
+                self._propose(out)
+        else:                                      # [L21]
+            delay = wait + self.timeouts.for_step(TimeoutKind.PROPOSE, round_)
+            out.append(ScheduleTimeout(self.height, round_, TimeoutKind.PROPOSE, delay))
+
+    def _propose(self, out: list[Action]) -> None:
+        """[L15–L19]: re-propose validValue with its round, else a fresh block (getValue)."""
+        if self.round in self.proposals:           # already proposed (e.g. replayed from the WAL)
+            return
+        if self.valid_value is not None:
+            block, pol_round = self.valid_value, self.valid_round
+        else:
+            ts = max(int(self.now * 1000), int(self.prev_block_time * 1000))
+            block, pol_round = self.app.propose(self.height, self.round, ts), -1
+        assert self.signer is not None
+        proposal = self.signer.sign_proposal(Proposal(self.height, self.round, pol_round, self.signer.address, block))
+        if proposal is None:
+            return
+        self.proposals[self.round] = proposal
+        self.votes.mark_seen(self.round, proposal.proposer)
+        out.append(BroadcastProposal(proposal))
+
+    def _vote(self, vtype: VoteType, block_hash: bytes, out: list[Action]) -> None:
+        if not self.is_validator:
+            return
+        assert self.signer is not None
+        vote = self.signer.sign_vote(Vote(vtype, self.height, self.round, block_hash, self.signer.address))
+        if vote is None:
+            return
+        self.votes.add(vote)
+        out.append(BroadcastVote(vote))
+
+    def _process(self, out: list[Action]) -> None:
+        """Apply every enabled upon-rule until none fires."""
+        while self.step != Step.COMMITTED and self._step_once(out):
+            pass
+
+    def _step_once(self, out: list[Action]) -> bool:
+        r = self.round
+        prop = self.proposals.get(r)
+        prevotes = self.votes.get(r, VoteType.PREVOTE)
+        precommits = self.votes.get(r, VoteType.PRECOMMIT)
+
+        # [L49–L54] a decision in any round: proposal + > 2/3 precommits for it.
+        for (rr, vtype), vs in list(self.votes.sets.items()):
+            if vtype != VoteType.PRECOMMIT:
+                continue
+            value = vs.quorum_value()
+            p = self.proposals.get(rr)
+            if value is not None and p is not None and p.block.hash == value and self._valid(p.block):
+                self.decision = p.block
+                self.step = Step.COMMITTED
+                cert = CommitCertificate.from_votes(vs.votes_for(value))
+                out.append(CommitBlock(p.block, cert))
+                return False
+
+        # [L55–L56] > 1/3 of power already in a higher round: skip to it.
+        for rr in self.votes.rounds_seen():
+            if rr > r and self.votes.one_third_seen(rr):
+                self._start_round(rr, out)
+                return True
+
+        if self.step == Step.PROPOSE and prop is not None:
+            v = prop.block
+            if prop.pol_round == -1:               # [L22–L27]
+                ok = self._valid(v) and (self.locked_round == -1 or self._is_locked_on(v))
+                self._vote(VoteType.PREVOTE, v.hash if ok else NIL_HASH, out)
+                self.step = Step.PREVOTE
+                return True
+            vr = prop.pol_round                    # [L28–L33]
+            if 0 <= vr < r and self.votes.get(vr, VoteType.PREVOTE).quorum_for(v.hash):
+                ok = self._valid(v) and (self.locked_round <= vr or self._is_locked_on(v))
+                self._vote(VoteType.PREVOTE, v.hash if ok else NIL_HASH, out)
+                self.step = Step.PREVOTE
+                return True
+
+        if self.step == Step.PREVOTE and prevotes.quorum_any() and r not in self._prevote_timeout_done:
+            self._prevote_timeout_done.add(r)      # [L34–L35]
+            out.append(ScheduleTimeout(self.height, r, TimeoutKind.PREVOTE,
+                                       self.timeouts.for_step(TimeoutKind.PREVOTE, r)))
+            return True
+
+        if (prop is not None and self.step >= Step.PREVOTE and r not in self._l36_done
+                and prevotes.quorum_for(prop.block.hash) and self._valid(prop.block)):
+            self._l36_done.add(r)                  # [L36–L43]
+            if self.step == Step.PREVOTE:
+                self.locked_value, self.locked_round = prop.block, r      # [L38–L39]
+                self._vote(VoteType.PRECOMMIT, prop.block.hash, out)      # [L40]
+                self.step = Step.PRECOMMIT                                # [L41]
+            self.valid_value, self.valid_round = prop.block, r            # [L42–L43]
+            return True
+
+        if self.step == Step.PREVOTE and prevotes.quorum_nil():          # [L44–L46]
+            self._vote(VoteType.PRECOMMIT, NIL_HASH, out)
+            self.step = Step.PRECOMMIT
+            return True
+
+        if precommits.quorum_any() and r not in self._precommit_timeout_done:   # [L47–L48]
+            self._precommit_timeout_done.add(r)
+            out.append(ScheduleTimeout(self.height, r, TimeoutKind.PRECOMMIT,
+                                       self.timeouts.for_step(TimeoutKind.PRECOMMIT, r)))
+            return True
+        return False
+
+    def _is_locked_on(self, v: Block) -> bool:
+        return self.locked_value is not None and self.locked_value.hash == v.hash

@@ -1,0 +1,126 @@
+"""The service tree (ARCHITECTURE "The service tree"): ``makeService(config)`` builds the Node.
+
+Start order is the child order, stop order the reverse: the store opens first and closes last.
+Files are prepared in ``makeService`` (before twistd daemonizes or the reactor runs) so that a bad
+key or genesis file is one clear line and a non-zero exit, never a traceback; LMDB itself is opened
+in ``StoreService.startService`` (after any fork: an LMDB environment must not cross a fork).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.logger import Logger
+
+from timecoin import crypto
+from timecoin.config import NodeConfig
+from timecoin.errors import DecodeError, StoreError, TimecoinError
+from timecoin.ledger.genesis import Genesis, GenesisError
+from timecoin.mempool import Mempool
+from timecoin.store import Store
+
+
+class Node(service.MultiService):
+    """The running node: its config, identity, genesis and the services that share them.
+
+    Services reach each other through the node (``node.store``, ``node.mempool``...), which is what
+    the manhole shows operators.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis) -> None:
+        super().__init__()
+        self.config = config
+        self.key = key
+        self.genesis = genesis
+        self.store: Store | None = None
+        self.mempool: Mempool | None = None
+
+    @property
+    def peer_id(self) -> str:
+        return self.key.peer_id
+
+    def next_height(self) -> int:
+        return (self.store.tip_height() if self.store else 0) + 1
+
+
+class StoreService(service.Service):
+    """Opens the LMDB store (initialising it from genesis on first start) and closes it last."""
+
+    name = "store"
+    log = Logger()
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def startService(self) -> None:  # noqa: N802 - Twisted API
+        cfg, genesis = self.node.config, self.node.genesis
+        store = Store(os.path.join(cfg.datadir, "chain"), map_size=cfg.lmdb_map_size)
+        try:
+            if not store.is_initialized:
+                vs = genesis.validators()
+                store.initialize(genesis.chain_id, genesis.hash, genesis.initial_accounts(), vs, vs,
+                                 genesis.initial_lthash())
+                self.log.info("Initialised the chain store for {chain_id} (genesis {genesis})",
+                              chain_id=genesis.chain_id, genesis=genesis.hash.hex())
+            store.check_chain(genesis.chain_id, genesis.hash)
+        except BaseException:
+            store.close()
+            raise
+        self.node.store = store
+        self.node.mempool = Mempool(genesis.params, store, max_txs=cfg.mempool_max_txs,
+                                    max_bytes=cfg.mempool_max_bytes, min_relay_fee=cfg.min_relay_fee,
+                                    height_fn=self.node.next_height)
+        self.log.info("Store open at height {height}, tip {tip}", height=store.tip_height(),
+                      tip=store.tip_hash().hex())
+        super().startService()
+
+    def stopService(self) -> None:  # noqa: N802 - Twisted API
+        super().stopService()
+        if self.node.store is not None:
+            self.node.store.close()
+            self.node.store = None
+            self.log.info("Store closed")
+
+
+def prepare_datadir(config: NodeConfig) -> tuple[crypto.PrivateKey, Genesis]:
+    """Create the datadir, node key and (devnet only) genesis on first start; load them otherwise."""
+    os.makedirs(config.datadir, mode=0o700, exist_ok=True)
+    key_path = config.key_path
+    if not os.path.exists(key_path):
+        crypto.PrivateKey.generate().save(key_path)
+        Node.log.info("Created node key {path}", path=key_path)
+    try:
+        key = crypto.PrivateKey.load(key_path)
+    except (OSError, DecodeError) as exc:
+        raise TimecoinError(f"cannot load node key {key_path}: {exc}") from None
+    genesis_path = config.genesis_path
+    if not os.path.exists(genesis_path):
+        if config.network != "devnet":
+            raise TimecoinError(f"no genesis file at {genesis_path}: {config.network} needs the network's "
+                                "genesis.json (set genesis_file)")
+        genesis = Genesis.single_validator(key, chain_id="timecoin-devnet")
+        with open(genesis_path + ".tmp", "w") as f:
+            f.write(genesis.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(genesis_path + ".tmp", genesis_path)
+        Node.log.info("Created devnet genesis {path} with this node as the only validator", path=genesis_path)
+    genesis = Genesis.load(genesis_path)
+    return key, genesis
+
+
+def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
+    """Build the node's service tree. A bad datadir, key or genesis exits with one line (code 1)."""
+    try:
+        key, genesis = prepare_datadir(config)
+    except (TimecoinError, GenesisError, StoreError, OSError) as exc:
+        sys.stderr.write(f"twistd timecoin: error: {exc}\n")
+        raise SystemExit(1) from None
+    node = Node(config, key, genesis)
+    Node.log.info("Timecoin node {peer_id} on {network} ({chain_id}), datadir {datadir}",
+                  peer_id=key.peer_id, network=config.network, chain_id=genesis.chain_id, datadir=config.datadir)
+    StoreService(node).setServiceParent(node)
+    return node
