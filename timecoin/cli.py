@@ -1,0 +1,145 @@
+"""The ``timecoin`` console script: keys, configuration and status of a node (SPEC §8).
+
+Every failure an operator can cause (a missing file, a bad value, a store that is not there) ends in
+one line on stderr, ``timecoin: error: ...``, and exit code 2 -- never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from timecoin import __version__, crypto
+from timecoin.config import KEYS, NETWORKS, NodeConfig, build_config, render_example
+from timecoin.errors import TimecoinError
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A failure to report as one line."""
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, all_keys: bool) -> None:
+    """``--config``/``--datadir`` (and with ``all_keys`` every key of the table) as flags."""
+    parser.add_argument("--config", "-c", metavar="FILE", help="config file (INI, section [timecoin])")
+    for key in KEYS:
+        if all_keys or key.name in ("datadir", "network"):
+            parser.add_argument(f"--{key.flag}", dest=key.name, metavar="VALUE", help=key.help)
+
+
+def _config_from(args: argparse.Namespace) -> NodeConfig:
+    flags = {key.name: getattr(args, key.name, None) for key in KEYS}
+    return build_config(flags, args.config)
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_keygen(args: argparse.Namespace) -> None:
+    key = crypto.PrivateKey.generate()
+    if args.out:
+        try:
+            key.save(args.out)
+        except FileExistsError:
+            raise CliError(f"{args.out} exists; refusing to overwrite a key") from None
+        except OSError as exc:
+            raise CliError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    else:
+        sys.stderr.write("timecoin: no --out given: the key is printed as PEM and not saved\n")
+        sys.stdout.write(key.to_pem().decode())
+    _print_json(vars(crypto.KeyInfo.of(key, args.network)))
+
+
+def cmd_keyinfo(args: argparse.Namespace) -> None:
+    try:
+        key = crypto.PrivateKey.load(args.file)
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except TimecoinError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
+    _print_json(vars(crypto.KeyInfo.of(key, args.network)))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    if args.example:
+        sys.stdout.write(render_example())
+        return
+    config = _config_from(args)
+    values = config.to_json()
+    if args.json:
+        _print_json(values)
+        return
+    width = max(len(name) for name in values)
+    for name, value in values.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"{name:<{width}}  {shown}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from timecoin.status import format_status, read_status
+
+    config = _config_from(args)
+    if not os.path.isdir(os.path.join(config.datadir, "chain")):
+        raise CliError(f"no chain store in {config.datadir} (start a node there first, or pass --datadir/--config)")
+    if args.at is not None and args.at < 0:
+        raise CliError(f"--at must be a height >= 0, not {args.at}")
+    info = read_status(config, args.at)
+    if args.json:
+        _print_json(info)
+    else:
+        print(format_status(info))
+
+
+def cmd_version(args: argparse.Namespace) -> None:
+    print(f"timecoin {__version__}")
+
+
+# -- parser ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="timecoin", description="Timecoin node tools.")
+    parser.add_argument("--version", action="version", version=f"timecoin {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("keygen", help="create a node key (PEM) and print its PeerID, address and public key")
+    p.add_argument("--out", "-o", metavar="FILE", help="write the key here (never overwrites)")
+    p.add_argument("--network", choices=NETWORKS, default="devnet", help="address prefix (TIME1 for mainnet)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("keyinfo", help="print PeerID, address and public key of a key file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--network", choices=NETWORKS, default="devnet", help="address prefix (TIME1 for mainnet)")
+    p.set_defaults(func=cmd_keyinfo)
+
+    p = sub.add_parser("config", help="print the effective configuration (defaults < file < flags)")
+    _add_config_flags(p, all_keys=True)
+    p.add_argument("--json", action="store_true", help="as JSON, keys as in the file")
+    p.add_argument("--example", action="store_true", help="print etc/timecoin.conf.example")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("status", help="height, hash, finality and identity of a node (works while it runs)")
+    _add_config_flags(p, all_keys=False)
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--at", type=int, metavar="HEIGHT", help="the block hash at this height")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CliError, TimecoinError) as exc:
+        sys.stderr.write(f"timecoin: error: {exc}\n")
+        raise SystemExit(EXIT_USAGE) from None
+    except BrokenPipeError:
+        raise SystemExit(0) from None

@@ -1,0 +1,348 @@
+"""The node's configuration: one frozen object from defaults < config file < command-line flags (SPEC §8).
+
+Every key is declared once in :data:`KEYS` (name, parser, per-network default, help). From that table
+come the ``twistd timecoin`` and ``timecoin config`` flags (key ``rpc_port`` is flag ``--rpc-port``),
+the checks, the JSON dump and ``etc/timecoin.conf.example`` (:func:`render_example`; a test keeps the
+file equal to it).
+
+File format: INI with one ``[timecoin]`` section (``key = value``, ``#`` comments). Unknown keys or
+sections are errors, not silently ignored (a typo must not leave a default in force). Relative paths in
+a file are relative to the file's folder, so ``timecoin status --config D/node1/timecoin.conf`` works
+from anywhere; relative paths given as flags are relative to the working directory.
+
+The network (``devnet`` default, ``testnet``, ``mainnet``) picks the defaults: ports, block interval,
+consensus timeouts (SPEC §4: mainnet 30 s per phase +5 s per round; testnet CometBFT's defaults;
+devnet CometBFT's test profile). Durations accept ``ms``/``s``/``m``/``h``/``d`` suffixes (seconds
+otherwise), sizes ``KiB``/``MiB``/``GiB`` (bytes otherwise).
+"""
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from timecoin.errors import ConfigError
+
+NETWORKS = ("devnet", "testnet", "mainnet")
+SECTION = "timecoin"
+
+
+# -- value parsers: str -> value, ValueError with the reason ------------------------------------------
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""), 10)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is out of range [{lo}, {hi}]")
+        return value
+    return parse
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        m = _DURATION.match(text)
+        if not m:
+            raise ValueError(f"{text!r} is not a duration (e.g. 30, 1.5s, 500ms, 24h)")
+        value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        if not math.isfinite(value) or value > hi:
+            raise ValueError(f"{text!r} is longer than the maximum of {hi:g} s")
+        return value
+    return parse
+
+
+_SIZE = re.compile(r"^\s*([0-9_]+)\s*(B|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def _size(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        m = _SIZE.match(text)
+        if not m:
+            raise ValueError(f"{text!r} is not a size (e.g. 1048576, 64KiB, 8MiB)")
+        value = int(m.group(1).replace("_", "")) * _SIZE_UNITS[m.group(2)]
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} bytes is out of range [{lo}, {hi}]")
+        return value
+    return parse
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.strip() not in options:
+            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+        return text.strip()
+    return parse
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+_HOST = re.compile(r"^[A-Za-z0-9.:\-]+$")
+
+
+def _host(text: str) -> str:
+    if not _HOST.match(text.strip()):
+        raise ValueError(f"{text!r} is not a host name or IP address")
+    return text.strip()
+
+
+def _multiaddrs(text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in re.split(r"[,\s]+", text) if item.strip())
+    for item in items:
+        if not item.startswith("/") or "/tcp/" not in item:
+            raise ValueError(f"{item!r} is not a multiaddr like /ip4/127.0.0.1/tcp/9333/p2p/16Uiu2HA...")
+    return items
+
+
+# -- the key table ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its parser, default (one, or one per network), kind and help line."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any                   # a value, or a dict network -> value
+    help: str
+    kind: str = "value"            # "path" values are resolved against the config file's folder
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+    def default_for(self, network: str) -> Any:
+        return self.default[network] if isinstance(self.default, dict) else self.default
+
+
+def _per_network(devnet: Any, testnet: Any, mainnet: Any) -> dict[str, Any]:
+    return {"devnet": devnet, "testnet": testnet, "mainnet": mainnet}
+
+
+_PORT = _int_range(0, 65535)
+_SECONDS = _duration(86400.0)
+KEYS: tuple[Key, ...] = (
+    Key("network", _choice(*NETWORKS), "devnet",
+        "Which network's defaults apply: devnet (single validator, 1 s blocks), testnet or mainnet."),
+    Key("datadir", _text, _per_network("timecoin-data", "timecoin-data-testnet", "timecoin-data-mainnet"),
+        "Folder of the chain store, node key, genesis and consensus WAL.", kind="path"),
+    Key("key_file", _text, "", "Node key (PEM, secp256k1). Empty: <datadir>/node.key, created on first start.",
+        kind="path"),
+    Key("genesis_file", _text, "",
+        "Genesis JSON. Empty: <datadir>/genesis.json (a devnet creates one on first start).", kind="path"),
+    Key("p2p_host", _host, "127.0.0.1", "Address the peer-to-peer listener binds to."),
+    Key("p2p_port", _PORT, _per_network(29333, 19333, 9333), "Peer-to-peer TCP port (0: any free port)."),
+    Key("rpc_host", _host, "127.0.0.1", "Address the JSON-RPC server binds to (keep it on loopback)."),
+    Key("rpc_port", _PORT, _per_network(29332, 19332, 9332), "JSON-RPC TCP port (0: any free port)."),
+    Key("bootstrap", _multiaddrs, (),
+        "Comma-separated multiaddrs of peers to dial at start (/ip4/H/tcp/P/p2p/ID)."),
+    Key("max_frame_bytes", _size(1024, 1 << 30), 8 << 20,
+        "Largest wire frame accepted; a larger length prefix is refused before buffering."),
+    Key("block_interval", _SECONDS, _per_network(1.0, 60.0, 600.0),
+        "Seconds between blocks: the proposer of h+1 waits until time(h) + block_interval (0 allowed)."),
+    Key("timeout_propose", _SECONDS, _per_network(0.04, 3.0, 30.0), "Propose-step timeout, round 0."),
+    Key("timeout_propose_delta", _SECONDS, _per_network(0.001, 0.5, 5.0), "Added to timeout_propose per round."),
+    Key("timeout_prevote", _SECONDS, _per_network(0.01, 1.0, 30.0), "Prevote-step timeout, round 0."),
+    Key("timeout_prevote_delta", _SECONDS, _per_network(0.001, 0.5, 5.0), "Added to timeout_prevote per round."),
+    Key("timeout_precommit", _SECONDS, _per_network(0.01, 1.0, 30.0), "Precommit-step timeout, round 0."),
+    Key("timeout_precommit_delta", _SECONDS, _per_network(0.001, 0.5, 5.0),
+        "Added to timeout_precommit per round."),
+    Key("max_block_txs", _int_range(0, 100_000), 1000,
+        "Most transactions this node puts in a block it proposes (the chain's own limit also applies)."),
+    Key("mempool_max_txs", _int_range(1, 10_000_000), 50_000, "Most transactions held in the mempool."),
+    Key("mempool_max_bytes", _size(1024, 1 << 34), 256 << 20, "Most bytes of transactions in the mempool."),
+    Key("min_relay_fee", _int_range(0, 2**64 - 1), 1000,
+        "Lowest fee (units) accepted into the mempool; never below the chain's min_fee."),
+    Key("lmdb_map_size", _size(1 << 20, 1 << 40), 64 << 20,
+        "Initial LMDB map size; it doubles automatically when full."),
+)
+KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The effective configuration (frozen: services share one object and none may change it)."""
+
+    network: str
+    datadir: str
+    key_file: str
+    genesis_file: str
+    p2p_host: str
+    p2p_port: int
+    rpc_host: str
+    rpc_port: int
+    bootstrap: tuple[str, ...]
+    max_frame_bytes: int
+    block_interval: float
+    timeout_propose: float
+    timeout_propose_delta: float
+    timeout_prevote: float
+    timeout_prevote_delta: float
+    timeout_precommit: float
+    timeout_precommit_delta: float
+    max_block_txs: int
+    mempool_max_txs: int
+    mempool_max_bytes: int
+    min_relay_fee: int
+    lmdb_map_size: int
+    config_file: str | None = None
+
+    @property
+    def key_path(self) -> str:
+        return self.key_file or os.path.join(self.datadir, "node.key")
+
+    @property
+    def genesis_path(self) -> str:
+        return self.genesis_file or os.path.join(self.datadir, "genesis.json")
+
+    def to_json(self) -> dict[str, Any]:
+        """The effective values, keys as in the file (tuples as lists)."""
+        out: dict[str, Any] = {}
+        for key in KEYS:
+            value = getattr(self, key.name)
+            out[key.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        return dataclasses.replace(self, **changes)
+
+
+if {f.name for f in dataclasses.fields(NodeConfig)} - {"config_file"} != set(KEYS_BY_NAME):
+    raise AssertionError("NodeConfig fields and KEYS disagree")  # pragma: no cover - import-time guard
+
+
+# -- building --------------------------------------------------------------------------------------
+def read_file(path: str) -> dict[str, str]:
+    """The raw ``key -> text`` of a config file; ConfigError on unreadable files or unknown keys."""
+    parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#", ";"),
+                                       inline_comment_prefixes=("#",), strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign] - keys are case-sensitive
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError("config", f"{path} is not a valid config file: {first}") from None
+    extra = [s for s in parser.sections() if s != SECTION]
+    if extra:
+        raise ConfigError("config", f"{path}: unknown section [{extra[0]}] (only [{SECTION}])")
+    if not parser.has_section(SECTION):
+        return {}
+    values = dict(parser.items(SECTION))
+    for name in values:
+        if name not in KEYS_BY_NAME:
+            raise ConfigError(name, f"unknown key in {path}")
+    return values
+
+
+def _parse(key: Key, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return key.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(key.name, str(exc)) from None
+
+
+def build_config(flags: Mapping[str, Any] | None = None, config_file: str | None = None) -> NodeConfig:
+    """Defaults (of the network) < config file < flags. Flag values may be text or already parsed.
+
+    Raises ConfigError naming the key and the reason.
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    for name in flags:
+        if name not in KEYS_BY_NAME:
+            raise ConfigError(name, "unknown key")
+    from_file = read_file(config_file) if config_file else {}
+    base = os.path.dirname(os.path.abspath(config_file)) if config_file else os.getcwd()
+    network = _parse(KEYS_BY_NAME["network"], flags.get("network", from_file.get("network", "devnet")))
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        if key.name in flags:
+            value = _parse(key, flags[key.name])
+            origin = os.getcwd()
+        elif key.name in from_file:
+            value = _parse(key, from_file[key.name])
+            origin = base
+        else:
+            value = key.default_for(network)
+            origin = base if key.name == "datadir" and config_file else os.getcwd()
+        if key.kind == "path" and value:
+            value = os.path.abspath(os.path.join(origin, os.path.expanduser(value)))
+        values[key.name] = value
+    values["network"] = network
+    config = NodeConfig(**values, config_file=os.path.abspath(config_file) if config_file else None)
+    check(config)
+    return config
+
+
+def check(config: NodeConfig) -> None:
+    """Rules that span keys."""
+    if config.p2p_port and config.p2p_port == config.rpc_port:
+        raise ConfigError("rpc_port", f"equals p2p_port ({config.p2p_port}); the two listeners need two ports")
+
+
+def default_config(**flags: Any) -> NodeConfig:
+    """The defaults (optionally with some keys set), as tests and tools want them."""
+    return build_config(flags)
+
+
+# -- presentation ----------------------------------------------------------------------------------
+def format_value(value: Any) -> str:
+    """A value as it is written in the config file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def render_example() -> str:
+    """The text of ``etc/timecoin.conf.example``: every key, its help and its default (per network)."""
+    lines = [
+        "# Timecoin node configuration (INI). Every key, with its default; uncomment to change.",
+        "# Generated from timecoin/config.py by `timecoin config --example`; a test keeps the two equal.",
+        "# Precedence: defaults (of the chosen network) < this file < command-line flags",
+        "# (key rpc_port is flag --rpc-port of `twistd timecoin` and `timecoin config`).",
+        "# Relative paths are relative to this file's folder. Durations take ms/s/m/h/d, sizes KiB/MiB/GiB.",
+        "",
+        f"[{SECTION}]",
+    ]
+    for key in KEYS:
+        lines.append("")
+        lines.append(f"# {key.help}")
+        if isinstance(key.default, dict):
+            per = ", ".join(f"{net} {format_value(key.default[net]) or '(empty)'}" for net in NETWORKS)
+            lines.append(f"# Default per network: {per}.")
+            lines.append(f"#{key.name} = {format_value(key.default['devnet'])}".rstrip())
+        else:
+            lines.append(f"#{key.name} = {format_value(key.default)}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def flag_names() -> Iterable[tuple[str, Key]]:
+    """(``--flag``, key) pairs for argument parsers."""
+    return ((f"--{key.flag}", key) for key in KEYS)
