@@ -79,7 +79,7 @@ class Vote:
         return replace(unsigned, signature=key.sign(crypto.TAG_VOTE, chain_id, unsigned.signing_payload()))
 
     def verify_signature(self, pubkey: bytes, chain_id: str) -> None:
-        key = self.id + chain_id.encode()
+        key = self.id + pubkey + chain_id.encode()
         if key in VERIFIED:
             return
         if not crypto.verify(pubkey, crypto.TAG_VOTE, chain_id, self.signing_payload(), self.signature):

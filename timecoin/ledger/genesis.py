@@ -111,6 +111,9 @@ class Genesis:
             if acct.address in accounts:
                 raise GenesisError(f"accounts[{i}]: duplicate address")
             accounts[acct.address] = acct
+        supply = sum(a.balance + a.stake for a in accounts.values())
+        if supply + params.block_reward > U64_MAX:
+            raise GenesisError(f"total supply {supply} leaves no room below 2^64 units for rewards")
         genesis = cls(chain_id, gtime, params, tuple(sorted(accounts.values(), key=lambda a: a.address)))
         if not len(genesis.validators()):
             raise GenesisError(f"no account stakes at least min_stake ({params.min_stake} units): no validators")
@@ -118,7 +121,9 @@ class Genesis:
 
     # -- state -----------------------------------------------------------------------------------
     def initial_accounts(self) -> dict[bytes, Account]:
-        return {a.address: Account(balance=a.balance, stake=a.stake, pubkey=a.pubkey) for a in self.accounts}
+        """The accounts of the genesis state; empty ones (nothing to hold) are absent, as in the store."""
+        accounts = {a.address: Account(balance=a.balance, stake=a.stake, pubkey=a.pubkey) for a in self.accounts}
+        return {address: acct for address, acct in accounts.items() if not acct.is_empty}
 
     def validators(self) -> ValidatorSet:
         return ValidatorSet(Validator(addr, acct.pubkey, acct.stake)

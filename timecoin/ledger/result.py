@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from timecoin.ledger.account import Account
+from timecoin.ledger.block import Evidence
 from timecoin.ledger.tx import Transaction
 from timecoin.ledger.validators import ValidatorSet
 
@@ -38,3 +39,4 @@ class BlockResult:
     next_validators: ValidatorSet              # the set of height + 2
     applied: tuple[Transaction, ...] = ()      # txs included (build mode skips invalid ones)
     rejected: tuple[tuple[Transaction, str], ...] = field(default=())  # (tx, reason) skipped
+    evidence: tuple[Evidence, ...] = ()        # evidence applied (build mode skips what no longer applies)

@@ -6,7 +6,7 @@ LtHash accumulator and state root, and the validator set of height + 2. The stor
 one write transaction. Invalid input raises :class:`ValidationError` with a reason and leaves the
 state unchanged (everything happens in an :class:`Overlay`).
 
-Rules (each tested in tests/unit/test_ledger_state.py):
+Rules (each tested in tests/unit/test_ledger.py):
 * every tx: chain id matches, fee >= ``min_fee``, amount > 0, signature valid, nonce == account nonce;
   the nonce then increments and the fee goes to the block's proposer.
 * transfer: balance >= amount + fee; recipient non-zero; u64 overflow refused.
@@ -34,7 +34,8 @@ from timecoin.ledger.tx import ZERO_ADDRESS, Transaction, TxKind
 from timecoin.ledger.validators import Validator, ValidatorSet
 
 U64_MAX = 2**64 - 1
-BLOCK_OVERHEAD = 512   # header and array prefixes, bytes, reserved when filling a block
+# Bytes of a block besides its txs and evidence (the fixed-width header and two array prefixes).
+BLOCK_OVERHEAD = len(Block(Header(0, 0, bytes(32), 0, bytes(20), bytes(32), bytes(32), bytes(32), bytes(32))).encoded)
 
 
 class MemoryState:
@@ -174,8 +175,11 @@ def apply_evidence(overlay: Overlay, state: StateReader, params: ChainParams, ev
     acct = overlay.get_account(ev.validator).matured(height)
     if acct.jailed:
         raise ValidationError(Reason.DUPLICATE, "validator already jailed")
-    slashed = acct.stake * params.slash_ppm // 1_000_000
-    overlay.set_account(ev.validator, _with(acct, stake=acct.stake - slashed, jailed=True))
+    # Unbonding stake is slashed too: unstaking right after equivocating must not escape the penalty.
+    def cut(amount: int) -> int:
+        return amount - amount * params.slash_ppm // 1_000_000
+    unbonding = tuple((cut(a), h) for a, h in acct.unbonding)
+    overlay.set_account(ev.validator, _with(acct, stake=cut(acct.stake), unbonding=unbonding, jailed=True))
 
 
 def is_validator(account: Account, params: ChainParams) -> bool:
@@ -221,12 +225,27 @@ def execute_block(state: StateReader, params: ChainParams, height: int, proposer
     if validators_next is None:
         raise ValidationError(Reason.WRONG_HEIGHT, f"no validator set known for height {height + 1}")
     overlay = Overlay(state)
+    used_evidence: list[Evidence] = []
+    budget = params.max_block_bytes - BLOCK_OVERHEAD
     for ev in evidence:
-        apply_evidence(overlay, state, params, ev, height)
+        if not skip_invalid:
+            apply_evidence(overlay, state, params, ev, height)
+        elif len(ev.encoded) <= budget:
+            # A proposer leaves out evidence that no longer applies (e.g. a second equivocation of a
+            # validator already jailed by the first) instead of failing to propose at all.
+            snap = overlay.snapshot()
+            try:
+                apply_evidence(overlay, state, params, ev, height)
+            except (ValidationError, InvalidSignature):
+                overlay.restore(snap)
+                continue
+        else:
+            continue
+        used_evidence.append(ev)
+        budget -= len(ev.encoded)
     fees = 0
     applied: list[Transaction] = []
     rejected: list[tuple[Transaction, str]] = []
-    budget = params.max_block_bytes - BLOCK_OVERHEAD
     limit = params.max_block_txs if max_txs is None else min(max_txs, params.max_block_txs)
     if not skip_invalid:
         txs = tuple(txs)
@@ -256,7 +275,7 @@ def execute_block(state: StateReader, params: ChainParams, height: int, proposer
     return BlockResult(
         height=height, changes=changes, undo=undo, lthash=lthash, state_root=hashlib.sha256(lthash).digest(),
         next_validators=next_validator_set(validators_next, changes, params),
-        applied=tuple(applied), rejected=tuple(rejected))
+        applied=tuple(applied), rejected=tuple(rejected), evidence=tuple(used_evidence))
 
 
 def build_block(state: StateReader, params: ChainParams, height: int, round_: int, prev_hash: bytes,
@@ -270,8 +289,8 @@ def build_block(state: StateReader, params: ChainParams, height: int, round_: in
                            max_txs=max_txs)
     header = Header(height=height, round=round_, prev_hash=prev_hash, timestamp=timestamp, proposer=proposer,
                     tx_root=tx_root(result.applied), state_root=result.state_root,
-                    validators_hash=validators.hash, evidence_root=evidence_root(tuple(evidence)))
-    return Block(header, result.applied, tuple(evidence)), result
+                    validators_hash=validators.hash, evidence_root=evidence_root(result.evidence))
+    return Block(header, result.applied, result.evidence), result
 
 
 def validate_block(state: StateReader, params: ChainParams, block: Block, prev_hash: bytes,
