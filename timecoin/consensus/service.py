@@ -1,0 +1,188 @@
+"""ConsensusService: drives the pure engine with the clock, the WAL, the store and the network.
+
+Inputs (network messages, timeouts) are written to the WAL, then fed to the engine; the engine's
+actions are carried out here: broadcast (through ``self.broadcast``, which the P2P service sets),
+schedule a timeout on the injected ``IReactorTime``, commit a decided block to the store (and clear
+the mempool of its txs), record evidence. After a restart the WAL's records of the unfinished height
+are replayed, so the validator resumes where it was.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from timecoin.consensus import engine as eng
+from timecoin.consensus.app import ChainApp
+from timecoin.consensus.privval import PrivValidator
+from timecoin.consensus.wal import WalKind, WalRecord, WriteAheadLog
+from timecoin.errors import DecodeError, ValidationError
+from timecoin.ledger.block import Evidence, Proposal, Vote
+
+BroadcastFn = Callable[[Any], None]
+
+
+class ConsensusService(service.Service):
+    name = "consensus"
+    log = Logger()
+
+    def __init__(self, node: Any, clock: IReactorTime) -> None:
+        self.node = node
+        self.clock = clock
+        self.engine: eng.Engine | None = None
+        self.app: ChainApp | None = None
+        self.wal: WriteAheadLog | None = None
+        self.broadcast: BroadcastFn = lambda msg: None
+        self.on_commit: list[Callable[[Any], None]] = []
+        self._timers: dict[tuple[int, int, int], IDelayedCall] = {}
+        self._replaying = False
+        self.committed_heights = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802 - Twisted API
+        super().startService()
+        node, cfg = self.node, self.node.config
+        store = node.store
+        self.app = ChainApp(store, node.genesis.params, node.key.address, node.genesis.genesis_time,
+                            now_ms=lambda: int(self.clock.seconds() * 1000),
+                            candidates=lambda: node.mempool.iter_selected() if node.mempool else (),
+                            max_block_txs=cfg.max_block_txs)
+        signer = PrivValidator(node.key, node.genesis.chain_id, store)
+        timeouts = eng.Timeouts(cfg.timeout_propose, cfg.timeout_propose_delta, cfg.timeout_prevote,
+                                cfg.timeout_prevote_delta, cfg.timeout_precommit, cfg.timeout_precommit_delta,
+                                cfg.block_interval)
+        self.engine = eng.Engine(self.app, signer, timeouts)
+        self.wal = WriteAheadLog(os.path.join(cfg.datadir, "consensus.wal"))
+        height = store.tip_height() + 1
+        self.log.info("Consensus starting at height {height} as {role}", height=height,
+                      role="validator" if node.key.address in store.validator_set(height) else "observer")
+        self._run(lambda: self.engine.start_height(height, self.clock.seconds(), self.app.prev_block_time_ms() / 1000))
+        self._replay(height)
+
+    def stopService(self) -> None:  # noqa: N802 - Twisted API
+        for call in self._timers.values():
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        if self.wal is not None:
+            self.wal.close()
+        return super().stopService()
+
+    def _replay(self, height: int) -> None:
+        pending = [r for r in self.wal.pending() if _record_height(r) == height]
+        if not pending:
+            return
+        self.log.info("Replaying {n} WAL records of height {height}", n=len(pending), height=height)
+        self._replaying = True
+        try:
+            for rec in pending:
+                try:
+                    if rec.kind == WalKind.PROPOSAL:
+                        self.receive_proposal(Proposal.decode(rec.data))
+                    elif rec.kind == WalKind.VOTE:
+                        self.receive_vote(Vote.decode(rec.data))
+                    elif rec.kind == WalKind.TIMEOUT:
+                        h, r, k = _timeout_fields(rec.data)
+                        self._on_timeout(h, r, eng.TimeoutKind(k))
+                except (DecodeError, ValidationError):
+                    continue
+        finally:
+            self._replaying = False
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def receive_proposal(self, proposal: Proposal) -> None:
+        """A proposal from a peer (or the WAL). Raises ValidationError if the engine refuses it."""
+        if not self._replaying:
+            self.wal.append(WalKind.PROPOSAL, proposal.encoded)
+        self._run(lambda: self.engine.on_proposal(proposal, self.clock.seconds()))
+
+    def receive_vote(self, vote: Vote) -> None:
+        if not self._replaying:
+            self.wal.append(WalKind.VOTE, vote.encoded)
+        self._run(lambda: self.engine.on_vote(vote, self.clock.seconds()))
+
+    def _on_timeout(self, height: int, round_: int, kind: eng.TimeoutKind) -> None:
+        self._timers.pop((height, round_, int(kind)), None)
+        if not self._replaying:
+            self.wal.append(WalKind.TIMEOUT, height.to_bytes(8, "big") + round_.to_bytes(4, "big") + bytes((kind,)))
+        self._run(lambda: self.engine.on_timeout(height, round_, kind, self.clock.seconds()))
+
+    # -- actions ---------------------------------------------------------------------------------
+    def _run(self, step: Callable[[], list[eng.Action]]) -> None:
+        queue = list(step())
+        while queue:
+            action = queue.pop(0)
+            queue.extend(self._perform(action))
+
+    def _perform(self, action: eng.Action) -> list[eng.Action]:
+        if isinstance(action, eng.BroadcastVote):
+            self.wal.append(WalKind.VOTE, action.vote.encoded, sync=True)
+            self.broadcast(action.vote)
+        elif isinstance(action, eng.BroadcastProposal):
+            self.wal.append(WalKind.PROPOSAL, action.proposal.encoded, sync=True)
+            self.broadcast(action.proposal)
+        elif isinstance(action, eng.ScheduleTimeout):
+            key = (action.height, action.round, int(action.kind))
+            old = self._timers.pop(key, None)
+            if old is not None and old.active():
+                old.cancel()
+            self._timers[key] = self.clock.callLater(action.delay, self._fire, action.height, action.round,
+                                                     action.kind)
+        elif isinstance(action, eng.EvidenceFound):
+            self.record_evidence(action.evidence)
+        elif isinstance(action, eng.CommitBlock):
+            return self._commit(action)
+        return []
+
+    def _fire(self, height: int, round_: int, kind: eng.TimeoutKind) -> None:
+        try:
+            self._on_timeout(height, round_, kind)
+        except Exception:
+            self.log.failure("Consensus timeout handling failed")
+
+    def record_evidence(self, ev: Evidence) -> None:
+        self.log.warn("Equivocation by validator {v} at height {h} round {r}", v=ev.validator.hex(),
+                      h=ev.height, r=ev.vote_a.round)
+        self.app.add_evidence(ev)
+        self.broadcast(ev)
+
+    def _commit(self, action: eng.CommitBlock) -> list[eng.Action]:
+        block = action.block
+        self.app.commit(block, action.certificate)
+        self.wal.end_height(block.height)
+        if self.node.mempool is not None:
+            self.node.mempool.remove_committed(block.txs)
+            if block.evidence:      # slashed validators' pending txs may no longer be affordable
+                self.node.mempool.revalidate([ev.validator for ev in block.evidence])
+        self.committed_heights += 1
+        self.log.info("Committed block {height} {hash} ({ntx} txs, round {round})", height=block.height,
+                      hash=block.hash.hex(), ntx=len(block.txs), round=block.header.round)
+        for cb in self.on_commit:
+            cb(block)
+        for key in [k for k in self._timers if k[0] <= block.height]:
+            call = self._timers.pop(key)
+            if call.active():
+                call.cancel()
+        return self.engine.start_height(block.height + 1, self.clock.seconds(), block.header.timestamp / 1000)
+
+
+def _record_height(rec: WalRecord) -> int | None:
+    try:
+        if rec.kind == WalKind.TIMEOUT:
+            return _timeout_fields(rec.data)[0]
+        if rec.kind in (WalKind.PROPOSAL, WalKind.VOTE):
+            return int.from_bytes(rec.data[0:8], "big") if rec.kind == WalKind.PROPOSAL else \
+                int.from_bytes(rec.data[1:9], "big")
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _timeout_fields(data: bytes) -> tuple[int, int, int]:
+    if len(data) != 13:
+        raise DecodeError("bad WAL timeout record")
+    return int.from_bytes(data[0:8], "big"), int.from_bytes(data[8:12], "big"), data[12]
