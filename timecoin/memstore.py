@@ -53,8 +53,15 @@ class MemoryStore(MemoryState):
     def commit_block(self, block: Block, cert: CommitCertificate, result: BlockResult) -> None:
         if block.height != self.tip_height() + 1 or block.header.prev_hash != self.tip_hash():
             raise StoreError(f"block {block.height} does not extend the tip {self.tip_height()}")
-        if result.height != block.height or cert.block_hash != block.hash:
+        if result.height != block.height or cert.height != block.height or cert.block_hash != block.hash:
             raise StoreError("result or certificate is for another block")
+        if result.state_root != block.header.state_root:
+            raise StoreError(f"block {block.height} result has another state root than its header")
+        for address, before in result.undo.items():
+            stored = self.accounts.get(address)
+            if (before if before is not None and not before.is_empty else None) != stored:
+                raise StoreError(f"block {block.height} result was computed against another state: "
+                                 f"account {address.hex()} differs from the store")
         self.commit(result)
         self.blocks[block.height] = block
         self.certs[block.height] = cert
