@@ -20,10 +20,10 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from timecoin.consensus.votes import HeightVotes
 from timecoin.errors import InvalidSignature, Reason, ValidationError
 from timecoin.ledger.block import NIL_HASH, Block, CommitCertificate, Evidence, Proposal, Vote, VoteType
 from timecoin.ledger.validators import ValidatorSet
-from timecoin.consensus.votes import HeightVotes
 
 MAX_ROUND_AHEAD = 100          # votes/proposals further ahead than this are refused (memory bound)
 MAX_BUFFERED_NEXT_HEIGHT = 10_000
@@ -142,6 +142,7 @@ class Engine:
         self.valid_round = -1                      # [L9]
         self.decision: Block | None = None         # [L5]
         self.proposals: dict[int, Proposal] = {}
+        self._other_blocks: dict[int, Block] = {}    # per round, the block of a conflicting second proposal
         self.votes = HeightVotes(self.validators)
         self._valid_cache: dict[bytes, bool] = {}
         self._prevote_timeout_done: set[int] = set()
@@ -149,6 +150,7 @@ class Engine:
         self._l36_done: set[int] = set()
         out: list[Action] = []
         self._start_round(0, out)
+        self._process(out)                         # our own proposal, when we propose at once
         buffered, self._next_height_msgs = self._next_height_msgs, []
         for msg in buffered:
             if msg.height != height:
@@ -182,6 +184,19 @@ class Engine:
         if prior is not None:
             if prior.signature == p.signature and prior.block.hash == p.block.hash:
                 raise ValidationError(Reason.DUPLICATE, "proposal already received")
+            # An equivocating proposer: only the first proposal is voted on, but the paper's decision rule
+            # [L49] matches any proposal of the round, so keep one other block (bounded) in case the rest
+            # of the network decides it.
+            if p.round not in self._other_blocks and p.block.hash != prior.block.hash:
+                try:
+                    p.verify_signature(self.validators.by_address[p.proposer].pubkey, self.app.chain_id)
+                except InvalidSignature:
+                    raise ValidationError(Reason.BAD_SIGNATURE, "proposal signature does not verify") from None
+                self._other_blocks[p.round] = p.block
+                out: list[Action] = []
+                self._process(out)
+                if out:
+                    return out
             raise ValidationError(Reason.DUPLICATE, "a different proposal for this round was received first")
         try:
             p.verify_signature(self.validators.by_address[p.proposer].pubkey, self.app.chain_id)
@@ -212,8 +227,7 @@ class Engine:
         if result is False:
             raise ValidationError(Reason.DUPLICATE, "vote already received")
         if isinstance(result, Evidence):
-            out.append(EvidenceFound(result))
-            return out
+            out.append(EvidenceFound(result))      # and go on: the vote may count toward its value (votes.py)
         self._process(out)
         return out
 
@@ -233,9 +247,8 @@ class Engine:
             if round_ == self.round and self.step == Step.PREVOTE:
                 self._vote(VoteType.PRECOMMIT, NIL_HASH, out)
                 self.step = Step.PRECOMMIT
-        elif kind == TimeoutKind.PRECOMMIT:        # [L65–L67]
-            if round_ == self.round:
-                self._start_round(self.round + 1, out)
+        elif kind == TimeoutKind.PRECOMMIT and round_ == self.round:     # [L65–L67]
+            self._start_round(self.round + 1, out)
         self._process(out)
         return out
 
@@ -268,9 +281,11 @@ class Engine:
                 out.append(ScheduleTimeout(self.height, round_, TimeoutKind.BLOCK_INTERVAL, wait))
             else:
                 self._propose(out)
-        else:                                      # [L21]
-            delay = wait + self.timeouts.for_step(TimeoutKind.PROPOSE, round_)
-            out.append(ScheduleTimeout(self.height, round_, TimeoutKind.PROPOSE, delay))
+        # [L21] for everyone, the proposer included (as CometBFT does): a proposer that cannot sign
+        # (its guard refuses after a restart) must still move on; after a proposal the step is past
+        # PROPOSE and the timeout is ignored.
+        delay = wait + self.timeouts.for_step(TimeoutKind.PROPOSE, round_)
+        out.append(ScheduleTimeout(self.height, round_, TimeoutKind.PROPOSE, delay))
 
     def _propose(self, out: list[Action]) -> None:
         """[L15–L19]: re-propose validValue with its round, else a fresh block (getValue)."""
@@ -315,12 +330,12 @@ class Engine:
             if vtype != VoteType.PRECOMMIT:
                 continue
             value = vs.quorum_value()
-            p = self.proposals.get(rr)
-            if value is not None and p is not None and p.block.hash == value and self._valid(p.block):
-                self.decision = p.block
+            block = self._block_of_round(rr, value) if value is not None else None
+            if block is not None and self._valid(block):
+                self.decision = block
                 self.step = Step.COMMITTED
                 cert = CommitCertificate.from_votes(vs.votes_for(value))
-                out.append(CommitBlock(p.block, cert))
+                out.append(CommitBlock(block, cert))
                 return False
 
         # [L55–L56] > 1/3 of power already in a higher round: skip to it.
@@ -370,6 +385,15 @@ class Engine:
                                        self.timeouts.for_step(TimeoutKind.PRECOMMIT, r)))
             return True
         return False
+
+    def _block_of_round(self, round_: int, block_hash: bytes) -> Block | None:
+        """The block ``block_hash`` if a proposal of ``round_`` (the first, or an equivocating proposer's
+        other one) carried it."""
+        p = self.proposals.get(round_)
+        if p is not None and p.block.hash == block_hash:
+            return p.block
+        other = self._other_blocks.get(round_)
+        return other if other is not None and other.hash == block_hash else None
 
     def _is_locked_on(self, v: Block) -> bool:
         return self.locked_value is not None and self.locked_value.hash == v.hash

@@ -1,7 +1,19 @@
 """Vote bookkeeping for one height: per (round, type) vote sets with stake-weighted tallies.
 
 A validator has one vote per (round, type). A second, different vote is an equivocation and becomes
-evidence (SPEC §4); it is not counted. An identical second copy is a duplicate.
+evidence (SPEC §4). An identical second copy is a duplicate.
+
+Algorithm 1 counts "2f+1 ⟨PREVOTE, h, r, id(v)⟩" per value, from distinct senders: an equivocator's vote
+for v counts toward v even if it also voted for v'. That is not a safety risk (two quorums for different
+values still need > 1/3 of power to vote for both) but it is needed for liveness: an equivocator that
+shows v to some correct nodes and v' to others would otherwise leave them unable to see the polka or
+the decision the rest saw, and correct nodes could then disagree on locks round after round. So a
+conflicting vote is also counted toward its own value, never twice toward the "any value" tally.
+To bound memory (byzantine validators can sign endless distinct hashes), a conflicting vote is counted
+at once only for nil or a value that is some validator's first vote; otherwise up to
+``MAX_PENDING_CONFLICTS`` of them wait per validator and count when a first vote backs their value. A
+set thus holds at most n first votes, n × (n + 1) counted conflicts and 4n waiting ones. (CometBFT
+bounds this in the same spirit: it adds a conflicting vote only for a block a peer claims +2/3 for.)
 """
 from __future__ import annotations
 
@@ -10,27 +22,47 @@ from dataclasses import dataclass, field
 from timecoin.ledger.block import NIL_HASH, Evidence, Vote, VoteType
 from timecoin.ledger.validators import ValidatorSet, has_one_third, has_quorum
 
+MAX_PENDING_CONFLICTS = 4     # per validator and (round, type): conflicting votes for values nobody else backs
+
 
 @dataclass
 class VoteSet:
     """Votes of one (height, round, type)."""
 
     total_power: int
-    votes: dict[bytes, Vote] = field(default_factory=dict)
+    votes: dict[bytes, Vote] = field(default_factory=dict)              # each validator's first vote
     power_by_hash: dict[bytes, int] = field(default_factory=dict)
-    power: int = 0
+    power: int = 0                                                       # each validator once
+    by_hash: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)  # value -> validator -> vote
+    pending: dict[bytes, list[tuple[Vote, int]]] = field(default_factory=dict)  # validator -> uncounted
 
     def add(self, vote: Vote, power: int) -> Evidence | None | bool:
         """True if counted, False if a duplicate, Evidence if it conflicts with an earlier vote."""
         prior = self.votes.get(vote.validator)
-        if prior is not None:
-            if prior.block_hash == vote.block_hash:
-                return False
-            return Evidence.of(prior, vote)
-        self.votes[vote.validator] = vote
+        if prior is None:
+            self.votes[vote.validator] = vote
+            self.power += power
+            self._count(vote, power)
+            # conflicting votes that waited for someone to back this value now count
+            for waiting in self.pending.values():
+                for item in [w for w in waiting if w[0].block_hash == vote.block_hash]:
+                    waiting.remove(item)
+                    self._count(*item)
+            return True
+        if vote.validator in self.by_hash.get(vote.block_hash, {}) or any(
+                w.block_hash == vote.block_hash for w, _ in self.pending.get(vote.validator, ())):
+            return False
+        if vote.block_hash == NIL_HASH or any(v.block_hash == vote.block_hash for v in self.votes.values()):
+            self._count(vote, power)
+        else:
+            waiting = self.pending.setdefault(vote.validator, [])
+            if len(waiting) < MAX_PENDING_CONFLICTS:
+                waiting.append((vote, power))
+        return Evidence.of(prior, vote)
+
+    def _count(self, vote: Vote, power: int) -> None:
+        self.by_hash.setdefault(vote.block_hash, {})[vote.validator] = vote
         self.power_by_hash[vote.block_hash] = self.power_by_hash.get(vote.block_hash, 0) + power
-        self.power += power
-        return True
 
     def quorum_any(self) -> bool:
         return has_quorum(self.power, self.total_power)
@@ -49,7 +81,8 @@ class VoteSet:
         return None
 
     def votes_for(self, block_hash: bytes) -> list[Vote]:
-        return [v for v in self.votes.values() if v.block_hash == block_hash]
+        """One vote per validator that voted for ``block_hash`` (an equivocator's included)."""
+        return list(self.by_hash.get(block_hash, {}).values())
 
 
 class HeightVotes:
