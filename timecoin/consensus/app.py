@@ -129,5 +129,9 @@ class ChainApp:
             self.pending_evidence.pop(ev.hash, None)
         return result
 
-    def add_evidence(self, ev: Evidence) -> None:
-        self.pending_evidence.setdefault(ev.hash, ev)
+    def add_evidence(self, ev: Evidence) -> bool:
+        """Queue evidence for the next proposal; False when it was already pending (so it is not re-gossiped)."""
+        if ev.hash in self.pending_evidence:
+            return False
+        self.pending_evidence[ev.hash] = ev
+        return True

@@ -145,9 +145,10 @@ class ConsensusService(service.Service):
             self.log.failure("Consensus timeout handling failed")
 
     def record_evidence(self, ev: Evidence) -> None:
+        if not self.app.add_evidence(ev):
+            return
         self.log.warn("Equivocation by validator {v} at height {h} round {r}", v=ev.validator.hex(),
                       h=ev.height, r=ev.vote_a.round)
-        self.app.add_evidence(ev)
         self.broadcast(ev)
 
     def _commit(self, action: eng.CommitBlock) -> list[eng.Action]:
