@@ -157,6 +157,20 @@ KEYS: tuple[Key, ...] = (
         "Comma-separated multiaddrs of peers to dial at start (/ip4/H/tcp/P/p2p/ID)."),
     Key("max_frame_bytes", _size(1024, 1 << 30), 8 << 20,
         "Largest wire frame accepted; a larger length prefix is refused before buffering."),
+    Key("max_inbound", _int_range(0, 10_000), 40, "Most inbound peer connections."),
+    Key("max_outbound", _int_range(0, 1_000), 10, "Most outbound peer connections this node dials."),
+    Key("max_per_ip", _int_range(1, 10_000), 8, "Most connections (both directions) from one IP address."),
+    Key("validator_slots", _int_range(0, 10_000), 10,
+        "Inbound slots reserved for validator peers (host key staked >= 1,000 TIME), beyond max_inbound."),
+    Key("require_stake", _bool, False, "Accept only validator peers (their host key is a staked validator)."),
+    Key("rate_limit", _int_range(1, 1_000_000), 100, "Request messages (get_*, tx) allowed per peer per minute."),
+    Key("rate_limit_burst", _int_range(1, 1_000_000), 20, "Requests a peer may send at once before the rate applies."),
+    Key("max_inflight_requests", _int_range(1, 10_000), 16, "Most unanswered requests we keep open to one peer."),
+    Key("ban_duration", _duration(10 * 365 * 86400.0), 86400.0,
+        "How long a peer whose reputation reached -50 stays banned (by PeerID and IP)."),
+    Key("ping_interval", _SECONDS, 15.0, "Seconds between pings to each peer (latency EWMA, dead-peer detection)."),
+    Key("gossip_interval", _SECONDS, _per_network(0.2, 1.0, 5.0),
+        "Seconds between offers of current-height consensus messages a peer may have missed."),
     Key("block_interval", _SECONDS, _per_network(1.0, 60.0, 600.0),
         "Seconds between blocks: the proposer of h+1 waits until time(h) + block_interval (0 allowed)."),
     Key("timeout_propose", _SECONDS, _per_network(0.04, 3.0, 30.0), "Propose-step timeout, round 0."),
@@ -192,6 +206,17 @@ class NodeConfig:
     rpc_port: int
     bootstrap: tuple[str, ...]
     max_frame_bytes: int
+    max_inbound: int
+    max_outbound: int
+    max_per_ip: int
+    validator_slots: int
+    require_stake: bool
+    rate_limit: int
+    rate_limit_burst: int
+    max_inflight_requests: int
+    ban_duration: float
+    ping_interval: float
+    gossip_interval: float
     block_interval: float
     timeout_propose: float
     timeout_propose_delta: float
