@@ -96,6 +96,36 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(format_status(info))
 
 
+def cmd_testnet(args: argparse.Namespace) -> None:
+    """Write a local testnet (``--nodes``) and/or run one (``--start``); see :mod:`timecoin.testnet`."""
+    from timecoin import testnet
+
+    writing = {"--observers": args.observers, "--base-port": args.base_port,
+               "--block-interval": args.block_interval, "--chain-id": args.chain_id}
+    if args.nodes is None:
+        if not args.start:
+            raise CliError("--nodes N is required (or --start alone, to run the testnet already in --dir)")
+        given = [flag for flag, value in writing.items() if value is not None] + (["--force"] if args.force else [])
+        if given:
+            raise CliError(f"{', '.join(given)} only apply when writing a testnet: add --nodes N")
+        layout = testnet.read_layout(args.dir)
+    else:
+        layout = testnet.write_testnet(
+            args.dir,
+            nodes=testnet.parse_count(args.nodes, "--nodes", 1),
+            observers=testnet.parse_count(args.observers if args.observers is not None else 0, "--observers", 0),
+            base_port=testnet.parse_count(args.base_port if args.base_port is not None else testnet.DEFAULT_BASE_PORT,
+                                          "--base-port", 1),
+            block_interval=testnet.parse_block_interval(
+                args.block_interval if args.block_interval is not None else testnet.DEFAULT_BLOCK_INTERVAL),
+            chain_id=args.chain_id, force=args.force)
+    print(testnet.format_summary(layout), flush=True)
+    if args.start:
+        code = testnet.run_layout(layout)
+        if code:
+            raise SystemExit(code)
+
+
 def cmd_version(args: argparse.Namespace) -> None:
     print(f"timecoin {__version__}")
 
@@ -128,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="as JSON")
     p.add_argument("--at", type=int, metavar="HEIGHT", help="the block hash at this height")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("testnet", help="write keys, configs and a shared genesis for a local testnet; --start runs it",
+                       description="Writes D/genesis.json and D/node<i>/{node.key,timecoin.conf}: N validators, "
+                                   "then K observers; node i listens on P+2i (P2P) and P+2i+1 (RPC). --start runs "
+                                   "every node as a child process until Ctrl-C/SIGTERM; --dir D --start alone runs "
+                                   "a testnet written earlier (its chains continue).")
+    p.add_argument("--nodes", "-n", metavar="N", help="number of validators (>= 1)")
+    p.add_argument("--dir", "-d", required=True, metavar="D", help="folder to write (must be empty unless --force)")
+    p.add_argument("--observers", metavar="K", help="non-staked nodes after the validators (default 0)")
+    p.add_argument("--base-port", metavar="P", help="node i: P2P port P+2i, RPC port P+2i+1 (default 19400)")
+    p.add_argument("--block-interval", metavar="S", help="seconds between blocks (default 1)")
+    p.add_argument("--chain-id", metavar="ID", help="default timecoin-testnet-<8 random hex>")
+    p.add_argument("--force", action="store_true", help="replace genesis.json and node*/ in a non-empty D")
+    p.add_argument("--start", action="store_true", help="run the nodes (child processes) until Ctrl-C/SIGTERM")
+    p.set_defaults(func=cmd_testnet)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

@@ -39,6 +39,7 @@ class Node(service.MultiService):
         self.store: Store | None = None
         self.mempool: Mempool | None = None
         self.consensus: Any = None
+        self.p2p: Any = None
 
     @property
     def peer_id(self) -> str:
@@ -121,17 +122,26 @@ def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
     except (TimecoinError, GenesisError, StoreError, OSError) as exc:
         sys.stderr.write(f"twistd timecoin: error: {exc}\n")
         raise SystemExit(1) from None
-    node = Node(config, key, genesis)
-    Node.log.info("Timecoin node {peer_id} on {network} ({chain_id}), datadir {datadir}",
-                  peer_id=key.peer_id, network=config.network, chain_id=genesis.chain_id, datadir=config.datadir)
-    StoreService(node).setServiceParent(node)
     from twisted.internet import reactor
 
-    from timecoin.consensus.service import ConsensusService
+    node = build_node(config, key, genesis, reactor)
+    Node.log.info("Timecoin node {peer_id} on {network} ({chain_id}), datadir {datadir}",
+                  peer_id=key.peer_id, network=config.network, chain_id=genesis.chain_id, datadir=config.datadir)
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_cleanly_after_signal, reactor, node)
+    return node
 
+
+def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, reactor: Any) -> Node:
+    """The service tree on ``reactor``: store, consensus, P2P (in start order). Tests build nodes here."""
+    from timecoin.consensus.service import ConsensusService
+    from timecoin.p2p.service import P2PService
+
+    node = Node(config, key, genesis)
+    StoreService(node).setServiceParent(node)
     node.consensus = ConsensusService(node, reactor)
     node.consensus.setServiceParent(node)
-    reactor.addSystemEventTrigger("after", "shutdown", _exit_cleanly_after_signal, reactor, node)
+    node.p2p = P2PService(node, reactor)
+    node.p2p.setServiceParent(node)
     return node
 
 

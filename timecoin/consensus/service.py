@@ -20,8 +20,8 @@ from timecoin.consensus import engine as eng
 from timecoin.consensus.app import ChainApp
 from timecoin.consensus.privval import PrivValidator
 from timecoin.consensus.wal import WalKind, WalRecord, WriteAheadLog
-from timecoin.errors import DecodeError, ValidationError
-from timecoin.ledger.block import Evidence, Proposal, Vote
+from timecoin.errors import DecodeError, Reason, ValidationError
+from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, Vote, verify_certificate
 
 BroadcastFn = Callable[[Any], None]
 
@@ -104,6 +104,19 @@ class ConsensusService(service.Service):
         if not self._replaying:
             self.wal.append(WalKind.VOTE, vote.encoded)
         self._run(lambda: self.engine.on_vote(vote, self.clock.seconds()))
+
+    def apply_certified_block(self, block: Block, cert: CommitCertificate) -> None:
+        """A decided block from a peer (catch-up): verify its certificate, commit it, move to the next height.
+
+        Committing a block that carries a valid commit certificate is always safe, whatever this node's
+        own round state (a certificate means > 2/3 of the height's power precommitted it). Raises
+        ValidationError (WRONG_HEIGHT, BAD_CERTIFICATE, BAD_BLOCK...) and leaves everything unchanged.
+        """
+        height = self.node.store.tip_height() + 1
+        if block.height != height or cert.height != height:
+            raise ValidationError(Reason.WRONG_HEIGHT, f"block {block.height} offered, we need {height}")
+        verify_certificate(block, cert, self.app.validator_set(height), self.app.chain_id)
+        self._run(lambda: self._commit(eng.CommitBlock(block, cert)))
 
     def _on_timeout(self, height: int, round_: int, kind: eng.TimeoutKind) -> None:
         self._timers.pop((height, round_, int(kind)), None)

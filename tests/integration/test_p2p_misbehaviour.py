@@ -1,0 +1,206 @@
+"""Misbehaving peers over real TLS on 127.0.0.1: each fault costs what peers.DELTAS says, bans persist.
+
+The attacker is a raw client with a real libp2p TLS identity that writes whatever bytes it likes; the
+node under attack is the production service tree. Honest peers connected at the same time are not
+affected (their score stays >= 0 and the chain keeps growing).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
+from tests.p2pnet import Net, make_keys, sleep, wait_for
+from timecoin import crypto
+from timecoin.errors import Reason
+from timecoin.ledger.block import NIL_HASH, Vote, VoteType
+from timecoin.node import Node
+from timecoin.p2p.discovery import format_multiaddr
+from timecoin.p2p.identity import HostIdentity
+from timecoin.p2p.peers import DELTAS, Event
+from timecoin.wire import messages as m
+from timecoin.wire.framing import FrameDecoder, encode_frame
+
+
+@implementer(IHandshakeListener)
+class RawPeer(Protocol):
+    """A peer that speaks TLS correctly and then sends exactly the bytes a test gives it."""
+
+    def __init__(self) -> None:
+        self.handshake: defer.Deferred[None] = defer.Deferred()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.decoder = FrameDecoder()
+        self.messages: list[tuple[m.MsgType, Any]] = []
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted API
+        self.handshake.callback(None)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
+        for frame in self.decoder.feed(data):
+            msg_type, _, body = m.decode_message(frame)
+            self.messages.append((msg_type, body))
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted API
+        if not self.handshake.called:
+            self.handshake.errback(reason)
+        self.lost.callback(None)
+
+    def send(self, msg_type: m.MsgType, body: Any, request_id: int = 0) -> None:
+        self.transport.write(encode_frame(m.encode_message(msg_type, body, request_id)))
+
+    def rejects(self) -> list[int]:
+        return [body.reason for t, body in self.messages if t == m.MsgType.REJECT]
+
+
+async def connect(key: crypto.PrivateKey, target: Node) -> RawPeer:
+    port = target.p2p.listening_port.getHost().port
+    tcp = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    endpoint = endpoints.wrapClientTLS(HostIdentity(key).client_creator(target.p2p.peer_id), tcp)
+    peer = RawPeer()
+    await endpoints.connectProtocol(endpoint, peer)
+    await peer.handshake
+    return peer
+
+
+async def connect_ready(key: crypto.PrivateKey, target: Node) -> RawPeer:
+    """Connect and say a correct hello; return once the target treats us as a ready peer."""
+    peer = await connect(key, target)
+    peer.send(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": [], "agent": "attacker"})
+    pid = key.peer_id
+    await wait_for(lambda: pid in target.p2p.connections and target.p2p.connections[pid].state == "ready",
+                   5.0, "attacker admitted")
+    return peer
+
+
+async def start_pair(tmp_path: Path) -> Net:
+    """A validator (node0) and an honest observer (node1) connected to it; the chain is growing."""
+    net = Net(tmp_path, 1, observers=1)
+    await net.start()
+    await wait_for(lambda: min(net.heights()) >= 2 and len(net.nodes[0].p2p.connections) == 1, 15.0,
+                   "pair connected and growing")
+    return net
+
+
+def score(node: Node, key: crypto.PrivateKey) -> int:
+    return node.p2p.peers.score(key.peer_id)
+
+
+def banned(node: Node, key: crypto.PrivateKey) -> bool:
+    return node.p2p.peers.is_banned(key.peer_id, None, reactor.seconds())
+
+
+async def honest_unaffected(net: Net) -> None:
+    target, honest = net.nodes
+    h = honest.store.tip_height()
+    await wait_for(lambda: honest.store.tip_height() >= h + 2, 10.0, "honest observer keeps following")
+    assert score(target, honest.key) >= 0 and not banned(target, honest.key)
+    assert honest.p2p.peer_id in target.p2p.connections
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_bytes_cost_a_malformed_frame_and_ban(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        key = make_keys(1, seed=9)[0]
+        peer = await connect_ready(key, net.nodes[0])
+        peer.transport.write(b"\x00\x00\x00\x06" + b"\xff" * 6)          # a frame, but no message
+        await wait_for(lambda: peer.lost.called, 5.0, "attacker dropped")
+        assert score(net.nodes[0], key) == DELTAS[Event.MALFORMED_FRAME] and banned(net.nodes[0], key)
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_length_prefix_costs_the_connection_not_our_memory(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        key = make_keys(1, seed=10)[0]
+        peer = await connect_ready(key, net.nodes[0])
+        conn = net.nodes[0].p2p.connections[key.peer_id]
+        peer.transport.write(b"\x80\x00\x00\x00" + b"\x00" * 1000)      # announces a 2 GiB frame
+        await wait_for(lambda: peer.lost.called, 5.0, "attacker dropped")
+        assert conn.decoder.buffered == 0 and conn.inbox_bytes == 0
+        assert score(net.nodes[0], key) == DELTAS[Event.OVERSIZED_FRAME] and banned(net.nodes[0], key)
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_vote_with_a_bad_signature_costs_invalid_signature(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        key = make_keys(1, seed=11)[0]
+        peer = await connect_ready(key, target)
+        height = target.consensus.engine.height
+        forged = Vote(VoteType.PREVOTE, height, 0, NIL_HASH, target.key.address, b"\x01" * 64)
+        peer.send(m.MsgType.VOTE, forged.to_wire())
+        await wait_for(lambda: score(target, key) < 0, 5.0, "the forged vote judged")
+        assert score(target, key) == DELTAS[Event.INVALID_SIGNATURE] and banned(target, key)
+        await wait_for(lambda: peer.lost.called, 5.0, "attacker dropped")
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_flood_is_rate_limited_then_banned_and_the_ban_survives_restart(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        key = make_keys(1, seed=12)[0]
+        peer = await connect_ready(key, target)
+        burst = target.config.rate_limit_burst
+        for i in range(burst + 40):
+            peer.send(m.MsgType.GET_STATUS, {}, request_id=i + 1)
+        await wait_for(lambda: peer.lost.called, 10.0, "flooder dropped")
+        statuses = sum(1 for t, _ in peer.messages if t == m.MsgType.STATUS)
+        assert burst <= statuses <= burst + 2                 # the burst was served (plus a refill at most)
+        assert Reason.RATE_LIMITED in peer.rejects()
+        # Each refusal costs RATE_LIMITED; it ended banned (<= -50) after a bounded number of them.
+        refused = peer.rejects().count(Reason.RATE_LIMITED)
+        assert refused * DELTAS[Event.RATE_LIMITED] <= -50 and score(target, key) <= -50
+        assert banned(target, key)
+        await honest_unaffected(net)
+
+        # Restart the target on the same store: the ban is still there and enforced on reconnect.
+        await target.stopService()
+        net.nodes[0] = target = net.make(0)
+        target.startService()
+        await wait_for(lambda: target.p2p.listen_addr, 5.0, "restarted target listening")
+        assert banned(target, key)
+        again = await connect(key, target)
+        again.send(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": []})
+        await wait_for(lambda: again.lost.called, 5.0, "banned peer refused")
+        assert Reason.BANNED in again.rejects()
+        assert key.peer_id not in target.p2p.connections
+        # The honest observer reconnects (it redials its bootstrap address) and is welcome.
+        net.nodes[1].p2p.peerstore.add(target.p2p.listen_addr, "bootstrap", reactor.seconds())
+        await wait_for(lambda: net.nodes[1].p2p.peer_id in target.p2p.connections, 15.0, "honest peer back")
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dialing_a_peer_that_presents_another_key_is_refused(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        target, dialer = net.nodes
+        impostor_id = make_keys(1, seed=13)[0].peer_id            # what we think lives at target's address
+        port = target.p2p.listening_port.getHost().port
+        addr = format_multiaddr("127.0.0.1", port, impostor_id)
+        before = set(dialer.p2p.connections)
+        await dialer.p2p.dial(addr)
+        await sleep(0.5)
+        assert impostor_id not in dialer.p2p.connections
+        assert set(dialer.p2p.connections) == before                 # nothing admitted under either id
+    finally:
+        await net.stop()

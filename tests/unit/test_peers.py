@@ -1,0 +1,452 @@
+"""The peer manager (timecoin/p2p/peers.py): the reputation table, decay, bans (persisted in a real LMDB
+store), the loopback rule, the token bucket, connection slots and the in-flight cap. Time is plain floats."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from timecoin.config import NodeConfig, build_config
+from timecoin.crypto import PrivateKey
+from timecoin.errors import Reason
+from timecoin.p2p import peers
+from timecoin.p2p.peers import (
+    BAN_THRESHOLD,
+    DECAY_INTERVAL,
+    DELTAS,
+    POST_BAN_SCORE,
+    RACE_PRONE,
+    RACE_WINDOW,
+    SCORE_PREFIX,
+    Event,
+    PeerManager,
+    event_for_reason,
+)
+from timecoin.store import BANS, PEERS, Store
+
+PIDS = [PrivateKey(bytes([i + 1]) * 32).peer_id for i in range(12)]
+A, B, C, D = PIDS[:4]
+T0 = 1_700_000_000.0                     # wall-clock-like seconds
+PUBLIC_IP = "203.0.113.7"                # TEST-NET-3
+OTHER_IP = "198.51.100.9"                # TEST-NET-2
+
+PROVABLE = {Event.INVALID_SIGNATURE, Event.FORGED_CERTIFICATE, Event.EQUIVOCATION, Event.MALFORMED_FRAME,
+            Event.OVERSIZED_FRAME, Event.INVALID_BLOCK}
+GOOD = {Event.VALID_BLOCK, Event.USEFUL_RESPONSE, Event.VALID_CONSENSUS_MESSAGE}
+
+
+def config(**changes: Any) -> NodeConfig:
+    return build_config(changes)
+
+
+def open_store(tmp_path: Path) -> Store:
+    return Store(os.path.join(str(tmp_path), "chain"))
+
+
+# -- the table ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("event", list(Event), ids=lambda e: e.value)
+def test_every_row_of_the_table_applies_through_record(event: Event) -> None:
+    mgr = PeerManager(None, config())
+    out = mgr.record(A, event, T0)
+    assert out.event is event
+    assert out.delta == DELTAS[event]
+    assert out.score == DELTAS[event] == mgr.score(A, T0)
+    assert out.banned is (DELTAS[event] <= BAN_THRESHOLD)
+    assert mgr.is_banned(A, None, T0) is out.banned
+    assert mgr.score(B, T0) == 0                        # nobody else is touched
+
+
+def test_table_tiers_match_the_spec() -> None:
+    assert set(DELTAS) == set(Event)
+    for event, delta in DELTAS.items():
+        if event in PROVABLE:
+            assert delta == -50, event
+        elif event in GOOD:
+            assert 0 <= delta <= 1, event
+        else:
+            assert -5 <= delta <= -1, event
+    assert RACE_PRONE.issubset(set(DELTAS) - PROVABLE - GOOD)
+
+
+def test_every_reason_is_mapped_explicitly() -> None:
+    assert set(peers._REASON_EVENTS) == set(Reason)
+    assert event_for_reason(Reason.BAD_SIGNATURE) is Event.INVALID_SIGNATURE
+    assert event_for_reason(Reason.MALFORMED) is Event.MALFORMED_FRAME
+    assert event_for_reason(Reason.FRAME_TOO_LARGE) is Event.OVERSIZED_FRAME
+    assert event_for_reason(Reason.BAD_CERTIFICATE) is Event.FORGED_CERTIFICATE
+    assert event_for_reason(Reason.BAD_BLOCK) is Event.INVALID_BLOCK
+    assert event_for_reason(Reason.RATE_LIMITED) is Event.RATE_LIMITED
+    assert event_for_reason(Reason.TIMEOUT) is Event.TIMEOUT
+    assert event_for_reason(Reason.FEE_TOO_LOW) is Event.INVALID_TX
+    assert event_for_reason(Reason.WRONG_ROUND) is Event.WRONG_HEIGHT_ROUND
+    for not_their_fault in (Reason.OK, Reason.DUPLICATE, Reason.MEMPOOL_FULL, Reason.INTERNAL,
+                            Reason.WRONG_GENESIS, Reason.PROTOCOL_VERSION, Reason.SHUTTING_DOWN):
+        assert event_for_reason(not_their_fault) is None
+    mgr = PeerManager(None, config())
+    assert mgr.record_reason(A, Reason.DUPLICATE, T0) is None
+    out = mgr.record_reason(A, Reason.TIMEOUT, T0)
+    assert out is not None and out.score == DELTAS[Event.TIMEOUT]
+
+
+# -- scores -------------------------------------------------------------------------------------------
+def test_scores_decay_toward_zero_one_point_a_minute() -> None:
+    mgr = PeerManager(None, config())
+    mgr.record(A, Event.TIMEOUT, T0)                   # -5
+    for _ in range(3):
+        mgr.record(B, Event.VALID_BLOCK, T0)           # +3
+    assert mgr.score(A, T0 + DECAY_INTERVAL - 0.001) == -5
+    assert mgr.score(A, T0 + DECAY_INTERVAL) == -4
+    assert mgr.score(B, T0 + DECAY_INTERVAL) == 2
+    assert mgr.score(A, T0 + 4.5 * DECAY_INTERVAL) == -1
+    assert mgr.score(A, T0 + 5 * DECAY_INTERVAL) == 0
+    assert mgr.score(A, T0 + 500 * DECAY_INTERVAL) == 0    # never past zero
+    assert mgr.score(B, T0 + 3 * DECAY_INTERVAL) == 0
+    # A partly decayed score keeps its progress: -5 at T0, -3 at 2 min, then -5 more -> -8, -7 a minute later.
+    mgr.record(C, Event.TIMEOUT, T0)
+    assert mgr.record(C, Event.TIMEOUT, T0 + 2 * DECAY_INTERVAL + 30).score == -8
+    assert mgr.score(C, T0 + 3 * DECAY_INTERVAL) == -7
+
+
+def test_decay_is_computed_lazily_without_writes(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        mgr = PeerManager(store, config())
+        mgr.record(A, Event.TIMEOUT, T0)
+        before = store.items(PEERS)
+        assert [k for k, _ in before] == [SCORE_PREFIX + A.encode()]
+        for minute in range(1, 4):
+            mgr.score(A, T0 + minute * DECAY_INTERVAL)
+            mgr.peer_info(A, T0 + minute * DECAY_INTERVAL)
+        assert store.items(PEERS) == before
+        mgr.record(A, Event.VALID_BLOCK, T0 + 3 * DECAY_INTERVAL)        # -2 + 1
+        assert store.items(PEERS) != before
+        assert PeerManager(store, config()).score(A, T0 + 3 * DECAY_INTERVAL) == -1
+        mgr.record(A, Event.VALID_BLOCK, T0 + 3 * DECAY_INTERVAL)        # back to 0: the record is deleted
+        assert store.items(PEERS) == []
+
+
+def test_scores_are_clamped_to_plus_minus_100() -> None:
+    mgr = PeerManager(None, config(ban_duration=10.0))
+    outs = [mgr.record(A, Event.VALID_BLOCK, T0) for _ in range(150)]
+    assert outs[99].score == 100 and outs[99].delta == 1
+    assert outs[100].score == 100 and outs[100].delta == 0
+    assert mgr.score(A, T0) == 100
+    for _ in range(5):
+        out = mgr.record(B, Event.FORGED_CERTIFICATE, T0)
+    assert out.score == -100 and out.delta == 0 and out.banned
+    # A reputation of +100 absorbs one provable offence; the second bans (at 0 - 50).
+    assert not mgr.record(A, Event.INVALID_SIGNATURE, T0).banned
+    out = mgr.record(A, Event.INVALID_SIGNATURE, T0)
+    assert out.score == 0 and not out.banned
+    assert mgr.record(A, Event.INVALID_SIGNATURE, T0).banned
+
+
+# -- bans ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("event", sorted(PROVABLE, key=lambda e: e.value), ids=lambda e: e.value)
+def test_one_provable_offence_bans_a_neutral_peer_by_id_and_ip(event: Event) -> None:
+    mgr = PeerManager(None, config())
+    mgr.connected(A, PUBLIC_IP, inbound=True, is_validator=False)
+    out = mgr.record(A, event, T0)                     # IP taken from the connection
+    assert (out.score, out.banned, out.newly_banned, out.banned_ip) == (-50, True, True, PUBLIC_IP)
+    assert mgr.is_banned(A, None, T0)
+    assert mgr.is_banned(B, PUBLIC_IP, T0)             # another PeerID from the same IP
+    assert mgr.is_banned(None, f"::ffff:{PUBLIC_IP}", T0)
+    assert not mgr.is_banned(B, OTHER_IP, T0)
+    mgr.disconnected(A)
+    assert mgr.admit(A, OTHER_IP, True, False, T0 + 1) == Reason.BANNED
+    assert mgr.admit(B, PUBLIC_IP, True, False, T0 + 1) == Reason.BANNED
+    assert mgr.admit(B, OTHER_IP, True, False, T0 + 1) == Reason.OK
+    again = mgr.record(A, event, T0 + 2)
+    assert again.banned and not again.newly_banned    # an existing ban is not extended
+
+
+@pytest.mark.parametrize("event", [Event.TIMEOUT, Event.RATE_LIMITED, Event.UNSOLICITED, Event.STALE_DATA,
+                                   Event.SLOW_RESPONSE])
+def test_ambiguous_faults_need_several_for_a_ban(event: Event) -> None:
+    mgr = PeerManager(None, config())
+    needed = -(BAN_THRESHOLD // -DELTAS[event])        # ceil(50 / cost)
+    assert needed >= 10
+    for i in range(needed - 1):
+        out = mgr.record(A, event, T0 + i * 0.01, ip=PUBLIC_IP)
+        assert not out.banned, i
+    out = mgr.record(A, event, T0 + needed * 0.01, ip=PUBLIC_IP)
+    assert out.banned and out.score <= BAN_THRESHOLD and out.banned_ip == PUBLIC_IP
+
+
+def test_race_prone_faults_are_charged_once_per_window() -> None:
+    mgr = PeerManager(None, config())
+    # An honest peer whose txs and late votes race our blocks every second for ten minutes.
+    worst = 0
+    for second in range(600):
+        for event in sorted(RACE_PRONE, key=lambda e: e.value):
+            worst = min(worst, mgr.record(A, event, T0 + second).score)
+    assert worst == -1
+    assert not mgr.is_banned(A, None, T0 + 600)
+    out = mgr.record(B, Event.INVALID_TX, T0)
+    assert out.delta == -1
+    assert mgr.record(B, Event.INVALID_TX, T0 + RACE_WINDOW - 1).delta == 0
+    assert mgr.record(B, Event.WRONG_HEIGHT_ROUND, T0 + 1).delta == 0       # one window for all kinds
+    assert mgr.record(C, Event.WRONG_HEIGHT_ROUND, T0 + 1).delta == -1      # and per peer
+    assert mgr.record(B, Event.NOT_VALIDATOR, T0 + RACE_WINDOW).delta == -1
+    assert mgr.record(B, Event.TIMEOUT, T0 + RACE_WINDOW).delta == -5       # other faults are always charged
+
+
+def test_ban_expiry_lifts_the_ban_and_leaves_probation(tmp_path: Path) -> None:
+    cfg = config(ban_duration=3600.0)
+    with open_store(tmp_path) as store:
+        mgr = PeerManager(store, cfg)
+        assert mgr.record(A, Event.EQUIVOCATION, T0, ip=PUBLIC_IP).banned
+        assert mgr.score(A, T0 + 3000) == -50           # no decay while banned
+        assert mgr.is_banned(A, None, T0 + 3599.9)
+        assert len(store.items(BANS)) == 2
+        assert not mgr.is_banned(A, None, T0 + 3600)
+        assert not mgr.is_banned(None, PUBLIC_IP, T0 + 3600)
+        assert store.items(BANS) == []
+        assert mgr.score(A, T0 + 3600) == POST_BAN_SCORE
+        assert mgr.score(A, T0 + 3600 + DECAY_INTERVAL) == POST_BAN_SCORE + 1
+        out = mgr.record(A, Event.TIMEOUT, T0 + 3600 + DECAY_INTERVAL)     # probation: one fault is not a ban
+        assert not out.banned and out.score == POST_BAN_SCORE + 1 - 5
+        assert mgr.record(A, Event.MALFORMED_FRAME, T0 + 3700).banned     # a provable offence is
+        # The expired ban stays lifted after a restart.
+        assert PeerManager(store, cfg).is_banned(A, None, T0 + 3700)
+        assert not PeerManager(store, cfg).is_banned(A, None, T0 + 3700 + 3600)
+
+
+def test_scores_and_bans_survive_disconnects_and_restarts(tmp_path: Path) -> None:
+    cfg = config(ban_duration=86400.0)
+    store = open_store(tmp_path)
+    mgr = PeerManager(store, cfg)
+    mgr.connected(A, OTHER_IP, True, False)
+    mgr.record(A, Event.TIMEOUT, T0)
+    mgr.record(A, Event.TIMEOUT, T0)
+    mgr.disconnected(A)
+    mgr.connected(A, OTHER_IP, True, False)              # reconnecting does not reset the score
+    assert mgr.score(A, T0) == -10
+    mgr.record(B, Event.INVALID_BLOCK, T0, ip=PUBLIC_IP)
+    for _ in range(7):
+        mgr.record(C, Event.USEFUL_RESPONSE, T0)
+    store.close()
+
+    store = open_store(tmp_path)
+    try:
+        fresh = PeerManager(store, cfg)
+        assert fresh.score(A, T0) == -10
+        assert fresh.score(A, T0 + 2 * DECAY_INTERVAL) == -8  # decay continues from the stored time
+        assert fresh.score(C, T0) == 7
+        assert fresh.is_banned(B, None, T0 + 1)
+        assert fresh.is_banned(D, PUBLIC_IP, T0 + 1)
+        assert fresh.admit(B, "192.0.2.1", False, True, T0 + 1) == Reason.BANNED
+        bans = fresh.list_bans(T0 + 1)
+        assert {(b.kind, b.target) for b in bans} == {("peer", B), ("ip", PUBLIC_IP)}
+        assert all(b.until == T0 + 86400.0 for b in bans)
+        assert not fresh.is_banned(B, None, T0 + 86400.0)
+    finally:
+        store.close()
+
+
+def test_loopback_is_never_banned_by_ip() -> None:
+    mgr = PeerManager(None, config())
+    mgr.connected(A, "127.0.0.1", True, False)
+    mgr.connected(B, "127.0.0.1", True, False)
+    out = mgr.record(A, Event.INVALID_SIGNATURE, T0)
+    assert out.banned and out.banned_ip is None
+    mgr.disconnected(A)
+    assert mgr.is_banned(A, "127.0.0.1", T0)                 # the PeerID ban applies
+    assert not mgr.is_banned(None, "127.0.0.1", T0)          # the address is not banned
+    assert mgr.admit(A, "127.0.0.1", True, False, T0) == Reason.BANNED
+    assert mgr.admit(C, "127.0.0.1", True, False, T0) == Reason.OK     # honest local peers are unaffected
+    assert mgr.is_connected(B)
+    for loop in ("::1", "127.0.0.2", "::ffff:127.0.0.1"):
+        assert not mgr.record(D, Event.MALFORMED_FRAME, T0, ip=loop).banned_ip
+        with pytest.raises(ValueError, match="loopback"):
+            mgr.set_ban(loop, 60, T0)
+    assert [b.kind for b in mgr.list_bans(T0)] == ["peer", "peer"]
+
+
+def test_a_stored_loopback_ip_ban_is_not_applied(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        # As an older node or a hand edit might have left it: the rule holds on reading, too.
+        ban = peers.Ban("ip", "127.0.0.1", T0 + 600, T0, "old")
+        store.put(BANS, ban.key, ban.encode())
+        mgr = PeerManager(store, config())
+        assert [b.target for b in mgr.list_bans(T0)] == ["127.0.0.1"]
+        assert not mgr.is_banned(A, "127.0.0.1", T0)
+        assert mgr.admit(A, "127.0.0.1", True, False, T0) == Reason.OK
+
+
+def test_operator_bans(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        mgr = PeerManager(store, config())
+        mgr.connected(C, PUBLIC_IP, True, False)
+        mgr.connected(D, PUBLIC_IP, False, False)
+        ban = mgr.set_ban(A, 600, T0)
+        assert (ban.kind, ban.target, ban.until) == ("peer", A, T0 + 600)
+        ip_ban = mgr.set_ban(f"::ffff:{PUBLIC_IP}", 60, T0, reason="abuse")
+        assert (ip_ban.kind, ip_ban.target, ip_ban.reason) == ("ip", PUBLIC_IP, "abuse")
+        assert mgr.connections_of(PUBLIC_IP) == sorted([C, D])
+        assert mgr.connections_of(A) == []
+        assert mgr.is_banned(A, None, T0) and mgr.is_banned(None, PUBLIC_IP, T0)
+        assert [b.target for b in mgr.list_bans(T0)] == [PUBLIC_IP, A]     # soonest to end first
+        assert [b.target for b in mgr.list_bans(T0 + 60)] == [A]           # the IP ban expired
+        assert len(store.items(BANS)) == 1
+        for bad in ("not-a-peer", "", "16Uiu2HAm" + "x" * 40):
+            with pytest.raises(ValueError, match="neither"):
+                mgr.set_ban(bad, 60, T0)
+        for seconds in (0, -1, float("inf"), float("nan"), 11 * 365 * 86400.0):
+            with pytest.raises(ValueError, match="duration"):
+                mgr.set_ban(B, seconds, T0)
+        # unban: a peer banned by reputation comes back on probation.
+        mgr.record(B, Event.INVALID_SIGNATURE, T0)
+        mgr.record(B, Event.INVALID_SIGNATURE, T0)
+        assert mgr.score(B, T0) == -100
+        assert mgr.unban(B) and not mgr.unban(B)
+        assert not mgr.is_banned(B, None, T0) and mgr.score(B, T0) == POST_BAN_SCORE
+        assert mgr.clear_bans() == 1
+        assert mgr.list_bans(T0) == [] and store.items(BANS) == []
+        assert not PeerManager(store, config()).is_banned(A, None, T0)
+
+
+# -- rate limit ---------------------------------------------------------------------------------------
+def test_token_bucket_burst_then_refill_rate() -> None:
+    mgr = PeerManager(None, config(rate_limit=100, rate_limit_burst=20))
+    assert [mgr.allow_request(A, T0) for _ in range(25)] == [True] * 20 + [False] * 5
+    assert mgr.allow_request(B, T0)                          # buckets are per peer
+    assert not mgr.allow_request(A, T0 + 0.59)
+    assert mgr.allow_request(A, T0 + 0.6)                    # 100/min: one token per 0.6 s
+    assert not mgr.allow_request(A, T0 + 0.6)
+    # Over the next minute, asked every 50 ms, exactly 100 requests pass.
+    start = T0 + 0.6
+    allowed = sum(mgr.allow_request(A, start + k * 0.05) for k in range(1, 1201))
+    assert allowed == 100
+    # An idle bucket refills to the burst, not beyond.
+    later = start + 3600
+    assert sum(mgr.allow_request(A, later) for _ in range(30)) == 20
+
+
+# -- slots --------------------------------------------------------------------------------------------
+def _connect(mgr: PeerManager, pid: str, ip: str, inbound: bool, validator: bool) -> Reason:
+    reason = mgr.admit(pid, ip, inbound, validator, T0)
+    if reason == Reason.OK:
+        mgr.connected(pid, ip, inbound, validator)
+    return reason
+
+
+def test_inbound_cap_and_reserved_validator_slots() -> None:
+    mgr = PeerManager(None, config(max_inbound=2, validator_slots=1, max_per_ip=100))
+    ips = [f"192.0.2.{i}" for i in range(1, 13)]
+    assert _connect(mgr, PIDS[0], ips[0], True, False) == Reason.OK
+    assert _connect(mgr, PIDS[1], ips[1], True, False) == Reason.OK
+    assert _connect(mgr, PIDS[2], ips[2], True, False) == Reason.TOO_MANY_CONNECTIONS
+    assert _connect(mgr, PIDS[3], ips[3], True, True) == Reason.OK          # the reserved slot
+    assert _connect(mgr, PIDS[4], ips[4], True, True) == Reason.TOO_MANY_CONNECTIONS
+    mgr.disconnected(PIDS[0])
+    assert _connect(mgr, PIDS[4], ips[4], True, True) == Reason.OK          # validators may take general slots
+    assert _connect(mgr, PIDS[5], ips[5], True, False) == Reason.TOO_MANY_CONNECTIONS
+    # A validator leaves: the other moves to the reserved slot, so a general slot is free again.
+    mgr.disconnected(PIDS[3])
+    assert _connect(mgr, PIDS[5], ips[5], True, False) == Reason.OK
+    assert _connect(mgr, PIDS[6], ips[6], True, False) == Reason.TOO_MANY_CONNECTIONS
+    assert _connect(mgr, PIDS[7], ips[7], True, True) == Reason.TOO_MANY_CONNECTIONS   # 2 + 1 inbound in all
+    assert mgr.inbound_count == 3
+    # Outbound connections do not use inbound slots.
+    assert _connect(mgr, PIDS[8], ips[8], False, False) == Reason.OK
+
+
+def test_outbound_cap_and_can_dial() -> None:
+    mgr = PeerManager(None, config(max_outbound=2))
+    assert mgr.can_dial(T0) and not mgr.can_dial(T0, pending=2)
+    assert _connect(mgr, A, "192.0.2.1", False, False) == Reason.OK
+    assert mgr.can_dial(T0) and not mgr.can_dial(T0, pending=1)
+    assert _connect(mgr, B, "192.0.2.2", False, True) == Reason.OK
+    assert not mgr.can_dial(T0)
+    assert _connect(mgr, C, "192.0.2.3", False, True) == Reason.TOO_MANY_CONNECTIONS
+    mgr.disconnected(A)
+    assert mgr.can_dial(T0) and mgr.outbound_count == 1
+
+
+def test_per_ip_cap_counts_both_directions() -> None:
+    mgr = PeerManager(None, config(max_per_ip=3))
+    assert _connect(mgr, PIDS[0], PUBLIC_IP, True, False) == Reason.OK
+    assert _connect(mgr, PIDS[1], PUBLIC_IP, False, False) == Reason.OK
+    assert _connect(mgr, PIDS[2], f"::ffff:{PUBLIC_IP}", True, True) == Reason.OK
+    assert _connect(mgr, PIDS[3], PUBLIC_IP, True, True) == Reason.TOO_MANY_CONNECTIONS
+    assert _connect(mgr, PIDS[3], PUBLIC_IP, False, False) == Reason.TOO_MANY_CONNECTIONS
+    assert _connect(mgr, PIDS[3], OTHER_IP, True, False) == Reason.OK
+    mgr.disconnected(PIDS[1])
+    assert _connect(mgr, PIDS[4], PUBLIC_IP, True, False) == Reason.OK
+
+
+def test_require_stake_and_duplicate_peer_ids() -> None:
+    mgr = PeerManager(None, config(require_stake=True))
+    assert _connect(mgr, A, PUBLIC_IP, True, False) == Reason.INSUFFICIENT_STAKE
+    assert _connect(mgr, A, PUBLIC_IP, False, False) == Reason.INSUFFICIENT_STAKE
+    assert _connect(mgr, B, PUBLIC_IP, True, True) == Reason.OK
+    assert _connect(mgr, B, OTHER_IP, False, True) == Reason.DUPLICATE
+    with pytest.raises(ValueError, match="already connected"):
+        mgr.connected(B, OTHER_IP, False, True)
+    mgr.disconnected(B)
+    mgr.disconnected(B)                                       # idempotent
+    assert _connect(mgr, B, OTHER_IP, False, True) == Reason.OK
+
+
+def test_inflight_cap() -> None:
+    mgr = PeerManager(None, config(max_inflight_requests=3))
+    assert not mgr.request_started(A)                         # not connected
+    mgr.connected(A, PUBLIC_IP, False, False)
+    assert [mgr.request_started(A) for _ in range(4)] == [True, True, True, False]
+    mgr.request_finished(A)
+    assert mgr.request_started(A) and not mgr.request_started(A)
+    assert mgr.peer_info(A, T0).inflight == 3
+    mgr.disconnected(A)
+    mgr.connected(A, PUBLIC_IP, False, False)
+    assert mgr.peer_info(A, T0).inflight == 0
+    mgr.request_finished(A)                                   # never below zero
+    assert mgr.request_started(A) and mgr.peer_info(A, T0).inflight == 1
+
+
+# -- introspection and bounds ---------------------------------------------------------------------------
+def test_snapshot_and_peer_info() -> None:
+    mgr = PeerManager(None, config(ban_duration=100.0))
+    mgr.connected(A, PUBLIC_IP, True, True)
+    mgr.connected(B, OTHER_IP, False, False)
+    mgr.record(A, Event.VALID_BLOCK, T0)
+    mgr.record(C, Event.EQUIVOCATION, T0, ip="192.0.2.5")
+    info = mgr.peer_info(A, T0)
+    assert (info.score, info.connected, info.inbound, info.validator, info.ip, info.banned_until) == \
+        (1, True, True, True, PUBLIC_IP, None)
+    assert mgr.peer_info(C, T0).banned_until == T0 + 100.0
+    assert mgr.peer_info(D).to_json() == {"peer_id": D, "score": 0, "banned_until": None, "connected": False,
+                                          "inbound": None, "validator": False, "ip": None, "inflight": 0}
+    snap = mgr.snapshot(T0)
+    assert (snap["inbound"], snap["outbound"], snap["validators"]) == (1, 1, 1)
+    assert (snap["banned_peers"], snap["banned_ips"], snap["known_scores"]) == (1, 1, 2)
+    assert [p["peer_id"] for p in snap["peers"]] == sorted([A, B])
+    assert snap["limits"]["rate_limit"] == 100
+    assert mgr.score(A) == 1                                  # without now: the latest time seen
+
+
+def test_score_table_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peers, "MAX_SCORES", 4)
+    with open_store(tmp_path) as store:
+        mgr = PeerManager(store, config())
+        mgr.record(PIDS[0], Event.STALE_DATA, T0)                # -3
+        mgr.record(PIDS[1], Event.VALID_BLOCK, T0)               # +1: closest to 0
+        mgr.record(PIDS[2], Event.TIMEOUT, T0)                   # -5
+        mgr.connected(PIDS[3], PUBLIC_IP, True, False)
+        mgr.record(PIDS[3], Event.VALID_BLOCK, T0)               # +1 but connected: kept
+        mgr.record(PIDS[4], Event.TIMEOUT, T0)                   # the fifth: evicts PIDS[1]
+        kept = {k[len(SCORE_PREFIX):].decode() for k, _ in store.items(PEERS, SCORE_PREFIX)}
+        assert kept == {PIDS[0], PIDS[2], PIDS[3], PIDS[4]}
+        assert mgr.score(PIDS[1], T0) == 0 and mgr.score(PIDS[2], T0) == -5
+
+
+def test_corrupt_records_are_ignored(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.put(PEERS, SCORE_PREFIX + A.encode(), b"\x01")
+        store.put(BANS, b"peer:" + B.encode(), b"{not json")
+        store.put(BANS, b"ip:" + PUBLIC_IP.encode(), b'{"until": "nan", "since": 0, "reason": "x"}')
+        mgr = PeerManager(store, config())
+        assert mgr.score(A, T0) == 0
+        assert not mgr.is_banned(B, PUBLIC_IP, T0)
+        assert mgr.record(A, Event.TIMEOUT, T0).score == -5

@@ -1,0 +1,74 @@
+"""Flood gossip bookkeeping (SPEC §5 "Gossip"): what was seen, and what each peer still lacks.
+
+Two sans-I/O parts the P2P service combines:
+
+* :class:`SeenCache` — ids of messages already processed (bounded, oldest forgotten first), so each
+  transaction, proposal, vote, evidence or announcement is handled and relayed once.
+* :class:`HeightArchive` — the consensus messages of the current height, kept so they can be offered
+  again to peers that were not connected (or lost a message) when they were first sent. The engine
+  never re-sends; like CometBFT's gossip routines, the network layer offers a peer what it lacks for
+  the height the peer is at, which is what liveness after network stabilisation needs.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+DEFAULT_SEEN_SIZE = 100_000
+MAX_ARCHIVED_PER_HEIGHT = 10_000      # proposals + votes of one height (bounded: rounds x validators x 2)
+
+
+def message_id(msg_type: int, body: bytes) -> bytes:
+    """The id of a gossiped message: its type and canonical body, never the request id."""
+    return hashlib.sha256(bytes((msg_type,)) + body).digest()
+
+
+class SeenCache:
+    """An insertion-ordered set with a size bound."""
+
+    __slots__ = ("size", "_ids")
+
+    def __init__(self, size: int = DEFAULT_SEEN_SIZE) -> None:
+        self.size = size
+        self._ids: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, mid: object) -> bool:
+        return mid in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, mid: bytes) -> bool:
+        """Record ``mid``; False if it was already there (the caller drops the message)."""
+        if mid in self._ids:
+            return False
+        self._ids[mid] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return True
+
+
+class HeightArchive:
+    """Consensus messages (id -> framed bytes) of one height, in arrival order."""
+
+    __slots__ = ("height", "_frames")
+
+    def __init__(self) -> None:
+        self.height = 0
+        self._frames: dict[bytes, tuple[int, bytes]] = {}
+
+    def reset(self, height: int) -> None:
+        self.height = height
+        self._frames = {}
+
+    def add(self, height: int, mid: bytes, msg_type: int, payload: bytes) -> None:
+        if height != self.height or len(self._frames) >= MAX_ARCHIVED_PER_HEIGHT:
+            return
+        self._frames.setdefault(mid, (msg_type, payload))
+
+    def missing(self, known: set[bytes]) -> list[tuple[bytes, int, bytes]]:
+        """(id, type, payload) of every archived message not in ``known``."""
+        return [(mid, t, p) for mid, (t, p) in self._frames.items() if mid not in known]
+
+    def __len__(self) -> int:
+        return len(self._frames)

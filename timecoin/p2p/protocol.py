@@ -1,0 +1,261 @@
+"""One authenticated peer connection: TLS identity, framing, fair input queue, requests (SPEC §5).
+
+The protocol owns the bytes; the :class:`~timecoin.p2p.service.P2PService` owns the meaning. The
+connection
+
+* learns the peer's PeerID from the verified TLS certificate (``handshakeCompleted``) and asks the
+  service whether to admit it;
+* cuts the stream into frames with the configured maximum enforced on the length prefix, so an
+  oversized or malformed frame costs the peer the connection before we buffer it;
+* queues decoded frames and lets the service take them one per peer in turn; a peer whose
+  unprocessed input passes ``MAX_QUEUED_BYTES`` is paused (``pauseProducing``) until it drains, so one
+  flooding peer cannot starve the others (SPEC §5 "Fairness under load");
+* matches responses to its own requests by request id, each with a timeout.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from timecoin import crypto
+from timecoin.errors import DecodeError, Reason, TimecoinError
+from timecoin.p2p.identity import PeerAuthError, peer_public_key
+from timecoin.wire import messages as m
+from timecoin.wire.framing import FrameDecoder, encode_frame
+
+if TYPE_CHECKING:
+    from timecoin.p2p.service import P2PService
+
+MAX_QUEUED_BYTES = 4 << 20          # unprocessed input per peer before its socket is paused
+HANDSHAKE_TIMEOUT = 10.0            # TLS + hello must complete within this
+REQUEST_TIMEOUT = 15.0              # SPEC §6: an unanswered request moves on after ~15 s
+
+
+class RequestFailed(TimecoinError):
+    """A request that timed out, was rejected by the peer, or lost its connection."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason.name.lower()}: {detail}" if detail else reason.name.lower())
+        self.reason = reason
+
+
+@implementer(IHandshakeListener)
+class PeerConnection(Protocol):
+    """A TLS connection to one peer (inbound or dialed)."""
+
+    log = Logger()
+
+    def __init__(self, service: P2PService, clock: IReactorTime, inbound: bool, dialed: str | None = None) -> None:
+        self.service = service
+        self.clock = clock
+        self.inbound = inbound
+        self.dialed = dialed                   # the multiaddr we dialed (outbound only)
+        self.peer_id = ""
+        self.pubkey = b""
+        self.address = b""                     # the peer's ledger address (validator check)
+        self.ip = ""
+        self.port = 0
+        self.state = "tls"                     # tls -> hello -> ready -> (closing ->) closed
+        self.is_validator = False
+        self.hello: Any = None
+        self.height = 0                        # the peer's best height as last announced
+        self.latency: float | None = None      # ping round-trip EWMA, seconds
+        self.sent_ids: set[bytes] = set()      # current-height consensus message ids the peer has (gossip)
+        self.decoder = FrameDecoder(service.config.max_frame_bytes)
+        self.inbox: collections.deque[bytes] = collections.deque()
+        self.inbox_bytes = 0
+        self.paused = False
+        self._requests: dict[int, tuple[defer.Deferred[Any], Any, m.MsgType]] = {}
+        self._ids = itertools.count(1)
+        self._handshake_timer: Any = None
+        self.ping_sent: dict[int, float] = {}
+        self.messages_in = 0
+        self.messages_out = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted API
+        peer = self.transport.getPeer()
+        self.ip, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
+        self._handshake_timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshake_timed_out)
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted API
+        try:
+            self.pubkey = peer_public_key(self.transport)
+        except PeerAuthError as exc:
+            self.log.info("Peer {ip} failed TLS identity checks: {why}", ip=self.ip, why=str(exc))
+            self.abort()
+            return
+        self.peer_id = crypto.peer_id_of(self.pubkey)
+        self.address = crypto.address_of(self.pubkey)
+        self.state = "hello"
+        reason = self.service.admit(self)
+        if reason != Reason.OK:
+            self.reject(reason, "connection refused")
+            self.close()
+            return
+        self.send(m.MsgType.HELLO, self.service.hello_body())
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self.state in ("tls", "hello"):
+            self.log.info("Peer {ip}:{port} did not complete the handshake in time", ip=self.ip, port=self.port)
+            self.service.penalize(self, Reason.TIMEOUT)
+            self.abort()
+
+    def became_ready(self) -> None:
+        self.state = "ready"
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
+    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802 - Twisted API
+        was = self.state
+        self.state = "closed"
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self.inbox.clear()
+        self.inbox_bytes = 0
+        pending, self._requests = self._requests, {}
+        for d, timer, _ in pending.values():
+            if timer.active():
+                timer.cancel()
+            d.errback(RequestFailed(Reason.INTERNAL, "connection lost"))
+        self.service.connection_lost(self, was)
+
+    def close(self) -> None:
+        """Finish writing what is queued (answers, the reject that says why), then disconnect.
+
+        Input still queued is dropped: nothing more from this peer will be handled.
+        """
+        self.inbox.clear()
+        self.inbox_bytes = 0
+        if self.transport is not None and self.state not in ("closed", "closing"):
+            self.state = "closing"
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop at once (protocol violations: nothing more from this peer is worth reading)."""
+        self.inbox.clear()
+        self.inbox_bytes = 0
+        if self.transport is not None and self.state != "closed":
+            self.state = "closing"
+            abort = getattr(self.transport, "abortConnection", None)
+            (abort or self.transport.loseConnection)()
+
+    # -- input -----------------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
+        if self.state in ("closed", "closing", "tls"):
+            return
+        try:
+            frames = self.decoder.feed(data)
+        except DecodeError as exc:
+            self._queue(getattr(exc, "frames", []))
+            self.log.info("Peer {peer} sent a bad frame: {why}", peer=self.peer_id, why=str(exc))
+            self.service.penalize(self, exc.reason)
+            self.abort()
+            return
+        self._queue(frames)
+
+    def _queue(self, frames: list[bytes]) -> None:
+        if not frames:
+            return
+        for frame in frames:
+            self.inbox.append(frame)
+            self.inbox_bytes += len(frame)
+        self.service.schedule(self)
+        if self.inbox_bytes > MAX_QUEUED_BYTES and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pauseProducing()
+
+    def process_one(self) -> bool:
+        """Handle the oldest queued frame; True if more are queued."""
+        if not self.inbox or self.state in ("closed", "closing"):
+            return False
+        payload = self.inbox.popleft()
+        self.inbox_bytes -= len(payload)
+        if self.paused and self.inbox_bytes <= MAX_QUEUED_BYTES // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resumeProducing()
+        try:
+            msg_type, request_id, body = m.decode_message(payload)
+        except DecodeError as exc:
+            self.log.info("Peer {peer} sent an undecodable message: {why}", peer=self.peer_id, why=str(exc))
+            self.service.penalize(self, Reason.MALFORMED)
+            self.abort()
+            return False
+        self.messages_in += 1
+        self.service.handle(self, msg_type, request_id, body, payload)
+        return bool(self.inbox) and self.state not in ("closed", "closing")
+
+    # -- output ----------------------------------------------------------------------------------
+    def send(self, msg_type: m.MsgType, body: Any, request_id: int = 0) -> None:
+        self.send_payload(m.encode_message(msg_type, body, request_id))
+
+    def send_payload(self, payload: bytes) -> None:
+        if self.transport is None or self.state == "closed":
+            return
+        self.messages_out += 1
+        self.transport.write(encode_frame(payload, self.service.config.max_frame_bytes))
+
+    def reject(self, reason: Reason, message: str, request_id: int = 0) -> None:
+        self.send(m.MsgType.REJECT, {"reason": int(reason), "message": message[:1000]}, request_id)
+
+    def request(self, msg_type: m.MsgType, body: Any, timeout: float = REQUEST_TIMEOUT) -> defer.Deferred[Any]:
+        """Send a request; the Deferred fires with (response type, body) or fails with RequestFailed."""
+        if self.state != "ready":
+            return defer.fail(RequestFailed(Reason.INTERNAL, "peer not ready"))
+        if len(self._requests) >= self.service.config.max_inflight_requests:
+            return defer.fail(RequestFailed(Reason.RATE_LIMITED, "max_inflight_requests open to this peer"))
+        rid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        d: defer.Deferred[Any] = defer.Deferred()
+        timer = self.clock.callLater(timeout, self._request_timed_out, rid)
+        self._requests[rid] = (d, timer, msg_type)
+        self.send(msg_type, body, rid)
+        return d
+
+    def _request_timed_out(self, rid: int) -> None:
+        entry = self._requests.pop(rid, None)
+        if entry is None:
+            return
+        self.service.penalize(self, Reason.TIMEOUT)
+        entry[0].errback(RequestFailed(Reason.TIMEOUT, f"no answer to {entry[2].name}"))
+
+    def answer(self, request_id: int, msg_type: m.MsgType, body: Any) -> bool:
+        """Deliver a response to the request it answers; False if we asked no such thing."""
+        entry = self._requests.pop(request_id, None)
+        if entry is None:
+            return False
+        d, timer, _ = entry
+        if timer.active():
+            timer.cancel()
+        if msg_type == m.MsgType.REJECT:
+            d.errback(RequestFailed(_reason(body.reason), body.message))
+        else:
+            d.callback((msg_type, body))
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    def info(self) -> dict[str, Any]:
+        return {"peer_id": self.peer_id, "addr": f"{self.ip}:{self.port}", "inbound": self.inbound,
+                "validator": self.is_validator, "height": self.height, "state": self.state,
+                "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
+                "agent": getattr(self.hello, "agent", ""), "messages_in": self.messages_in,
+                "messages_out": self.messages_out}
+
+
+def _reason(code: int) -> Reason:
+    try:
+        return Reason(code)
+    except ValueError:
+        return Reason.INTERNAL

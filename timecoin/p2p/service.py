@@ -1,0 +1,641 @@
+"""P2PService: listens, dials, and carries consensus, transactions and blocks between peers (SPEC §5).
+
+It adapts the sans-I/O parts to Twisted: the :class:`~timecoin.p2p.peers.PeerManager` (reputation,
+bans, rate limits, slots), the :class:`~timecoin.p2p.discovery.PeerStore` (addresses, dial backoff) and
+the gossip bookkeeping (:mod:`timecoin.p2p.gossip`). The consensus engine does not know about sockets:
+``ConsensusService.broadcast`` is pointed at :meth:`P2PService.broadcast`, and messages from peers are
+fed to ``ConsensusService.receive_proposal/receive_vote``.
+
+Liveness needs more than one-shot flooding: a node that connects (or reconnects) in the middle of a
+height must still see that height's proposal and votes. Every ``gossip_interval`` each peer known to
+be at our height is offered the archived messages of the height it does not have yet (CometBFT's
+gossip routines do the same), and a peer that announces a higher height is asked for the certified
+blocks we lack (catch-up; the full StateSyncManager of SPEC §6 builds on this).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import random
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, task
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from timecoin import __version__
+from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
+from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, Vote
+from timecoin.ledger.tx import Transaction
+from timecoin.p2p import discovery, peers
+from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
+from timecoin.p2p.identity import HostIdentity
+from timecoin.p2p.protocol import PeerConnection, RequestFailed
+from timecoin.wire import messages as m
+
+AGENT = f"timecoin/{__version__}"
+PROTOCOLS = ("/timecoin/consensus/1.0.0", "/timecoin/sync/1.0.0", "/timecoin/tx/1.0.0", "/timecoin/ping/1.0.0")
+MAX_BLOCKS_PER_RESPONSE = 100
+CATCH_UP_BATCH = 50
+MAX_PEERS_PER_RESPONSE = 100
+DRAIN_BATCH = 256                  # frames handled per reactor turn (one per peer in turn)
+LATENCY_ALPHA = 0.2                # EWMA weight of a new ping sample
+DIAL_INTERVAL = 1.0
+DIAL_TIMEOUT = 5.0
+PING_MISSES_BEFORE_DROP = 4
+ENVELOPE_HEADER = 5                # type (1) + request id (4): what a message id leaves out
+
+RESPONSES = frozenset({m.MsgType.STATUS, m.MsgType.PEERS, m.MsgType.BLOCKS, m.MsgType.BLOCK_HASHES})
+RATE_LIMITED_TYPES = m.REQUESTS | {m.MsgType.PING}
+
+
+class _ConnectionFactory(Factory):
+    def __init__(self, p2p: P2PService, inbound: bool, dialed: str | None = None) -> None:
+        self.p2p = p2p
+        self.inbound = inbound
+        self.dialed = dialed
+
+    def buildProtocol(self, addr: Any) -> PeerConnection:  # noqa: N802 - Twisted API
+        conn = PeerConnection(self.p2p, self.p2p.reactor, self.inbound, self.dialed)
+        conn.factory = self
+        return conn
+
+
+class P2PService(service.Service):
+    name = "p2p"
+    log = Logger()
+
+    def __init__(self, node: Any, reactor: Any) -> None:
+        self.node = node
+        self.reactor = reactor
+        self.config = node.config
+        self.identity = HostIdentity(node.key)
+        self.peer_id = node.key.peer_id
+        self.peers: peers.PeerManager | None = None
+        self.peerstore: discovery.PeerStore | None = None
+        self.connections: dict[str, PeerConnection] = {}     # admitted (hello or ready), by PeerID
+        self.seen = SeenCache()
+        self.archive = HeightArchive()
+        self.listening_port: Any = None
+        self.listen_addr = ""
+        self._ready: collections.deque[PeerConnection] = collections.deque()
+        self._queued: set[int] = set()
+        self._drain_call: Any = None
+        self._dialing: set[str] = set()
+        self._loops: list[task.LoopingCall] = []
+        self._fetching = False
+        self._rng = random.Random(os.urandom(16))
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802 - Twisted API
+        super().startService()
+        cfg, node = self.config, self.node
+        self.peers = peers.PeerManager(node.store, cfg)
+        self.peerstore = discovery.PeerStore(node.store, rng=self._rng)
+        now = self.reactor.seconds()
+        for addr in cfg.bootstrap:
+            try:
+                self.peerstore.add(addr, "bootstrap", now)
+            except ValueError as exc:
+                self.log.warn("Ignoring bootstrap address {addr}: {why}", addr=addr, why=str(exc))
+        if node.consensus is not None:
+            node.consensus.broadcast = self.broadcast
+            node.consensus.on_commit.append(self._on_commit)
+            self.archive.reset(node.consensus.engine.height if node.consensus.engine else node.next_height())
+        endpoint = endpoints.SSL4ServerEndpoint(self.reactor, cfg.p2p_port, self.identity.server_context_factory(),
+                                                interface=cfg.p2p_host)
+        d = endpoint.listen(_ConnectionFactory(self, inbound=True))
+        d.addCallbacks(self._listening, self._listen_failed)
+        for interval, fn in ((DIAL_INTERVAL, self._dial_due), (cfg.gossip_interval, self._gossip),
+                             (cfg.ping_interval, self._ping_all), (DIAL_INTERVAL, self._maybe_catch_up)):
+            loop = task.LoopingCall(fn)
+            loop.clock = self.reactor
+            loop.start(max(interval, 0.01), now=False).addErrback(self._loop_failed)
+            self._loops.append(loop)
+
+    def _listening(self, port: Any) -> None:
+        self.listening_port = port
+        host = port.getHost()
+        self.listen_addr = discovery.format_multiaddr(host.host, host.port, self.peer_id)
+        self.log.info("P2P listening on {addr}", addr=self.listen_addr)
+
+    def _listen_failed(self, failure: Failure) -> None:
+        # The node still works without inbound peers (it dials out), so this is loud but not fatal.
+        self.log.error("Cannot listen for peers on {host}:{port}: {why}; running without inbound connections",
+                       host=self.config.p2p_host, port=self.config.p2p_port, why=failure.getErrorMessage())
+
+    def _loop_failed(self, failure: Failure) -> None:
+        self.log.failure("A P2P background loop failed", failure)
+
+    def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802 - Twisted API
+        super().stopService()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        for conn in list(self.connections.values()):
+            conn.close()
+        if self.listening_port is not None:
+            port, self.listening_port = self.listening_port, None
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+    # -- admission -------------------------------------------------------------------------------
+    def admit(self, conn: PeerConnection) -> Reason:
+        """Called once the TLS identity is known. Reason.OK admits; anything else is sent and closes."""
+        if not self.running or self.peers is None:
+            return Reason.SHUTTING_DOWN
+        now = self.reactor.seconds()
+        if conn.peer_id == self.peer_id:
+            return Reason.DUPLICATE                   # we dialed ourselves (our own address came back)
+        if self.peers.is_banned(conn.peer_id, conn.ip, now):
+            return Reason.BANNED
+        conn.is_validator = self._is_validator(conn.address)
+        old = self.connections.get(conn.peer_id)
+        if old is not None:
+            # Both sides dialed each other: keep the connection dialed by the smaller PeerID, on both ends.
+            new_dialer = self.peer_id if not conn.inbound else conn.peer_id
+            old_dialer = self.peer_id if not old.inbound else old.peer_id
+            if new_dialer >= old_dialer:
+                return Reason.DUPLICATE
+            self._unregister(old)
+            old.close()
+        reason = self.peers.admit(conn.peer_id, conn.ip, conn.inbound, conn.is_validator, now)
+        if reason != Reason.OK:
+            return reason
+        self.peers.connected(conn.peer_id, conn.ip, conn.inbound, conn.is_validator)
+        self.connections[conn.peer_id] = conn
+        return Reason.OK
+
+    def _is_validator(self, address: bytes) -> bool:
+        store = self.node.store
+        if store is None:
+            return False
+        vs = store.validator_set(store.tip_height() + 1)
+        return vs is not None and address in vs
+
+    def _unregister(self, conn: PeerConnection) -> None:
+        if self.connections.get(conn.peer_id) is conn:
+            del self.connections[conn.peer_id]
+            if self.peers is not None:
+                self.peers.disconnected(conn.peer_id)
+
+    def connection_lost(self, conn: PeerConnection, was: str) -> None:
+        registered = self.connections.get(conn.peer_id) is conn
+        self._unregister(conn)
+        if conn.dialed and self.peerstore is not None and was in ("tls", "hello"):
+            self.peerstore.dial_failed(conn.dialed, self.reactor.seconds())
+        if registered and conn.hello is not None:
+            self.log.info("Peer {peer} disconnected", peer=conn.peer_id)
+
+    def hello_body(self) -> dict[str, Any]:
+        store = self.node.store
+        tip, tip_hash = store.tip_height(), store.tip_hash()
+        return {"protocol_version": m.PROTOCOL_VERSION, "chain_id": self.node.genesis.chain_id,
+                "genesis_hash": self.node.genesis.hash, "best_height": tip, "best_hash": tip_hash,
+                "finalized_height": tip, "finalized_hash": tip_hash,
+                "listen_addrs": [self.listen_addr] if self.listen_addr else [], "agent": AGENT,
+                "protocols": list(PROTOCOLS)}
+
+    # -- reputation ------------------------------------------------------------------------------
+    def penalize(self, conn: PeerConnection, reason: Reason) -> None:
+        event = peers.event_for_reason(reason)
+        if event is not None:
+            self.record(conn, event)
+
+    def record(self, conn: PeerConnection, event: peers.Event) -> None:
+        if not conn.peer_id or self.peers is None:
+            return
+        outcome = self.peers.record(conn.peer_id, event, self.reactor.seconds(), ip=conn.ip)
+        if outcome.banned:
+            self.log.warn("Banned peer {peer} ({ip}): reputation {score} after {event}", peer=conn.peer_id,
+                          ip=conn.ip, score=outcome.score, event=event.name)
+            conn.reject(Reason.BANNED, "banned")
+            conn.close()
+
+    # -- input scheduling (one message per peer in turn) ----------------------------------------------
+    def schedule(self, conn: PeerConnection) -> None:
+        if id(conn) not in self._queued:
+            self._queued.add(id(conn))
+            self._ready.append(conn)
+        if self._drain_call is None:
+            self._drain_call = self.reactor.callLater(0, self._drain)
+
+    def _drain(self) -> None:
+        self._drain_call = None
+        for _ in range(DRAIN_BATCH):
+            if not self._ready:
+                break
+            conn = self._ready.popleft()
+            try:
+                more = conn.process_one()
+            except Exception:
+                self.log.failure("Handling a message from {peer} failed", peer=conn.peer_id)
+                more = bool(conn.inbox)
+            if more:
+                self._ready.append(conn)
+            else:
+                self._queued.discard(id(conn))
+        if self._ready and self._drain_call is None:
+            self._drain_call = self.reactor.callLater(0, self._drain)
+
+    # -- message handling ------------------------------------------------------------------------
+    def handle(self, conn: PeerConnection, msg_type: m.MsgType, request_id: int, body: Any, payload: bytes) -> None:
+        if conn.state == "hello":
+            if msg_type == m.MsgType.HELLO:
+                self._on_hello(conn, body)
+            elif msg_type == m.MsgType.REJECT:
+                self.log.info("Peer {peer} refused us: {why}", peer=conn.peer_id, why=body.message)
+                conn.close()
+            else:
+                self.penalize(conn, Reason.MALFORMED)       # protocol violation: data before hello
+                conn.abort()
+            return
+        if msg_type in RATE_LIMITED_TYPES and not self.peers.allow_request(conn.peer_id, self.reactor.seconds()):
+            conn.reject(Reason.RATE_LIMITED, "rate limited", request_id)
+            self.penalize(conn, Reason.RATE_LIMITED)
+            return
+        if msg_type in RESPONSES or (msg_type == m.MsgType.REJECT and request_id):
+            if not conn.answer(request_id, msg_type, body):
+                self.record(conn, peers.Event.UNSOLICITED)
+            return
+        handler = self._HANDLERS.get(msg_type)
+        if handler is None:                                 # a second HELLO
+            self.record(conn, peers.Event.UNSOLICITED)
+            return
+        handler(self, conn, request_id, body, payload)
+
+    def _on_hello(self, conn: PeerConnection, hello: Any) -> None:
+        genesis = self.node.genesis
+        if hello.protocol_version != m.PROTOCOL_VERSION:
+            reason, why = Reason.PROTOCOL_VERSION, f"protocol version {hello.protocol_version}"
+        elif hello.chain_id != genesis.chain_id:
+            reason, why = Reason.WRONG_CHAIN, f"chain {hello.chain_id!r}"
+        elif hello.genesis_hash != genesis.hash:
+            reason, why = Reason.WRONG_GENESIS, f"genesis {hello.genesis_hash.hex()[:16]}"
+        else:
+            reason, why = Reason.OK, ""
+        if reason != Reason.OK:
+            self.log.info("Disconnecting {peer}: {why} is not ours", peer=conn.peer_id, why=why)
+            conn.reject(reason, f"{why} is not ours ({genesis.chain_id} {genesis.hash.hex()[:16]})")
+            self._unregister(conn)
+            conn.close()
+            if conn.dialed:
+                self.peerstore.dial_failed(conn.dialed, self.reactor.seconds())
+            return
+        conn.hello = hello
+        conn.height = hello.best_height
+        conn.became_ready()
+        now = self.reactor.seconds()
+        if conn.dialed:
+            self.peerstore.dial_succeeded(conn.dialed, now)
+        self.peerstore.mark_seen(conn.peer_id, now)
+        for addr in list(hello.listen_addrs)[:8]:
+            self._learn(addr, conn.peer_id, "identify", now)
+        self.log.info("Connected to {kind} peer {peer} ({dir} {ip}:{port}, height {h}, {agent})",
+                      kind="validator" if conn.is_validator else "observer", peer=conn.peer_id,
+                      dir="in" if conn.inbound else "out", ip=conn.ip, port=conn.port, h=hello.best_height,
+                      agent=hello.agent)
+        if not conn.inbound:
+            conn.request(m.MsgType.GET_PEERS, {}).addCallbacks(lambda r: self._on_peers(conn, r), _ignore)
+        self._offer(conn)
+        self._maybe_catch_up()
+
+    def _learn(self, addr: str, source: str, kind: str, now: float) -> None:
+        try:
+            _, _, pid = discovery.parse_multiaddr(addr)
+        except ValueError:
+            return
+        if pid is None or pid == self.peer_id or (kind == "identify" and pid != source):
+            return
+        self.peerstore.add(addr, kind, now)
+
+    def _on_ping(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        conn.send(m.MsgType.PONG, {"nonce": body.nonce, "payload": body.payload}, rid)
+
+    def _on_pong(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        sent = conn.ping_sent.pop(body.nonce, None)
+        if sent is None:
+            self.record(conn, peers.Event.UNSOLICITED)
+            return
+        rtt = max(self.reactor.seconds() - sent, 0.0)
+        conn.latency = rtt if conn.latency is None else (1 - LATENCY_ALPHA) * conn.latency + LATENCY_ALPHA * rtt
+        self.peerstore.set_latency(conn.peer_id, conn.latency)
+
+    def _on_get_status(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        conn.send(m.MsgType.STATUS, self.status_body(), rid)
+
+    def status_body(self) -> dict[str, Any]:
+        store = self.node.store
+        tip, tip_hash = store.tip_height(), store.tip_hash()
+        return {"height": tip, "tip_hash": tip_hash, "finalized_height": tip, "finalized_hash": tip_hash,
+                "genesis_hash": self.node.genesis.hash}
+
+    def _on_get_peers(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        addrs = [a for a in self.peerstore.sample(MAX_PEERS_PER_RESPONSE, self._rng) if conn.peer_id not in a]
+        conn.send(m.MsgType.PEERS, {"addrs": addrs[:MAX_PEERS_PER_RESPONSE]}, rid)
+
+    def _on_peers(self, conn: PeerConnection, response: tuple[m.MsgType, Any]) -> None:
+        now = self.reactor.seconds()
+        addrs = [a for a in list(response[1].addrs)[:MAX_PEERS_PER_RESPONSE]]
+        for addr in addrs:
+            self._learn(addr, conn.peer_id, "exchange", now)
+
+    def _on_get_blocks(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        count = min(body.count, MAX_BLOCKS_PER_RESPONSE)
+        out: list[dict[str, Any]] = []
+        budget = self.config.max_frame_bytes - 1024
+        for block, cert in self.node.store.get_blocks(body.start, count):
+            size = block.size + len(cert.encoded) + 8
+            if size > budget and out:
+                break
+            budget -= size
+            out.append({"block": block.to_wire(), "certificate": cert.to_wire()})
+        conn.send(m.MsgType.BLOCKS, {"blocks": out}, rid)
+
+    def _on_get_block_hashes(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        hashes = self.node.store.block_hashes(body.start, min(body.count, 10_000))
+        conn.send(m.MsgType.BLOCK_HASHES, {"start": body.start, "hashes": hashes}, rid)
+
+    def _on_tx(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        mid = message_id(m.MsgType.TX, payload[ENVELOPE_HEADER:])
+        if mid in self.seen:
+            conn.sent_ids.add(mid)
+            return
+        try:
+            tx = Transaction.from_wire(body)
+            self.node.mempool.add(tx)
+        except (DecodeError, InvalidSignature, ValidationError) as exc:
+            reason = getattr(exc, "reason", Reason.MALFORMED)
+            self.seen.add(mid)
+            if reason not in (Reason.DUPLICATE, Reason.BAD_NONCE, Reason.MEMPOOL_FULL):
+                self.penalize(conn, reason)
+            if rid:
+                conn.reject(reason, str(exc), rid)
+            return
+        self.seen.add(mid)
+        self._relay(m.MsgType.TX, mid, payload, exclude=conn)
+
+    def _on_consensus(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        msg_type = m.MsgType.PROPOSAL if "proposer" in body else m.MsgType.VOTE
+        mid = message_id(msg_type, payload[ENVELOPE_HEADER:])
+        conn.sent_ids.add(mid)
+        if mid in self.seen:
+            return
+        consensus = self.node.consensus
+        try:
+            msg = Proposal.from_wire(body) if msg_type == m.MsgType.PROPOSAL else Vote.from_wire(body)
+        except (DecodeError, ValueError):
+            self.penalize(conn, Reason.MALFORMED)
+            return
+        height = msg.height
+        engine_height = consensus.engine.height
+        if height < engine_height or height > engine_height + 1:
+            # Late (a height we have decided) or far ahead (we are behind: catch-up will bring the
+            # blocks). Honest peers send both routinely; neither is worth reputation or processing.
+            if height > engine_height + 1:
+                conn.height = max(conn.height, height - 1)
+            return
+        try:
+            if msg_type == m.MsgType.PROPOSAL:
+                consensus.receive_proposal(msg)
+            else:
+                consensus.receive_vote(msg)
+        except ValidationError as exc:
+            self.seen.add(mid)
+            if exc.reason not in (Reason.DUPLICATE, Reason.WRONG_HEIGHT):
+                self.log.info("Refused {kind} from {peer}: {why}", kind=msg_type.name.lower(), peer=conn.peer_id,
+                              why=str(exc))
+                self.penalize(conn, exc.reason)
+            return
+        self.seen.add(mid)
+        self.archive.add(height, mid, msg_type, payload)
+        self._relay(msg_type, mid, payload, exclude=conn)
+
+    def _on_evidence(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        mid = message_id(m.MsgType.EVIDENCE, payload[ENVELOPE_HEADER:])
+        conn.sent_ids.add(mid)
+        if mid in self.seen:
+            return
+        self.seen.add(mid)
+        try:
+            ev = Evidence.from_wire(body)
+            vs = self.node.store.validator_set(ev.height)
+            if vs is None:
+                return                            # too old or too new for us to judge: drop, no blame
+            ev.verify(vs, self.node.genesis.chain_id)
+        except (DecodeError, ValueError):
+            self.penalize(conn, Reason.MALFORMED)
+            return
+        except (InvalidSignature, ValidationError) as exc:
+            self.penalize(conn, getattr(exc, "reason", Reason.BAD_EVIDENCE))
+            return
+        self.node.consensus.record_evidence(ev)     # queues it for a block and broadcasts it on
+
+    def _on_new_block(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        if body.height > conn.height:
+            conn.height = body.height
+            conn.sent_ids.clear()
+        store = self.node.store
+        if body.height <= store.tip_height():
+            ours = store.block_hash_at(body.height)
+            if ours is not None and ours != body.hash:
+                self.log.warn("Peer {peer} announces block {h} {theirs}, ours is {ours}: a fork",
+                              peer=conn.peer_id, h=body.height, theirs=body.hash.hex(), ours=ours.hex())
+            return
+        self._maybe_catch_up()
+
+    def _on_reject(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        self.log.info("Peer {peer} rejected a message: {reason} {why}", peer=conn.peer_id,
+                      reason=_reason_name(body.reason), why=body.message)
+        if body.reason == Reason.BANNED:
+            conn.close()
+
+    _HANDLERS: dict[m.MsgType, Any] = {
+        m.MsgType.PING: _on_ping,
+        m.MsgType.PONG: _on_pong,
+        m.MsgType.GET_STATUS: _on_get_status,
+        m.MsgType.GET_PEERS: _on_get_peers,
+        m.MsgType.GET_BLOCKS: _on_get_blocks,
+        m.MsgType.GET_BLOCK_HASHES: _on_get_block_hashes,
+        m.MsgType.TX: _on_tx,
+        m.MsgType.PROPOSAL: _on_consensus,
+        m.MsgType.VOTE: _on_consensus,
+        m.MsgType.EVIDENCE: _on_evidence,
+        m.MsgType.NEW_BLOCK: _on_new_block,
+        m.MsgType.REJECT: _on_reject,
+    }
+
+    # -- output: broadcast and gossip ----------------------------------------------------------------
+    def broadcast(self, msg: Proposal | Vote | Evidence | Transaction) -> None:
+        """Send our own (or locally accepted) message to every peer; what consensus and RPC call."""
+        if isinstance(msg, Proposal):
+            msg_type = m.MsgType.PROPOSAL
+        elif isinstance(msg, Vote):
+            msg_type = m.MsgType.VOTE
+        elif isinstance(msg, Evidence):
+            msg_type = m.MsgType.EVIDENCE
+        else:
+            msg_type = m.MsgType.TX
+        payload = m.encode_message(msg_type, msg.to_wire())
+        mid = message_id(msg_type, payload[ENVELOPE_HEADER:])
+        self.seen.add(mid)
+        if msg_type in (m.MsgType.PROPOSAL, m.MsgType.VOTE):
+            self.archive.add(msg.height, mid, msg_type, payload)
+        self._relay(msg_type, mid, payload, exclude=None)
+
+    def _relay(self, msg_type: m.MsgType, mid: bytes, payload: bytes, exclude: PeerConnection | None) -> None:
+        conns = [c for c in self.connections.values() if c.state == "ready" and c is not exclude]
+        # Validator peers first: their consensus messages matter most for liveness (SPEC §5).
+        conns.sort(key=lambda c: not c.is_validator)
+        for conn in conns:
+            if mid not in conn.sent_ids:
+                conn.sent_ids.add(mid)
+                conn.send_payload(payload)
+
+    def _offer(self, conn: PeerConnection) -> None:
+        """Send ``conn`` the current height's messages it lacks, if it is at our height."""
+        if conn.state != "ready" or conn.height + 1 != self.archive.height:
+            return
+        for mid, _, payload in self.archive.missing(conn.sent_ids):
+            conn.sent_ids.add(mid)
+            conn.send_payload(payload)
+
+    def _gossip(self) -> None:
+        for conn in list(self.connections.values()):
+            self._offer(conn)
+
+    def _on_commit(self, block: Block) -> None:
+        self.archive.reset(block.height + 1)
+        payload = m.encode_message(m.MsgType.NEW_BLOCK, {"height": block.height, "hash": block.hash})
+        for conn in list(self.connections.values()):
+            if conn.state == "ready":
+                if conn.height < block.height:
+                    conn.sent_ids.clear()
+                conn.send_payload(payload)
+
+    # -- catch-up ----------------------------------------------------------------------------------
+    def _maybe_catch_up(self) -> None:
+        if self._fetching or not self.running or self.node.store is None:
+            return
+        tip = self.node.store.tip_height()
+        ahead = [c for c in self.connections.values() if c.state == "ready" and c.height > tip
+                 and self.peers.score(c.peer_id) >= 0]
+        if not ahead:
+            return
+        best = max(ahead, key=lambda c: (c.height, -(c.latency or 0.0)))
+        count = min(best.height - tip, CATCH_UP_BATCH)
+        self._fetching = True
+        d = best.request(m.MsgType.GET_BLOCKS, {"start": tip + 1, "count": count})
+        d.addCallbacks(lambda r: self._apply_blocks(best, tip + 1, r), lambda f: self._fetch_failed(best, f))
+        d.addBoth(self._fetch_done)
+
+    def _fetch_done(self, _: Any) -> None:
+        self._fetching = False
+        if self.running:
+            self.reactor.callLater(0, self._maybe_catch_up)
+
+    def _fetch_failed(self, conn: PeerConnection, failure: Failure) -> None:
+        failure.trap(RequestFailed)
+        self.log.info("Block request to {peer} failed: {why}", peer=conn.peer_id, why=failure.getErrorMessage())
+        conn.height = min(conn.height, self.node.store.tip_height())
+
+    def _apply_blocks(self, conn: PeerConnection, start: int, response: tuple[m.MsgType, Any]) -> None:
+        blocks = list(response[1].blocks)
+        if not blocks:
+            self.record(conn, peers.Event.STALE_DATA)      # claimed a height it does not serve
+            conn.height = min(conn.height, self.node.store.tip_height())
+            return
+        applied = 0
+        for item in blocks:
+            try:
+                block = Block.from_wire(item.block)
+                cert = CommitCertificate.from_wire(item.certificate)
+                self.node.consensus.apply_certified_block(block, cert)
+            except (DecodeError, ValueError):
+                self.penalize(conn, Reason.MALFORMED)
+                break
+            except ValidationError as exc:
+                self.log.warn("Peer {peer} served an unacceptable block: {why}", peer=conn.peer_id, why=str(exc))
+                self.penalize(conn, exc.reason)
+                conn.height = min(conn.height, self.node.store.tip_height())
+                break
+            applied += 1
+        if applied:
+            self.record(conn, peers.Event.USEFUL_RESPONSE)
+            self.log.info("Caught up {n} blocks from {peer}, now at {h}", n=applied, peer=conn.peer_id,
+                          h=self.node.store.tip_height())
+
+    # -- dialing and pinging -----------------------------------------------------------------------
+    def _dial_due(self) -> None:
+        if not self.running or self.peerstore is None:
+            return
+        now = self.reactor.seconds()
+        outbound = sum(1 for c in self.connections.values() if not c.inbound) + len(self._dialing)
+        room = self.config.max_outbound - outbound
+        if room <= 0:
+            return
+        connected = set(self.connections) | {self.peer_id}
+        for addr in self.peerstore.due(now, connected, room, lambda pid: self.peers.is_banned(pid, None, now)):
+            if addr not in self._dialing:
+                self.dial(addr)
+
+    def dial(self, addr: str) -> defer.Deferred[Any]:
+        """Dial ``/ip4/H/tcp/P/p2p/ID``; the TLS handshake fails if the peer's key is not ID's."""
+        host, port, pid = discovery.parse_multiaddr(addr)
+        self._dialing.add(addr)
+        tcp = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=DIAL_TIMEOUT) if ":" not in host \
+            else endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=DIAL_TIMEOUT)
+        endpoint = endpoints.wrapClientTLS(self.identity.client_creator(pid), tcp)
+        d = endpoint.connect(_ConnectionFactory(self, inbound=False, dialed=addr))
+
+        def failed(f: Failure) -> None:
+            self.peerstore.dial_failed(addr, self.reactor.seconds())
+            self.log.debug("Dial {addr} failed: {why}", addr=addr, why=f.getErrorMessage())
+
+        def done(result: Any) -> Any:
+            self._dialing.discard(addr)
+            return result
+
+        d.addErrback(failed)
+        d.addBoth(done)
+        return d
+
+    def _ping_all(self) -> None:
+        now = self.reactor.seconds()
+        limit = self.config.ping_interval * PING_MISSES_BEFORE_DROP
+        for conn in list(self.connections.values()):
+            if conn.state != "ready":
+                continue
+            if any(now - t > limit for t in conn.ping_sent.values()):
+                self.log.info("Peer {peer} stopped answering pings", peer=conn.peer_id)
+                self.penalize(conn, Reason.TIMEOUT)
+                conn.close()
+                continue
+            nonce = self._rng.getrandbits(64)
+            conn.ping_sent[nonce] = now
+            conn.send(m.MsgType.PING, {"nonce": nonce, "payload": b""})
+
+    # -- introspection -----------------------------------------------------------------------------
+    def peer_info(self) -> list[dict[str, Any]]:
+        out = []
+        for conn in self.connections.values():
+            info = conn.info()
+            info["score"] = self.peers.score(conn.peer_id) if self.peers else 0
+            out.append(info)
+        return out
+
+
+def _ignore(failure: Failure) -> None:
+    failure.trap(RequestFailed)
+
+
+def _reason_name(code: int) -> str:
+    try:
+        return Reason(code).name.lower()
+    except ValueError:
+        return str(code)
