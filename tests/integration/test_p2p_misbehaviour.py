@@ -204,3 +204,47 @@ async def test_dialing_a_peer_that_presents_another_key_is_refused(tmp_path: Pat
         assert set(dialer.p2p.connections) == before                 # nothing admitted under either id
     finally:
         await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_of_another_genesis_is_told_why_and_disconnected(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    other = Net(tmp_path / "other", 1, chain_id="timecoin-elsewhere", seed=5)
+    try:
+        await other.start(connect=False)
+        stranger = other.nodes[0]
+        peer = await connect(stranger.key, net.nodes[0])
+        peer.send(m.MsgType.HELLO, stranger.p2p.hello_body())
+        await wait_for(lambda: peer.lost.called, 5.0, "stranger disconnected")
+        assert Reason.WRONG_CHAIN in peer.rejects()
+        assert score(net.nodes[0], stranger.key) == 0          # another network is not misbehaviour
+        # Same chain id, different genesis (another validator set): refused with WRONG_GENESIS.
+        impostor = Net(tmp_path / "impostor", 1, seed=6)
+        peer2 = await connect(impostor.keys[0], net.nodes[0])
+        body = net.nodes[0].p2p.hello_body() | {"genesis_hash": impostor.genesis.hash, "listen_addrs": []}
+        peer2.send(m.MsgType.HELLO, body)
+        await wait_for(lambda: peer2.lost.called, 5.0, "impostor disconnected")
+        assert Reason.WRONG_GENESIS in peer2.rejects()
+        await honest_unaffected(net)
+    finally:
+        await other.stop()
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_require_stake_admits_validator_peers_only(tmp_path: Path) -> None:
+    net = Net(tmp_path, 2, observers=1, require_stake="true")
+    try:
+        await net.start()
+        v0, v1, observer = net.nodes
+        await wait_for(lambda: min(net.heights()[:2]) >= 2 and v1.p2p.peer_id in v0.p2p.connections, 15.0,
+                       "validators connected")
+        await sleep(1.0)
+        assert observer.p2p.peer_id not in v0.p2p.connections
+        assert observer.p2p.peer_id not in v1.p2p.connections
+        assert v0.p2p.connections[v1.p2p.peer_id].is_validator
+        peer = await connect(make_keys(1, seed=14)[0], v0)
+        await wait_for(lambda: peer.lost.called, 5.0, "unstaked peer refused")
+        assert Reason.INSUFFICIENT_STAKE in peer.rejects()
+    finally:
+        await net.stop()
