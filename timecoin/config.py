@@ -171,6 +171,13 @@ KEYS: tuple[Key, ...] = (
     Key("ping_interval", _SECONDS, 15.0, "Seconds between pings to each peer (latency EWMA, dead-peer detection)."),
     Key("gossip_interval", _SECONDS, _per_network(0.2, 1.0, 5.0),
         "Seconds between offers of current-height consensus messages a peer may have missed."),
+    Key("sync_interval", _SECONDS, 30.0,
+        "Seconds between sync checks (genesis consensus, state consistency, catch-up); also run at once when a "
+        "peer announces a higher height."),
+    Key("sync_batch", _int_range(1, 1000), 20, "Blocks per sync range (one LMDB write transaction each)."),
+    Key("sync_redundancy", _int_range(1, 16), 3, "Peers asked for the block hashes of each sync range."),
+    Key("max_reorg_depth", _int_range(0, 1_000_000), 1000,
+        "Deepest rollback a fork resolution may do; a deeper fork halts block application for the operator."),
     Key("block_interval", _SECONDS, _per_network(1.0, 60.0, 600.0),
         "Seconds between blocks: the proposer of h+1 waits until time(h) + block_interval (0 allowed)."),
     Key("timeout_propose", _SECONDS, _per_network(0.04, 3.0, 30.0), "Propose-step timeout, round 0."),
@@ -217,6 +224,10 @@ class NodeConfig:
     ban_duration: float
     ping_interval: float
     gossip_interval: float
+    sync_interval: float
+    sync_batch: int
+    sync_redundancy: int
+    max_reorg_depth: int
     block_interval: float
     timeout_propose: float
     timeout_propose_delta: float

@@ -40,6 +40,7 @@ class Node(service.MultiService):
         self.mempool: Mempool | None = None
         self.consensus: Any = None
         self.p2p: Any = None
+        self.sync: Any = None
 
     @property
     def peer_id(self) -> str:
@@ -135,6 +136,7 @@ def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, rea
     """The service tree on ``reactor``: store, consensus, P2P (in start order). Tests build nodes here."""
     from timecoin.consensus.service import ConsensusService
     from timecoin.p2p.service import P2PService
+    from timecoin.sync.coordinator import SyncCoordinator
 
     node = Node(config, key, genesis)
     StoreService(node).setServiceParent(node)
@@ -142,6 +144,8 @@ def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, rea
     node.consensus.setServiceParent(node)
     node.p2p = P2PService(node, reactor)
     node.p2p.setServiceParent(node)
+    node.sync = SyncCoordinator(node, reactor)
+    node.sync.setServiceParent(node)
     return node
 
 

@@ -1,6 +1,7 @@
 """What ``timecoin status`` reports, read from the store in read-only mode while the node runs."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -8,6 +9,9 @@ from timecoin import crypto
 from timecoin.config import NodeConfig
 from timecoin.errors import DecodeError, StoreError
 from timecoin.store import Store
+
+STATUS_FILE = "sync-status.json"       # = timecoin.sync.coordinator.STATUS_FILE (no import: status stays light)
+HALT_FILE = "HALTED"                   # = timecoin.consensus.service.HALT_FILE
 
 
 def chain_path(config: NodeConfig) -> str:
@@ -46,7 +50,27 @@ def read_status(config: NodeConfig, at: int | None = None) -> dict[str, Any]:
         info["peer_id"] = crypto.PrivateKey.load(config.key_path).peer_id
     except (OSError, DecodeError):
         info["peer_id"] = None
+    info["sync"] = read_sync_status(config)
+    info["halted"] = read_halt(config)
     return info
+
+
+def read_sync_status(config: NodeConfig) -> dict[str, Any] | None:
+    """The running node's last sync progress (``sync-status.json``, written by the SyncCoordinator)."""
+    try:
+        with open(os.path.join(config.datadir, STATUS_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_halt(config: NodeConfig) -> str | None:
+    try:
+        with open(os.path.join(config.datadir, HALT_FILE), encoding="utf-8", errors="replace") as f:
+            return f.read().strip() or "halted"
+    except OSError:
+        return None
 
 
 def format_status(info: dict[str, Any]) -> str:
@@ -58,4 +82,13 @@ def format_status(info: dict[str, Any]) -> str:
         f"validators  {info['validators']}",
         f"peer id     {info['peer_id'] or '-'}",
     ]
+    sync = info.get("sync")
+    if sync and sync.get("syncing"):
+        eta = sync.get("eta_s")
+        lines.append(f"sync        {sync.get('height')}/{sync.get('target')} at {sync.get('blocks_per_s')} blocks/s, "
+                     f"ETA {'-' if eta is None else f'{eta:.0f} s'}")
+    if sync and sync.get("genesis_alert"):
+        lines.append(f"ALERT       {sync['genesis_alert']}")
+    if info.get("halted"):
+        lines.append(f"HALTED      {info['halted']}")
     return "\n".join(lines)

@@ -29,7 +29,8 @@ Shape (after Synapse's ``lmdbslab`` and Sawtooth's ``indexed_database``):
 * Every write goes through :meth:`Store._write`: one transaction, and on ``MapFullError`` the
   transaction is aborted, the map doubled (up to ``max_map_size``) and the whole transaction retried.
   A block, its certificate, its indexes, the account changes, the undo record, the validator set of
-  height + 2, the LtHash and the tip are committed together or not at all.
+  height + 2, the LtHash and the tip are committed together or not at all. Sync commits a batch of
+  consecutive blocks the same way in one transaction (:meth:`Store.commit_blocks`, SPEC §6).
 * Durability: LMDB's default ``sync=True``/``metasync=True``; a crash at any point leaves the last
   committed block and its state intact (``tests/unit/test_store.py`` kills a writer with SIGKILL).
 * Threading: only one thread -- the reactor's -- ever touches the environment. LMDB write
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -452,6 +453,33 @@ class Store:
         stored accounts). The undo record is built from the stored
         bytes themselves, so a rollback restores them exactly.
         """
+        write = self._block_writer(block, cert, result)
+        self._write(write)
+
+    def commit_blocks(self, items: Sequence[tuple[Block, CommitCertificate, BlockResult]]) -> None:
+        """Commit consecutive finalized blocks in ONE write transaction (sync applies a batch, SPEC §6).
+
+        Each block gets exactly the checks of :meth:`commit_block`, against the state as the blocks
+        before it in ``items`` left it inside the transaction (so each undo record is that block's own).
+        All or nothing: if any check fails, StoreError and nothing is written.
+        """
+        writers = [self._block_writer(block, cert, result) for block, cert, result in items]
+        if not writers:
+            return
+
+        def write(txn: lmdb.Transaction) -> None:
+            for writer in writers:
+                writer(txn)
+        self._write(write)
+
+    def _block_writer(self, block: Block, cert: CommitCertificate,
+                      result: BlockResult) -> Callable[[lmdb.Transaction], None]:
+        """Check what needs no store, then return the writer of one block (run inside a write txn).
+
+        The writer checks the block extends the tip and the result's undo values against the accounts
+        as the transaction sees them, and raises StoreError (aborting the transaction) otherwise.
+        It changes no Python state, so ``_write`` may rerun it after growing the map.
+        """
         height = block.height
         if result.height != height:
             raise StoreError(f"block result is for height {result.height}, the block is {height}")
@@ -508,7 +536,7 @@ class Store:
             txn.put(_h(height + 2), validators, db=d[VALIDATORS])
             txn.put(K_LTHASH, result.lthash, db=d[META])
             txn.put(K_TIP, key, db=d[META])
-        self._write(write)
+        return write
 
     def rollback_to(self, height: int, max_depth: int = MAX_REORG_DEPTH) -> list[Block]:
         """Undo blocks tip..height+1 in one write transaction; returns the removed blocks, lowest first.

@@ -24,6 +24,7 @@ from timecoin.errors import DecodeError, Reason, ValidationError
 from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, Vote, verify_certificate
 
 BroadcastFn = Callable[[Any], None]
+HALT_FILE = "HALTED"            # in the datadir: why finalizing stopped; the operator removes it to resume
 
 
 class ConsensusService(service.Service):
@@ -41,6 +42,8 @@ class ConsensusService(service.Service):
         self._timers: dict[tuple[int, int, int], IDelayedCall] = {}
         self._replaying = False
         self.committed_heights = 0
+        self.halted: str | None = None          # why finalizing stopped (SPEC §7), until the operator acts
+        self.halt_file = HALT_FILE
 
     # -- lifecycle -------------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 - Twisted API
@@ -56,10 +59,18 @@ class ConsensusService(service.Service):
                                 cfg.timeout_prevote_delta, cfg.timeout_precommit, cfg.timeout_precommit_delta,
                                 cfg.block_interval)
         self.engine = eng.Engine(self.app, signer, timeouts)
+        self.halt_file = os.path.join(cfg.datadir, HALT_FILE)
+        if os.path.exists(self.halt_file):
+            with open(self.halt_file, encoding="utf-8", errors="replace") as f:
+                self.halted = f.read().strip() or "halted by an earlier run"
+            self.log.critical("CONSENSUS HALTED (from {path}): {reason}. Remove the file and restart to resume.",
+                              path=self.halt_file, reason=self.halted)
         self.wal = WriteAheadLog(os.path.join(cfg.datadir, "consensus.wal"))
         height = store.tip_height() + 1
         self.log.info("Consensus starting at height {height} as {role}", height=height,
                       role="validator" if node.key.address in store.validator_set(height) else "observer")
+        if self.halted is not None:
+            return
         self._run(lambda: self.engine.start_height(height, self.clock.seconds(), self.app.prev_block_time_ms() / 1000))
         self._replay(height)
 
@@ -96,11 +107,13 @@ class ConsensusService(service.Service):
     # -- inputs ----------------------------------------------------------------------------------
     def receive_proposal(self, proposal: Proposal) -> None:
         """A proposal from a peer (or the WAL). Raises ValidationError if the engine refuses it."""
+        self._check_not_halted()
         if not self._replaying:
             self.wal.append(WalKind.PROPOSAL, proposal.encoded)
         self._run(lambda: self.engine.on_proposal(proposal, self.clock.seconds()))
 
     def receive_vote(self, vote: Vote) -> None:
+        self._check_not_halted()
         if not self._replaying:
             self.wal.append(WalKind.VOTE, vote.encoded)
         self._run(lambda: self.engine.on_vote(vote, self.clock.seconds()))
@@ -112,11 +125,74 @@ class ConsensusService(service.Service):
         own round state (a certificate means > 2/3 of the height's power precommitted it). Raises
         ValidationError (WRONG_HEIGHT, BAD_CERTIFICATE, BAD_BLOCK...) and leaves everything unchanged.
         """
+        self._check_not_halted()
         height = self.node.store.tip_height() + 1
         if block.height != height or cert.height != height:
             raise ValidationError(Reason.WRONG_HEIGHT, f"block {block.height} offered, we need {height}")
         verify_certificate(block, cert, self.app.validator_set(height), self.app.chain_id)
         self._run(lambda: self._commit(eng.CommitBlock(block, cert)))
+
+    def blocks_synced(self, blocks: list[Block]) -> None:
+        """Sync committed ``blocks`` (in order) behind the engine's back: start at the new tip.
+
+        The engine's state for the heights they decided is dropped (they carry valid certificates, so
+        whatever this node was doing at those heights is moot), its timers cancelled, the mempool
+        cleared of their transactions, and commit listeners told about the last one.
+        """
+        if not blocks or self.engine is None:
+            return
+        store = self.node.store
+        tip = store.tip_height()
+        last = blocks[-1]
+        for key in [k for k in self._timers if k[0] <= tip]:
+            call = self._timers.pop(key)
+            if call.active():
+                call.cancel()
+        self.wal.end_height(tip)
+        if self.node.mempool is not None:
+            self.node.mempool.remove_committed([tx for b in blocks for tx in b.txs])
+            slashed = [ev.validator for b in blocks for ev in b.evidence]
+            if slashed:
+                self.node.mempool.revalidate(slashed)
+        for b in blocks:
+            for ev in b.evidence:
+                self.app.pending_evidence.pop(ev.hash, None)
+        for cb in self.on_commit:
+            cb(last)
+        if self.halted is None and self.engine.height <= tip:
+            self._run(lambda: self.engine.start_height(tip + 1, self.clock.seconds(), last.header.timestamp / 1000))
+
+    def restart_at_tip(self) -> None:
+        """After a rollback: forget the engine's height and start again on the (new) stored tip."""
+        for call in self._timers.values():
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        tip = self.node.store.tip_height()
+        self.wal.end_height(tip)
+        if self.halted is None:
+            self._run(lambda: self.engine.start_height(tip + 1, self.clock.seconds(),
+                                                       self.app.prev_block_time_ms() / 1000))
+
+    def halt(self, reason: str) -> None:
+        """Stop finalizing (two valid conflicting certificates, a fork too deep): the operator must act."""
+        if self.halted is None:
+            self.log.critical("CONSENSUS HALTED: {reason}. After investigating, remove {path} and restart "
+                              "the node to resume.", reason=reason, path=self.halt_file)
+            try:
+                with open(self.halt_file, "w", encoding="utf-8") as f:
+                    f.write(reason + "\n")
+            except OSError as exc:
+                self.log.error("Cannot write {path}: {why}", path=self.halt_file, why=str(exc))
+        self.halted = reason
+        for call in self._timers.values():
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+
+    def _check_not_halted(self) -> None:
+        if self.halted is not None:
+            raise ValidationError(Reason.SHUTTING_DOWN, "consensus is halted")
 
     def _on_timeout(self, height: int, round_: int, kind: eng.TimeoutKind) -> None:
         self._timers.pop((height, round_, int(kind)), None)

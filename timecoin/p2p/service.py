@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from timecoin import __version__
 from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
-from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, Vote
+from timecoin.ledger.block import Block, Evidence, Proposal, Vote
 from timecoin.ledger.tx import Transaction
 from timecoin.p2p import discovery, peers
 from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
@@ -38,7 +38,6 @@ from timecoin.wire import messages as m
 AGENT = f"timecoin/{__version__}"
 PROTOCOLS = ("/timecoin/consensus/1.0.0", "/timecoin/sync/1.0.0", "/timecoin/tx/1.0.0", "/timecoin/ping/1.0.0")
 MAX_BLOCKS_PER_RESPONSE = 100
-CATCH_UP_BATCH = 50
 MAX_PEERS_PER_RESPONSE = 100
 DRAIN_BATCH = 256                  # frames handled per reactor turn (one per peer in turn)
 LATENCY_ALPHA = 0.2                # EWMA weight of a new ping sample
@@ -85,7 +84,6 @@ class P2PService(service.Service):
         self._drain_call: Any = None
         self._dialing: set[str] = set()
         self._loops: list[task.LoopingCall] = []
-        self._fetching = False
         self._rng = random.Random(os.urandom(16))
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -109,7 +107,7 @@ class P2PService(service.Service):
         d = endpoint.listen(_ConnectionFactory(self, inbound=True))
         d.addCallbacks(self._listening, self._listen_failed)
         for interval, fn in ((DIAL_INTERVAL, self._dial_due), (cfg.gossip_interval, self._gossip),
-                             (cfg.ping_interval, self._ping_all), (DIAL_INTERVAL, self._maybe_catch_up)):
+                             (cfg.ping_interval, self._ping_all)):
             loop = task.LoopingCall(fn)
             loop.clock = self.reactor
             loop.start(max(interval, 0.01), now=False).addErrback(self._loop_failed)
@@ -520,55 +518,17 @@ class P2PService(service.Service):
 
     # -- catch-up ----------------------------------------------------------------------------------
     def _maybe_catch_up(self) -> None:
-        if self._fetching or not self.running or self.node.store is None:
+        """A peer is ahead of us by more than the height consensus is finishing: let sync run now.
+
+        One height ahead is normal while a commit propagates (gossip finishes it); further ahead means
+        we missed blocks. The SyncCoordinator's own loop covers the rest.
+        """
+        sync = getattr(self.node, "sync", None)
+        if sync is None or not self.running or self.node.store is None:
             return
         tip = self.node.store.tip_height()
-        ahead = [c for c in self.connections.values() if c.state == "ready" and c.height > tip
-                 and self.peers.score(c.peer_id) >= 0]
-        if not ahead:
-            return
-        best = max(ahead, key=lambda c: (c.height, -(c.latency or 0.0)))
-        count = min(best.height - tip, CATCH_UP_BATCH)
-        self._fetching = True
-        d = best.request(m.MsgType.GET_BLOCKS, {"start": tip + 1, "count": count})
-        d.addCallbacks(lambda r: self._apply_blocks(best, tip + 1, r), lambda f: self._fetch_failed(best, f))
-        d.addBoth(self._fetch_done)
-
-    def _fetch_done(self, _: Any) -> None:
-        self._fetching = False
-        if self.running:
-            self.reactor.callLater(0, self._maybe_catch_up)
-
-    def _fetch_failed(self, conn: PeerConnection, failure: Failure) -> None:
-        failure.trap(RequestFailed)
-        self.log.info("Block request to {peer} failed: {why}", peer=conn.peer_id, why=failure.getErrorMessage())
-        conn.height = min(conn.height, self.node.store.tip_height())
-
-    def _apply_blocks(self, conn: PeerConnection, start: int, response: tuple[m.MsgType, Any]) -> None:
-        blocks = list(response[1].blocks)
-        if not blocks:
-            self.record(conn, peers.Event.STALE_DATA)      # claimed a height it does not serve
-            conn.height = min(conn.height, self.node.store.tip_height())
-            return
-        applied = 0
-        for item in blocks:
-            try:
-                block = Block.from_wire(item.block)
-                cert = CommitCertificate.from_wire(item.certificate)
-                self.node.consensus.apply_certified_block(block, cert)
-            except (DecodeError, ValueError):
-                self.penalize(conn, Reason.MALFORMED)
-                break
-            except ValidationError as exc:
-                self.log.warn("Peer {peer} served an unacceptable block: {why}", peer=conn.peer_id, why=str(exc))
-                self.penalize(conn, exc.reason)
-                conn.height = min(conn.height, self.node.store.tip_height())
-                break
-            applied += 1
-        if applied:
-            self.record(conn, peers.Event.USEFUL_RESPONSE)
-            self.log.info("Caught up {n} blocks from {peer}, now at {h}", n=applied, peer=conn.peer_id,
-                          h=self.node.store.tip_height())
+        if any(c.state == "ready" and c.height > tip + 1 for c in self.connections.values()):
+            sync.trigger()
 
     # -- dialing and pinging -----------------------------------------------------------------------
     def _dial_due(self) -> None:

@@ -1,0 +1,203 @@
+"""StateSyncManager against honest and misbehaving peers (real LMDB stores, certified chains, task.Clock).
+
+Peers serve real stores built by tests/chaingen.py. A peer serving a forged block (bad certificate),
+one serving a different branch, one that stalls and one that lies about its height are each detected
+and charged, and the syncing node still reaches the honest tip with the honest hashes.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from tests.chaingen import ChainBuilder, ChainSpec, build_chain, certify, initialize, make_genesis
+from tests.syncpeers import StorePeer
+from timecoin.errors import Reason
+from timecoin.ledger.block import Block, CommitCertificate
+from timecoin.p2p.peers import Event
+from timecoin.store import Store
+from timecoin.sync.apply import apply_batch
+from timecoin.sync.manager import StateSyncManager, SyncResult
+from timecoin.sync.peer import PeerStatus
+
+HONEST = 120
+GENESIS_TIME = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def spec() -> ChainSpec:
+    return make_genesis(validators=4, chain_id="timecoin-synctest", genesis_time=GENESIS_TIME)
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory: pytest.TempPathFactory, spec: ChainSpec) -> Iterator[ChainBuilder]:
+    builder = build_chain(str(tmp_path_factory.mktemp("honest") / "chain"), spec, HONEST, txs_per_block=2)
+    yield builder
+    builder.store.close()
+
+
+class ForgingPeer(StorePeer):
+    """Serves the honest blocks (so its hashes agree) but with certificates signed by one validator of four."""
+
+    def __init__(self, peer_id: str, store: Store, keys: Any, chain_id: str, from_height: int) -> None:
+        super().__init__(peer_id, store)
+        self.keys, self.chain_id, self.from_height = keys, chain_id, from_height
+
+    def get_blocks(self, start: int, count: int) -> defer.Deferred[list[tuple[Block, CommitCertificate]]]:
+        self.block_requests.append((start, count))
+        out = []
+        for block, cert in self.store.get_blocks(start, count):
+            if block.height >= self.from_height:
+                cert = certify(block, self.keys[:1], self.chain_id)
+            out.append((block, cert))
+        return defer.succeed(out)
+
+
+class StallingPeer(StorePeer):
+    """Answers status, then never answers anything else."""
+
+    def get_block_hashes(self, start: int, count: int) -> defer.Deferred[list[bytes]]:
+        self.hash_requests.append((start, count))
+        return defer.Deferred()
+
+    def get_blocks(self, start: int, count: int) -> defer.Deferred[list[tuple[Block, CommitCertificate]]]:
+        self.block_requests.append((start, count))
+        return defer.Deferred()
+
+
+class HeightLiar(StorePeer):
+    """Claims a height far above what it holds (and what anyone can certify)."""
+
+    def status(self) -> PeerStatus:
+        real = super().status()
+        return PeerStatus(10_000, b"\x42" * 32, 10_000, b"\x42" * 32, real.genesis_hash, 0.001)
+
+
+class Syncer:
+    """An empty node of the same genesis, its manager driven by a task.Clock."""
+
+    def __init__(self, path: Path, spec: ChainSpec) -> None:
+        self.store = Store(str(path))
+        initialize(self.store, spec.genesis)
+        self.spec = spec
+        self.clock = Clock()
+        self.clock.advance(GENESIS_TIME / 1000 + 10 * 86400)
+        self.batches: list[int] = []
+        self.manager = StateSyncManager(self.store.tip_height, spec.genesis.hash, self.clock, self.apply,
+                                        batch=20, redundancy=3, request_timeout=15.0)
+
+    def apply(self, items: list[tuple[Block, CommitCertificate]]) -> tuple[int, Reason | None]:
+        count, error = apply_batch(self.store, self.spec.genesis.params, self.spec.genesis.chain_id, items,
+                                   genesis_time_ms=self.spec.genesis.genesis_time)
+        self.batches.append(count)
+        return count, (error.reason if error else None)
+
+    def sync(self, peers: list[Any]) -> SyncResult:
+        d = defer.Deferred.fromCoroutine(self.manager.sync(peers))
+        for _ in range(2_000):                       # bounded: simulated seconds for timeouts to fire
+            if d.called:
+                break
+            self.clock.advance(1.0)
+        out: list[Any] = []
+        d.addBoth(out.append)
+        assert out, "sync did not finish"
+        if not isinstance(out[0], SyncResult):
+            out[0].raiseException()
+        return out[0]
+
+
+def copy(honest: ChainBuilder, path: Path, upto: int = HONEST) -> Store:
+    store = Store(str(path))
+    honest.copy_to(store, upto)
+    return store
+
+
+def assert_honest(syncer: Syncer, honest: ChainBuilder, upto: int = HONEST) -> None:
+    assert syncer.store.tip_height() == upto
+    for h in (1, upto // 2, upto):
+        assert syncer.store.block_hash_at(h) == honest.store.block_hash_at(h)
+    assert syncer.store.lthash() == honest.store.lthash() if upto == HONEST else True
+
+
+def test_three_honest_peers_hashes_from_three_bodies_from_one(tmp_path: Path, spec: ChainSpec,
+                                                              honest: ChainBuilder) -> None:
+    peers = [StorePeer(f"p{i}", copy(honest, tmp_path / f"p{i}")) for i in range(3)]
+    syncer = Syncer(tmp_path / "s", spec)
+    result = syncer.sync(peers)
+    assert_honest(syncer, honest)
+    assert result.blocks == HONEST and result.failed_ranges == 0 and not result.penalized
+    assert all(p.hash_requests for p in peers)                       # every voter was asked for hashes
+    assert sum(c for p in peers for _, c in p.block_requests) == HONEST    # each body fetched exactly once
+    assert syncer.batches and max(syncer.batches) == 20               # one write transaction per 20-block range
+    assert syncer.manager.progress.height == HONEST and not syncer.manager.progress.running
+
+
+def test_a_peer_serving_forged_certificates_is_charged_and_left_out(tmp_path: Path, spec: ChainSpec,
+                                                                    honest: ChainBuilder) -> None:
+    forger = ForgingPeer("forger", copy(honest, tmp_path / "f"), spec.validators, spec.genesis.chain_id, 30)
+    peers = [forger, StorePeer("h1", copy(honest, tmp_path / "h1")), StorePeer("h2", copy(honest, tmp_path / "h2"))]
+    syncer = Syncer(tmp_path / "s", spec)
+    syncer.sync(peers)
+    assert_honest(syncer, honest)
+    assert Event.FORGED_CERTIFICATE in forger.penalties
+    assert not peers[1].penalties and not peers[2].penalties
+
+
+def test_a_peer_on_a_different_branch_is_outvoted_and_charged(tmp_path: Path, spec: ChainSpec,
+                                                              honest: ChainBuilder) -> None:
+    branch_store = Store(str(tmp_path / "b"))
+    honest.fork(60, branch_store, salt=3, blocks=HONEST - 60)       # certified, but another branch from 61
+    branch = StorePeer("branch", branch_store)
+    peers = [branch, StorePeer("h1", copy(honest, tmp_path / "h1")), StorePeer("h2", copy(honest, tmp_path / "h2"))]
+    syncer = Syncer(tmp_path / "s", spec)
+    syncer.sync(peers)
+    assert_honest(syncer, honest)
+    assert Event.STALE_DATA in branch.penalties
+    assert not peers[1].penalties and not peers[2].penalties
+
+
+def test_a_stalling_peer_times_out_and_the_range_moves_to_others(tmp_path: Path, spec: ChainSpec,
+                                                                 honest: ChainBuilder) -> None:
+    staller = StallingPeer("staller", copy(honest, tmp_path / "st"))
+    peers = [staller, StorePeer("h1", copy(honest, tmp_path / "h1")), StorePeer("h2", copy(honest, tmp_path / "h2"))]
+    syncer = Syncer(tmp_path / "s", spec)
+    syncer.sync(peers)
+    assert_honest(syncer, honest)
+    assert Event.TIMEOUT in staller.penalties
+    assert not peers[1].penalties and not peers[2].penalties
+
+
+def test_a_peer_lying_about_its_height_is_charged_and_the_honest_tip_reached(tmp_path: Path, spec: ChainSpec,
+                                                                            honest: ChainBuilder) -> None:
+    liar = HeightLiar("liar", copy(honest, tmp_path / "l"))
+    peers = [liar, StorePeer("h1", copy(honest, tmp_path / "h1")), StorePeer("h2", copy(honest, tmp_path / "h2"))]
+    syncer = Syncer(tmp_path / "s", spec)
+    result = syncer.sync(peers)
+    assert_honest(syncer, honest)
+    assert result.target == 10_000 and result.end_height == HONEST       # it aimed high, stopped at the truth
+    assert Event.STALE_DATA in liar.penalties
+    assert not peers[1].penalties and not peers[2].penalties
+
+
+def test_peers_of_another_genesis_are_never_synced_from(tmp_path: Path, spec: ChainSpec,
+                                                       honest: ChainBuilder) -> None:
+    other = make_genesis(validators=4, chain_id="timecoin-synctest", seed=99, genesis_time=GENESIS_TIME)
+    stranger = StorePeer("stranger", build_chain(str(tmp_path / "o"), other, 30).store)
+    syncer = Syncer(tmp_path / "s", spec)
+    result = syncer.sync([stranger])
+    assert result.blocks == 0 and syncer.store.tip_height() == 0
+    assert not stranger.hash_requests and not stranger.block_requests
+
+
+def test_best_peer_is_highest_then_lowest_latency(tmp_path: Path, spec: ChainSpec, honest: ChainBuilder) -> None:
+    syncer = Syncer(tmp_path / "s", spec)
+    low, high = copy(honest, tmp_path / "a", 50), copy(honest, tmp_path / "b")
+    peers = [StorePeer("short", low, latency=0.001), StorePeer("slow", high, latency=0.5),
+             StorePeer("fast", copy(honest, tmp_path / "c"), latency=0.05)]
+    statuses = {p.peer_id: p.status() for p in peers}
+    assert syncer.manager.best_peer(peers, statuses).peer_id == "fast"
+    assert [p.peer_id for p in syncer.manager.ranked(peers, statuses)] == ["fast", "slow", "short"]

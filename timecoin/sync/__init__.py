@@ -1,0 +1,1 @@
+"""Catching up with the network: peers, the sync manager and batch application of certified blocks."""
