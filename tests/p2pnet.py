@@ -38,16 +38,26 @@ class Net:
     """N validators (and optional observers) of one genesis, each a full node in this process."""
 
     def __init__(self, base: Path, validators: int, observers: int = 0, chain_id: str = "timecoin-p2p-test",
-                 seed: int = 1, **extra: str) -> None:
+                 seed: int = 1, genesis: Genesis | None = None, keys: list[crypto.PrivateKey] | None = None,
+                 **extra: str) -> None:
         self.base = base
-        self.keys = make_keys(validators + observers, seed)
-        self.genesis = Genesis.for_validators([k.public_key for k in self.keys[:validators]], chain_id)
+        self.keys = keys if keys is not None else make_keys(validators + observers, seed)
+        self.genesis = genesis or Genesis.for_validators([k.public_key for k in self.keys[:validators]], chain_id)
         self.extra = extra
         self.nodes: list[Node] = [self.make(i) for i in range(len(self.keys))]
 
     def make(self, i: int, **extra: str) -> Node:
         config = node_config(self.base, f"node{i}", **{**self.extra, **extra})
         return build_node(config, self.keys[i], self.genesis, reactor)
+
+    def chain_path(self, i: int) -> str:
+        """Where node i's LMDB store lives (to pre-fill it before the node starts)."""
+        return os.path.join(self.base, f"node{i}", "chain")
+
+    def connect(self, i: int, others: list[int] | None = None) -> None:
+        for j in others if others is not None else range(len(self.nodes)):
+            if j != i and self.nodes[j].p2p.listen_addr:
+                self.nodes[i].p2p.peerstore.add(self.nodes[j].p2p.listen_addr, "bootstrap", reactor.seconds())
 
     async def start(self, connect: bool = True) -> None:
         for node in self.nodes:

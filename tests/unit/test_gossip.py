@@ -25,12 +25,14 @@ def test_archive_keeps_one_height_and_offers_what_is_missing() -> None:
     arch.add(5, b"p", 13, b"proposal")
     arch.add(5, b"v1", 14, b"vote1")
     arch.add(5, b"v1", 14, b"vote1-again")               # same id: kept once, first copy
-    arch.add(6, b"v-next", 14, b"ignored")               # another height is not archived
+    arch.add(4, b"v-old", 14, b"ignored")                # an older height is not archived
     assert len(arch) == 2
     assert arch.missing({b"p"}) == [(b"v1", 14, b"vote1")]
     assert arch.missing({b"p", b"v1"}) == []
-    arch.reset(6)
-    assert len(arch) == 0 and arch.height == 6
+    arch.add(6, b"v-next", 14, b"next")                  # a newer height starts a new archive
+    assert arch.height == 6 and arch.missing(set()) == [(b"v-next", 14, b"next")]
+    arch.reset(7)
+    assert len(arch) == 0 and arch.height == 7
 
 
 def test_archive_is_bounded() -> None:

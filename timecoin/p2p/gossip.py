@@ -62,6 +62,9 @@ class HeightArchive:
         self._frames = {}
 
     def add(self, height: int, mid: bytes, msg_type: int, payload: bytes) -> None:
+        """Archive a message of the current height; a newer height starts a new archive, older ones are dropped."""
+        if height > self.height:
+            self.reset(height)
         if height != self.height or len(self._frames) >= MAX_ARCHIVED_PER_HEIGHT:
             return
         self._frames.setdefault(mid, (msg_type, payload))

@@ -85,6 +85,12 @@ class P2PService(service.Service):
         self._dialing: set[str] = set()
         self._loops: list[task.LoopingCall] = []
         self._rng = random.Random(os.urandom(16))
+        if node.consensus is not None:
+            # Hooked before anything starts: a validator that proposes or votes while the services
+            # start (the proposer of the first height does) must have those messages archived for
+            # gossip, or its peers never see them and the height cannot finish.
+            node.consensus.broadcast = self.broadcast
+            node.consensus.on_commit.append(self._on_commit)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 - Twisted API
@@ -98,10 +104,6 @@ class P2PService(service.Service):
                 self.peerstore.add(addr, "bootstrap", now)
             except ValueError as exc:
                 self.log.warn("Ignoring bootstrap address {addr}: {why}", addr=addr, why=str(exc))
-        if node.consensus is not None:
-            node.consensus.broadcast = self.broadcast
-            node.consensus.on_commit.append(self._on_commit)
-            self.archive.reset(node.consensus.engine.height if node.consensus.engine else node.next_height())
         endpoint = endpoints.SSL4ServerEndpoint(self.reactor, cfg.p2p_port, self.identity.server_context_factory(),
                                                 interface=cfg.p2p_host)
         d = endpoint.listen(_ConnectionFactory(self, inbound=True))
