@@ -107,9 +107,10 @@ def test_each_config_loads_from_anywhere_with_paths_under_its_folder(
         assert cfg.datadir == str(node_dir / "data")
         assert cfg.key_path == str(node_dir / "node.key")
         assert cfg.genesis_path == str(d.resolve() / "genesis.json")
-        assert cfg.p2p_host == "127.0.0.1" and cfg.block_interval == 1.0
+        assert cfg.p2p_host == "127.0.0.1" and cfg.block_interval == 0.5
         assert cfg.max_per_ip >= 2 * 4                 # a connection each way to each of the 4 others
-        assert cfg.timeout_propose == 3.0              # everything else keeps the testnet default
+        assert cfg.timeout_propose == 1.0 and cfg.timeout_prevote == 0.5     # loopback timeouts
+        assert cfg.gossip_interval == 1.0              # everything else keeps the testnet default
         assert os.stat(cfg.key_path).st_mode & 0o777 == 0o600
 
 
