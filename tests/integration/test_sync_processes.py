@@ -8,13 +8,12 @@
     take the network's blocks: their genesis and block hashes stay their own, node0's chain is unchanged,
     and both sides log the refusal.
 
-Speed: blocks every 0.2 s (``--block-interval``) and, appended to every generated config, a 0.5 s propose
-timeout, so the heights whose round-0 proposer is the absent node3 cost half a second instead of 3 s.
-Heights and hashes are read straight from each node's LMDB store, read-only, as ``timecoin status`` does.
+Speed: blocks every 0.2 s (``--block-interval``); ``timecoin testnet`` writes loopback consensus timeouts,
+so the heights whose round-0 proposer is the absent node3 cost about a second. Heights and hashes are read
+straight from each node's LMDB store, read-only, as ``timecoin status`` does.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -22,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,9 +34,7 @@ pytestmark = pytest.mark.slow
 
 TWISTD = "from twisted.scripts.twistd import run; run()"
 BLOCK_INTERVAL = "0.2"
-FAST_TIMEOUTS = "timeout_propose = 0.5\ntimeout_propose_delta = 0.2\n"
 TARGET = 60
-LAUNCH_DELAY_S = 4.0
 
 
 def free_port_block(size: int) -> int:
@@ -63,24 +61,9 @@ def free_port_block(size: int) -> int:
 
 
 def write_testnet(root: Path, nodes: int, observers: int, base_port: int, *extra: str) -> None:
-    """``timecoin testnet`` into ``root``, with faster timeouts and a launch time a few seconds ahead.
-
-    The genesis time is moved ``LAUNCH_DELAY_S`` into the future (the usual way a network launches: every
-    validator is up and connected before block 1 is due). Without it, the proposer of height 1 proposes
-    inside ``ConsensusService.startService``, before ``P2PService`` has wired ``broadcast``: its proposal
-    and prevote are dropped and never archived for re-gossip, and with only 3 of 4 validators running
-    height 1 never gets a quorum (see the report of this test's author).
-    """
     subprocess.run([sys.executable, "-m", "timecoin", "testnet", "--nodes", str(nodes), "--observers", str(observers),
                     "--dir", str(root), "--base-port", str(base_port), "--block-interval", BLOCK_INTERVAL, *extra],
                    check=True, capture_output=True, timeout=60)
-    genesis_file = root / "genesis.json"
-    genesis = json.loads(genesis_file.read_text())
-    genesis["genesis_time"] = int((time.time() + LAUNCH_DELAY_S) * 1000)
-    genesis_file.write_text(json.dumps(genesis, indent=1, sort_keys=True) + "\n")
-    for conf in root.glob("node*/timecoin.conf"):
-        with open(conf, "a", encoding="utf-8") as f:
-            f.write(FAST_TIMEOUTS)
 
 
 def read_chain(node_dir: Path, at: tuple[int, ...] = ()) -> tuple[int, str | None, dict[int, str | None]]:
@@ -104,9 +87,11 @@ def read_chain(node_dir: Path, at: tuple[int, ...] = ()) -> tuple[int, str | Non
 class ProcessNet:
     """The nodes of one testnet folder as twistd child processes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, base_port: int) -> None:
         self.root = root
+        self.base_port = base_port
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.started: set[int] = set()
 
     def dir(self, i: int) -> Path:
         return self.root / f"node{i}"
@@ -116,6 +101,7 @@ class ProcessNet:
         with open(d / "node.log", "ab") as log:
             self.procs[i] = subprocess.Popen([sys.executable, "-c", TWISTD, "-n", "--pidfile=", "timecoin",
                                               "--config", "timecoin.conf"], cwd=d, stdout=log, stderr=log)
+        self.started.add(i)
 
     def height(self, i: int) -> int:
         return read_chain(self.dir(i))[0]
@@ -131,7 +117,7 @@ class ProcessNet:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def logs(self, tail: int = 2500) -> str:
-        return "\n".join(f"--- {self.root.name}/node{i}\n{self.log(i)[-tail:]}" for i in sorted(self.procs))
+        return "\n".join(f"--- {self.root.name}/node{i}\n{self.log(i)[-tail:]}" for i in sorted(self.started))
 
     def check_alive(self) -> None:
         dead = {i: p.returncode for i, p in self.procs.items() if p.poll() is not None}
@@ -203,24 +189,24 @@ def peer_id_of(node_dir: Path) -> str:
 
 
 @pytest.fixture
-def network(tmp_path: Path):  # noqa: ANN201 - generator fixture
-    base = free_port_block(14)
-    write_testnet(tmp_path / "net", 4, 1, base)
-    net = ProcessNet(tmp_path / "net")
-    net.base = base  # type: ignore[attr-defined]
-    others: list[ProcessNet] = []
-    net.others = others  # type: ignore[attr-defined]
+def nets() -> Iterator[list[ProcessNet]]:
+    """Every ProcessNet a test starts; their processes are killed at the end whatever happened."""
+    started: list[ProcessNet] = []
     try:
-        yield net
+        yield started
     finally:
-        for other in [*others, net]:
-            other.kill_all()
+        for net in started:
+            net.kill_all()
         if os.environ.get("TIMECOIN_KEEP_TESTNET"):
-            print(net.logs(100_000))
+            print("\n".join(net.logs(100_000) for net in started))
 
 
-def test_late_validator_and_observer_catch_up_and_strangers_are_refused(network: ProcessNet) -> None:
-    net = network
+def test_late_validator_and_observer_catch_up_and_strangers_are_refused(tmp_path: Path,
+                                                                        nets: list[ProcessNet]) -> None:
+    base = free_port_block(14)                      # 5 nodes here + 2 strangers, 2 ports each
+    write_testnet(tmp_path / "net", 4, 1, base)
+    net = ProcessNet(tmp_path / "net", base)
+    nets.append(net)
     for i in (0, 1, 2):
         net.start(i)
     net.wait_height([0, 1, 2], TARGET, 90.0)
@@ -240,17 +226,16 @@ def test_late_validator_and_observer_catch_up_and_strangers_are_refused(network:
     # Both follow the live tip from here on (the validator by consensus, the observer by gossip/sync).
     tip = net.height(0)
     net.wait_height([3, 4], tip, 20.0)
-    assert "Traceback" not in net.log(3) + net.log(4), net.logs()
 
     # (b) Strangers: own genesis + other chain id, and own genesis under the network's chain id.
-    node0_addr = conf_multiaddr(net.dir(1) / "timecoin.conf", net.base)  # type: ignore[attr-defined]
+    node0_addr = conf_multiaddr(net.dir(1) / "timecoin.conf", base)
     chain_id = chain_id_of(net.dir(0) / "timecoin.conf")
     strangers = []
     for j, extra in enumerate(((), ("--chain-id", chain_id))):
-        other = ProcessNet(net.root.parent / f"stranger{j}")
-        write_testnet(other.root, 1, 0, net.base + 10 + 2 * j, *extra)   # type: ignore[attr-defined]
+        other = ProcessNet(tmp_path / f"stranger{j}", base + 10 + 2 * j)
+        write_testnet(other.root, 1, 0, other.base_port, *extra)
         point_at(other.dir(0) / "timecoin.conf", node0_addr)
-        net.others.append(other)  # type: ignore[attr-defined]
+        nets.append(other)
         strangers.append(other)
     assert chain_id_of(strangers[0].dir(0) / "timecoin.conf") != chain_id
     assert chain_id_of(strangers[1].dir(0) / "timecoin.conf") == chain_id
@@ -290,4 +275,6 @@ def test_late_validator_and_observer_catch_up_and_strangers_are_refused(network:
     for other in strangers:
         other.stop()
     net.stop()
+    for other in (net, *strangers):
+        assert "Traceback" not in other.logs(10**7), other.logs()
     print(f"late validator and observer caught up {start_height}+5 blocks in {caught_up_s:.1f} s")

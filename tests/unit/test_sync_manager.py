@@ -96,8 +96,8 @@ class Syncer:
         self.batches.append(count)
         return count, (error.reason if error else None)
 
-    def sync(self, peers: list[Any]) -> SyncResult:
-        d = defer.Deferred.fromCoroutine(self.manager.sync(peers))
+    def sync(self, peers: list[Any], more: list[Any] | None = None) -> SyncResult:
+        d = defer.Deferred.fromCoroutine(self.manager.sync(peers, more_peers=(lambda: more) if more else None))
         for _ in range(2_000):                       # bounded: simulated seconds for timeouts to fire
             if d.called:
                 break
@@ -201,3 +201,14 @@ def test_best_peer_is_highest_then_lowest_latency(tmp_path: Path, spec: ChainSpe
     statuses = {p.peer_id: p.status() for p in peers}
     assert syncer.manager.best_peer(peers, statuses).peer_id == "fast"
     assert [p.peer_id for p in syncer.manager.ranked(peers, statuses)] == ["fast", "slow", "short"]
+
+
+def test_peers_that_connect_during_a_run_join_it(tmp_path: Path, spec: ChainSpec, honest: ChainBuilder) -> None:
+    first = StorePeer("first", copy(honest, tmp_path / "a"))
+    later = [first] + [StorePeer(f"later{i}", copy(honest, tmp_path / f"l{i}")) for i in range(2)]
+    syncer = Syncer(tmp_path / "s", spec)
+    syncer.manager.batch = 10
+    syncer.sync([first], more=later)
+    assert_honest(syncer, honest)
+    assert all(p.hash_requests for p in later)                       # the newcomers voted on hashes
+    assert all(p.block_requests for p in later)                      # and served bodies

@@ -112,6 +112,22 @@ class ChainApp:
         return True
 
     # -- commit ----------------------------------------------------------------------------------
+    def synced(self, blocks: list[Block]) -> None:
+        """Blocks committed by sync (not through :meth:`commit`): carry proposer priorities over them.
+
+        Without this, the next ``proposer()`` call would walk priorities forward from the last height
+        that stored them, which after a long sync is thousands of validator-set reads per call.
+        """
+        if not blocks:
+            return
+        first, last = blocks[0].height, blocks[-1].height
+        p = self.priorities(first)
+        for h in range(first, last + 1):
+            p = prio.next_height(self.validator_set(h), p, self.validator_set(h + 1))
+        self.chain.put(PRIORITIES_DB, (last + 1).to_bytes(8, "big"), prio.encode(p))
+        self._prio_cache[last + 1] = p
+        self._results.clear()
+
     def commit(self, block: Block, cert: CommitCertificate) -> BlockResult:
         """Store a decided block with its certificate (executing it if this node never did)."""
         result = self._results.get(block.hash)

@@ -157,6 +157,7 @@ class ConsensusService(service.Service):
         for b in blocks:
             for ev in b.evidence:
                 self.app.pending_evidence.pop(ev.hash, None)
+        self.app.synced(blocks)
         for cb in self.on_commit:
             cb(last)
         if self.halted is None and self.engine.height <= tip:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 MAX_QUEUED_BYTES = 4 << 20          # unprocessed input per peer before its socket is paused
 HANDSHAKE_TIMEOUT = 10.0            # TLS + hello must complete within this
+PACE_FRACTION = 0.9                 # our request rate to a peer, as a fraction of its (assumed) rate_limit
+PACE_BURST_MARGIN = 2               # requests of its burst we leave unused (pings share the budget)
 REQUEST_TIMEOUT = 15.0              # SPEC §6: an unanswered request moves on after ~15 s
 
 
@@ -77,6 +79,7 @@ class PeerConnection(Protocol):
         self._ids = itertools.count(1)
         self._handshake_timer: Any = None
         self.ping_sent: dict[int, float] = {}
+        self._pace_tat = 0.0                   # GCRA theoretical arrival time of our next request (pace())
         self.messages_in = 0
         self.messages_out = 0
 
@@ -216,10 +219,33 @@ class PeerConnection(Protocol):
             return defer.fail(RequestFailed(Reason.RATE_LIMITED, "max_inflight_requests open to this peer"))
         rid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
         d: defer.Deferred[Any] = defer.Deferred()
-        timer = self.clock.callLater(timeout, self._request_timed_out, rid)
+        delay = self.pace()
+        timer = self.clock.callLater(delay + timeout, self._request_timed_out, rid)
         self._requests[rid] = (d, timer, msg_type)
-        self.send(msg_type, body, rid)
+        if delay > 0:
+            self.clock.callLater(delay, self._send_request, rid, msg_type, body)
+        else:
+            self.send(msg_type, body, rid)
         return d
+
+    def pace(self) -> float:
+        """Seconds to wait before our next rate-limited message to this peer, and count it.
+
+        Peers limit our requests with a token bucket (``rate_limit`` per minute, ``rate_limit_burst``);
+        we assume theirs is configured like ours and stay a margin inside it (GCRA), so an honest node
+        syncing hard is slowed down instead of refused and charged.
+        """
+        cfg = self.service.config
+        rate = cfg.rate_limit * PACE_FRACTION / 60.0
+        burst = max(1, cfg.rate_limit_burst - PACE_BURST_MARGIN)
+        now = self.clock.seconds()
+        earliest = max(self._pace_tat - (burst - 1) / rate, now)
+        self._pace_tat = max(self._pace_tat, now) + 1 / rate
+        return earliest - now
+
+    def _send_request(self, rid: int, msg_type: m.MsgType, body: Any) -> None:
+        if rid in self._requests and self.state == "ready":
+            self.send(msg_type, body, rid)
 
     def _request_timed_out(self, rid: int) -> None:
         entry = self._requests.pop(rid, None)

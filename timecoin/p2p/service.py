@@ -579,6 +579,7 @@ class P2PService(service.Service):
                 conn.close()
                 continue
             nonce = self._rng.getrandbits(64)
+            conn.pace()                       # a ping counts against the peer's request budget too
             conn.ping_sent[nonce] = now
             conn.send(m.MsgType.PING, {"nonce": nonce, "payload": b""})
 

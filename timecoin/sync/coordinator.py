@@ -122,7 +122,7 @@ class SyncCoordinator(service.Service):
         if max(s.height for s in statuses.values()) <= tip:
             self._write_status()
             return None
-        result = await self.manager.sync(peers, statuses)
+        result = await self.manager.sync(peers, statuses, more_peers=self.peers)
         self.last_result = result
         self._write_status()
         return result

@@ -99,6 +99,7 @@ class StateSyncManager:
         self.statuses: dict[str, PeerStatus] = {}
         self._penalized: dict[str, list[str]] = {}
         self._last_log = 0.0
+        self._more_peers: Callable[[], list[SyncPeer]] | None = None
 
     # -- peer state ------------------------------------------------------------------------------
     async def query_peers(self, peers: list[SyncPeer]) -> dict[str, PeerStatus]:
@@ -128,8 +129,15 @@ class StateSyncManager:
         return ranked[0] if ranked else None
 
     # -- the run ---------------------------------------------------------------------------------
-    async def sync(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus] | None = None) -> SyncResult:
-        """Sync from ``peers`` up to the highest height they can prove; returns what was done."""
+    async def sync(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus] | None = None,
+                   more_peers: Callable[[], list[SyncPeer]] | None = None) -> SyncResult:
+        """Sync from ``peers`` up to the highest height they can prove; returns what was done.
+
+        ``more_peers`` (if given) is asked before each window of hashes for the peers connected now:
+        newcomers are queried and join the run (a node's first sync starts when its first peer says
+        hello; the others arrive a moment later and share the load).
+        """
+        self._more_peers = more_peers
         if statuses is None:
             statuses = await self.query_peers(peers)
         peers = self.same_genesis(peers, statuses)
@@ -157,6 +165,7 @@ class StateSyncManager:
         failed = 0
         excluded: set[str] = set()
         for _ in range(MAX_WINDOW_ATTEMPTS + 100_000 // HASH_WINDOW):      # bounded: windows and failures
+            await self._add_newcomers(peers, statuses)
             tip = self.tip_height()
             target = self._target(peers, statuses, excluded)
             if tip >= target or failed >= MAX_WINDOW_ATTEMPTS:
@@ -169,6 +178,20 @@ class StateSyncManager:
             if not await self._fetch_and_apply(tip + 1, hashes, backers, excluded):
                 failed += 1
         return failed
+
+    async def _add_newcomers(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus]) -> None:
+        if self._more_peers is None:
+            return
+        known = {p.peer_id for p in peers}
+        new = [p for p in self._more_peers() if p.peer_id not in known]
+        if not new:
+            return
+        for peer_id, status in (await self.query_peers(new)).items():
+            if status.genesis_hash == self.genesis_hash:
+                statuses[peer_id] = status
+                peers.append(next(p for p in new if p.peer_id == peer_id))
+        self.statuses = statuses
+        self.progress.peers = len(peers)
 
     def _target(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus], excluded: set[str]) -> int:
         heights = [statuses[p.peer_id].height for p in peers
