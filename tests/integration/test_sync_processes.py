@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,38 +25,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import TWISTD, free_port_block
 from timecoin.crypto import PrivateKey
 from timecoin.errors import StoreError
 from timecoin.store import Store
 
 pytestmark = pytest.mark.slow
 
-TWISTD = "from twisted.scripts.twistd import run; run()"
 BLOCK_INTERVAL = "0.2"
 TARGET = 60
-
-
-def free_port_block(size: int) -> int:
-    """A base port P with P .. P+size-1 free now (bounded tries)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + size > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + size):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise AssertionError("no free block of ports")
 
 
 def write_testnet(root: Path, nodes: int, observers: int, base_port: int, *extra: str) -> None:
