@@ -43,6 +43,7 @@ DEFAULT_REQUEST_TIMEOUT = 15.0
 MAX_WINDOW_ATTEMPTS = 6            # failed windows (no agreement, bad bodies) before a run gives up
 # Heights were checked against the voted range and hashes before applying, so these come from us, not the peer.
 LOCAL_REASONS = frozenset({Reason.WRONG_HEIGHT, Reason.SHUTTING_DOWN})
+MAX_RUN_BLOCKS = 10_000_000       # one run's bound; the coordinator's next cycle goes on from there
 HASH_WINDOW = 1000                 # hashes voted per request (one request per voter per window)
 PROGRESS_EVERY = 2.0               # seconds between progress log lines
 
@@ -164,10 +165,11 @@ class StateSyncManager:
         """Vote a window of hashes, then fetch and apply its bodies in ranges; repeat until the target."""
         failed = 0
         excluded: set[str] = set()
-        for _ in range(MAX_WINDOW_ATTEMPTS + 100_000 // HASH_WINDOW):      # bounded: windows and failures
+        for _ in range(MAX_WINDOW_ATTEMPTS + MAX_RUN_BLOCKS // HASH_WINDOW):     # bounded: windows and failures
             await self._add_newcomers(peers, statuses)
             tip = self.tip_height()
             target = self._target(peers, statuses, excluded)
+            self.progress.target = max(target, tip)
             if tip >= target or failed >= MAX_WINDOW_ATTEMPTS:
                 break
             voted = await self._vote_hashes(peers, statuses, tip + 1, min(HASH_WINDOW, target - tip), excluded)
