@@ -104,3 +104,38 @@ def test_restart_mid_height_resumes_from_the_wal_without_double_signing(tmp_path
         assert block.hash == first_proposal.block.hash
     finally:
         node2.stopService()
+
+
+def test_a_halt_stops_finalizing_survives_a_restart_and_ends_when_the_operator_removes_the_file(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(2_000_000_000)
+    config = build_config({"datadir": str(tmp_path / "d"), "block_interval": "1"})
+    node = make_node(config, clock)
+    node.startService()
+    run_until(clock, node, 2)
+    node.consensus.halt("conflicting commit certificates at height 2 (test)")
+    stuck = node.store.tip_height()
+    for _ in range(500):                                 # 5 simulated seconds: nothing is finalized
+        clock.advance(0.01)
+    assert node.store.tip_height() == stuck
+    node.stopService()
+    halt_file = tmp_path / "d" / "HALTED"
+    assert "conflicting commit certificates" in halt_file.read_text()
+
+    node = make_node(config, clock)                      # restarted: still halted
+    node.startService()
+    assert node.consensus.halted is not None
+    for _ in range(500):
+        clock.advance(0.01)
+    assert node.store.tip_height() == stuck
+    node.stopService()
+
+    halt_file.unlink()                                   # the operator acted
+    node = make_node(config, clock)
+    node.startService()
+    try:
+        assert node.consensus.halted is None
+        run_until(clock, node, stuck + 2)
+    finally:
+        node.stopService()
