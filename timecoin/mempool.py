@@ -15,7 +15,8 @@ Rules (each tested in tests/unit/test_mempool.py):
   chain before it and then the tx itself are applied with ``ledger.state.apply_tx`` on an ``Overlay`` at
   ``height_fn()`` (the height of the next block, so unbonding maturity is judged as the block will judge
   it). The ledger's rules are reused, never re-implemented: ``INSUFFICIENT_FUNDS``,
-  ``INSUFFICIENT_STAKE``, ``BAD_AMOUNT``, ``NOT_VALIDATOR`` come from there. Incoming transfers still
+  ``INSUFFICIENT_STAKE``, ``BAD_AMOUNT`` (also an unstake beyond the chain's ``max_unbonding_entries``,
+  counting the sender's pending unstakes), ``NOT_VALIDATOR`` come from there. Incoming transfers still
   pending from *other* senders are not counted (the block may order them after this tx).
 * **Replace-by-nonce.** A tx with the sender and nonce of a pending tx replaces it only if its fee is at
   least ``old fee * 1.1`` *and* at least ``old fee + fee floor`` (so a replacement pays for the relay

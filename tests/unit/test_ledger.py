@@ -1,17 +1,21 @@
 """The state transition (SPEC §2–§3): every ledger rule, each with a test that fails if the rule breaks.
 
-Blocks run over ``MemoryState`` (the dict-backed StateReader the simulator uses) and, in the last
-tests, over the real LMDB store in ``tmp_path``; both must reach the same state root.
+Every rule test runs twice through the ``chain`` fixture (``ledger_backend`` in tests/conftest.py): over
+``MemoryStore`` (the dict-backed state the simulator uses) and over the real LMDB ``Store`` in
+``tmp_path``, each block committed through the backend's ``commit_block``. The last tests run one plan
+over both side by side: they must reach the same state root.
 """
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import LedgerBackend, LedgerFactory
 from timecoin.crypto import UNITS_PER_TIME, PrivateKey
 from timecoin.errors import Reason, ValidationError
 from timecoin.ledger import lthash as lt
@@ -27,12 +31,11 @@ from timecoin.ledger.block import (
     tx_root,
 )
 from timecoin.ledger.genesis import Genesis, GenesisAccount
-from timecoin.ledger.params import ChainParams
+from timecoin.ledger.params import UNBONDING_ENTRIES_LAYOUT_MAX, ChainParams
 from timecoin.ledger.result import BlockResult
 from timecoin.ledger.state import (
     BLOCK_OVERHEAD,
     U64_MAX,
-    MemoryState,
     Overlay,
     apply_tx,
     build_block,
@@ -62,13 +65,14 @@ def _genesis(**params: int) -> Genesis:
 
 
 class Chain:
-    """A genesis plus committed blocks over MemoryState; heights advance one block at a time."""
+    """A genesis plus committed blocks over one backend (MemoryStore or the LMDB Store in tmp_path);
+    heights advance one block at a time, each committed as a real block through ``commit_block``."""
 
-    def __init__(self, **params: int) -> None:
+    def __init__(self, make: LedgerFactory, **params: int) -> None:
         self.genesis = _genesis(**params)
         self.params: ChainParams = self.genesis.params
-        vs = self.genesis.validators()
-        self.state = MemoryState(self.genesis.initial_accounts(), {1: vs, 2: vs}, self.genesis.initial_lthash())
+        self.backend = make(self.genesis, signers=(V1, V2, V3))
+        self.state = self.backend.state
         self.height = 0
 
     def execute(self, txs: list[Transaction] | tuple[Transaction, ...] = (), evidence: tuple[Evidence, ...] = (),
@@ -78,9 +82,12 @@ class Chain:
     def run(self, txs: list[Transaction] | tuple[Transaction, ...] = (), evidence: tuple[Evidence, ...] = (),
             proposer: PrivateKey = V1) -> BlockResult:
         result = self.execute(txs, evidence, proposer)
-        self.state.commit(result)
+        self.backend.commit(result, proposer.address)
         self.height = result.height
         return result
+
+    def accounts(self) -> dict[bytes, Account]:
+        return self.backend.accounts()
 
     def acct(self, key: PrivateKey) -> Account:
         return self.state.get_account(key.address) or EMPTY_ACCOUNT
@@ -96,12 +103,20 @@ class Chain:
     def pay(self, key: PrivateKey, to: PrivateKey, amount: int, **kw: Any) -> Transaction:
         return self.tx(key, TxKind.TRANSFER, amount, to, **kw)
 
-    def snapshot(self) -> tuple[dict[bytes, Account], dict[int, bytes], bytes]:
-        return (dict(self.state.accounts), {h: v.hash for h, v in self.state.validators.items()},
-                self.state.lthash())
+    def snapshot(self) -> tuple[dict[bytes, Account], dict[int, bytes], bytes, int]:
+        return self.accounts(), self.backend.validator_hashes(), self.state.lthash(), self.state.tip_height()
 
     def total_supply(self) -> int:
-        return sum(a.balance + a.stake + sum(u for u, _ in a.unbonding) for a in self.state.accounts.values())
+        return sum(a.balance + a.stake + sum(u for u, _ in a.unbonding) for a in self.accounts().values())
+
+
+ChainFactory = Callable[..., Chain]
+
+
+@pytest.fixture
+def chain(ledger_backend: LedgerFactory) -> ChainFactory:
+    """``chain(**params)``: a Chain over this run's backend (every test using it runs on both)."""
+    return lambda **params: Chain(ledger_backend, **params)
 
 
 def _reject(chain: Chain, txs: list[Transaction], reason: Reason, **kw: Any) -> None:
@@ -133,8 +148,8 @@ class Equivocation:
 
 
 # -- transfers and the per-tx rules --------------------------------------------------------------------
-def test_transfer_credits_recipient_and_debits_sender() -> None:
-    c = Chain()
+def test_transfer_credits_recipient_and_debits_sender(chain: ChainFactory) -> None:
+    c = chain()
     v1_before = c.acct(V1).balance
     result = c.run([c.pay(ALICE, BOB, 5 * T, fee=2_500)])
     assert c.acct(ALICE) == Account(balance=ALICE_BALANCE - 5 * T - 2_500, nonce=1, pubkey=ALICE.public_key)
@@ -145,15 +160,15 @@ def test_transfer_credits_recipient_and_debits_sender() -> None:
     assert result.undo[ALICE.address] == Account(balance=ALICE_BALANCE)
 
 
-def test_transfer_to_self_costs_only_the_fee() -> None:
-    c = Chain()
+def test_transfer_to_self_costs_only_the_fee(chain: ChainFactory) -> None:
+    c = chain()
     c.run([c.pay(ALICE, ALICE, 7 * T)])
     assert c.acct(ALICE).balance == ALICE_BALANCE - 1_000
     assert c.acct(ALICE).nonce == 1
 
 
-def test_nonce_must_equal_account_nonce() -> None:
-    c = Chain()
+def test_nonce_must_equal_account_nonce(chain: ChainFactory) -> None:
+    c = chain()
     _reject(c, [c.pay(ALICE, BOB, T, nonce=1)], Reason.BAD_NONCE)
     first = c.pay(ALICE, BOB, T, nonce=0)
     c.run([first, c.pay(ALICE, BOB, T, nonce=1)])              # consecutive nonces in one block
@@ -164,21 +179,21 @@ def test_nonce_must_equal_account_nonce() -> None:
     _reject(c, [c.pay(ALICE, BOB, T, nonce=2), c.pay(ALICE, BOB, 2 * T, nonce=2)], Reason.BAD_NONCE)
 
 
-def test_fee_must_reach_minimum() -> None:
-    c = Chain()
+def test_fee_must_reach_minimum(chain: ChainFactory) -> None:
+    c = chain()
     _reject(c, [c.pay(ALICE, BOB, T, fee=999)], Reason.FEE_TOO_LOW)
     _reject(c, [c.pay(ALICE, BOB, T, fee=0)], Reason.FEE_TOO_LOW)
     c.run([c.pay(ALICE, BOB, T, fee=1_000)])
     assert c.acct(BOB).balance == T
 
 
-def test_wrong_chain_id_rejected() -> None:
-    c = Chain()
+def test_wrong_chain_id_rejected(chain: ChainFactory) -> None:
+    c = chain()
     _reject(c, [c.pay(ALICE, BOB, T, chain="timecoin-other")], Reason.WRONG_CHAIN)
 
 
-def test_bad_signature_rejected() -> None:
-    c = Chain()
+def test_bad_signature_rejected(chain: ChainFactory) -> None:
+    c = chain()
     good = c.pay(ALICE, BOB, T)
     _reject(c, [replace(good, amount=2 * T)], Reason.BAD_SIGNATURE)                  # tampered after signing
     _reject(c, [replace(good, recipient=CAROL.address)], Reason.BAD_SIGNATURE)
@@ -188,8 +203,8 @@ def test_bad_signature_rejected() -> None:
     c.run([good])
 
 
-def test_insufficient_balance_for_amount_plus_fee() -> None:
-    c = Chain()
+def test_insufficient_balance_for_amount_plus_fee(chain: ChainFactory) -> None:
+    c = chain()
     _reject(c, [c.pay(ALICE, BOB, ALICE_BALANCE - 999, fee=1_000)], Reason.INSUFFICIENT_FUNDS)
     _reject(c, [c.pay(ALICE, BOB, ALICE_BALANCE)], Reason.INSUFFICIENT_FUNDS)
     _reject(c, [c.pay(CAROL, BOB, 1)], Reason.INSUFFICIENT_FUNDS)                   # never funded
@@ -205,13 +220,13 @@ def test_insufficient_balance_for_amount_plus_fee() -> None:
     (lambda c: c.tx(ALICE, TxKind.UNSTAKE, T, to=BOB), Reason.MALFORMED),
     (lambda c: c.tx(ALICE, TxKind.STAKE, 0), Reason.BAD_AMOUNT),
 ])
-def test_malformed_tx_fields_rejected(make: Any, reason: Reason) -> None:
-    c = Chain()
+def test_malformed_tx_fields_rejected(make: Any, reason: Reason, chain: ChainFactory) -> None:
+    c = chain()
     _reject(c, [make(c)], reason)
 
 
-def test_invalid_tx_after_valid_ones_rejects_the_whole_block_and_leaves_state() -> None:
-    c = Chain()
+def test_invalid_tx_after_valid_ones_rejects_the_whole_block_and_leaves_state(chain: ChainFactory) -> None:
+    c = chain()
     txs = [c.pay(ALICE, BOB, T, nonce=0), c.pay(ALICE, BOB, T, nonce=1), c.pay(ALICE, BOB, T, nonce=5)]
     with pytest.raises(ValidationError, match="tx 2") as err:
         c.execute(txs)
@@ -220,11 +235,11 @@ def test_invalid_tx_after_valid_ones_rejects_the_whole_block_and_leaves_state() 
     assert c.state.get_account(BOB.address) is None
 
 
-def test_apply_tx_leaves_overlay_and_base_unchanged_on_error() -> None:
+def test_apply_tx_leaves_overlay_and_base_unchanged_on_error(chain: ChainFactory) -> None:
     """A transfer whose credit would overflow the recipient's u64 balance: nothing is written."""
-    c = Chain()
-    c.state.accounts[BOB.address] = Account(balance=U64_MAX - 10)
-    base_before = dict(c.state.accounts)
+    c = chain()
+    c.backend.set_account(BOB.address, Account(balance=U64_MAX - 10))
+    base_before = c.accounts()
     overlay = Overlay(c.state)
     ok = c.pay(ALICE, BOB, 10)
     assert apply_tx(overlay, c.params, ok, 1) == 1_000
@@ -234,12 +249,12 @@ def test_apply_tx_leaves_overlay_and_base_unchanged_on_error() -> None:
     assert err.value.reason == Reason.BAD_AMOUNT
     assert overlay.changes == snap
     assert overlay.get_account(BOB.address).balance == U64_MAX
-    assert c.state.accounts == base_before
+    assert c.accounts() == base_before
 
 
 # -- stake, unstake, validator set ---------------------------------------------------------------------
-def test_stake_moves_balance_to_stake_and_makes_a_validator_at_h_plus_2() -> None:
-    c = Chain()
+def test_stake_moves_balance_to_stake_and_makes_a_validator_at_h_plus_2(chain: ChainFactory) -> None:
+    c = chain()
     genesis_set = c.state.validator_set(2)
     result = c.run([c.tx(ALICE, TxKind.STAKE, 1_000 * T)])               # block 1
     assert c.acct(ALICE).balance == ALICE_BALANCE - 1_000 * T - 1_000
@@ -249,7 +264,7 @@ def test_stake_moves_balance_to_stake_and_makes_a_validator_at_h_plus_2() -> Non
     assert c.state.validator_set(2) == genesis_set
     assert ALICE.address not in c.state.validator_set(2)
     # At h+2, with power = stake.
-    assert result.next_validators is c.state.validator_set(3)
+    assert result.next_validators == c.state.validator_set(3)
     assert c.state.validator_set(3).power_of(ALICE.address) == 1_000 * T
     assert c.state.validator_set(3).total_power == 3 * VALIDATOR_STAKE + 1_000 * T
     # Topping up changes the power, again two heights later.
@@ -258,8 +273,8 @@ def test_stake_moves_balance_to_stake_and_makes_a_validator_at_h_plus_2() -> Non
     assert c.state.validator_set(4).power_of(ALICE.address) == 1_500 * T
 
 
-def test_stake_below_minimum_is_not_a_validator() -> None:
-    c = Chain()
+def test_stake_below_minimum_is_not_a_validator(chain: ChainFactory) -> None:
+    c = chain()
     c.run([c.tx(ALICE, TxKind.STAKE, 1_000 * T - 1)])
     assert c.acct(ALICE).stake == 1_000 * T - 1
     assert ALICE.address not in c.state.validator_set(3)
@@ -268,14 +283,14 @@ def test_stake_below_minimum_is_not_a_validator() -> None:
     assert c.state.validator_set(4).power_of(ALICE.address) == 1_000 * T
 
 
-def test_stake_needs_balance_for_amount_plus_fee() -> None:
-    c = Chain()
+def test_stake_needs_balance_for_amount_plus_fee(chain: ChainFactory) -> None:
+    c = chain()
     _reject(c, [c.tx(ALICE, TxKind.STAKE, ALICE_BALANCE)], Reason.INSUFFICIENT_FUNDS)
     _reject(c, [c.tx(CAROL, TxKind.STAKE, 1_000 * T)], Reason.INSUFFICIENT_FUNDS)
 
 
-def test_unstake_moves_to_unbonding_spendable_after_period() -> None:
-    c = Chain()                                                           # unbonding_period = 3
+def test_unstake_moves_to_unbonding_spendable_after_period(chain: ChainFactory) -> None:
+    c = chain()                                                           # unbonding_period = 3
     c.run([c.tx(ALICE, TxKind.STAKE, 1_500 * T)])                         # block 1
     liquid = ALICE_BALANCE - 1_500 * T - 1_000
     c.run([c.tx(ALICE, TxKind.UNSTAKE, 600 * T)])                         # block 2: release at 5
@@ -298,8 +313,8 @@ def test_unstake_moves_to_unbonding_spendable_after_period() -> None:
     assert (a.balance, a.stake, a.unbonding) == (600 * T - 1_000, 900 * T, ())
 
 
-def test_unstake_limits() -> None:
-    c = Chain()
+def test_unstake_limits(chain: ChainFactory) -> None:
+    c = chain()
     _reject(c, [c.tx(ALICE, TxKind.UNSTAKE, 1)], Reason.INSUFFICIENT_STAKE)
     _reject(c, [c.tx(V1, TxKind.UNSTAKE, VALIDATOR_STAKE + 1)], Reason.INSUFFICIENT_STAKE)
     c.run([c.pay(V2, BOB, 100 * T - 1_000)])                                 # V2 keeps no liquid balance
@@ -309,8 +324,8 @@ def test_unstake_limits() -> None:
     assert V1.address not in c.state.validator_set(4)
 
 
-def test_several_unbondings_release_in_order() -> None:
-    c = Chain()
+def test_several_unbondings_release_in_order(chain: ChainFactory) -> None:
+    c = chain()
     c.run([c.tx(V1, TxKind.UNSTAKE, 10 * T)])                               # block 1: release 4
     c.run([c.tx(V1, TxKind.UNSTAKE, 20 * T)])                               # block 2: release 5
     assert c.acct(V1).unbonding == ((10 * T, 4), (20 * T, 5))
@@ -320,9 +335,35 @@ def test_several_unbondings_release_in_order() -> None:
     assert a.matured(5).unbonding == () and a.matured(5).balance == a.balance + 30 * T
 
 
+def test_unbonding_entries_are_capped(chain: ChainFactory) -> None:
+    """An account holds at most max_unbonding_entries pending unbondings; one more unstake is a typed
+    rejection (never the account layout's 16-bit overflow), and room frees up as entries mature."""
+    c = chain(max_unbonding_entries=3)                                      # unbonding_period = 3
+    c.run([c.tx(V1, TxKind.UNSTAKE, T, nonce=n) for n in range(3)])         # block 1: 3 entries, release 4
+    assert len(c.acct(V1).unbonding) == 3
+    _reject(c, [c.tx(V1, TxKind.UNSTAKE, T)], Reason.BAD_AMOUNT)
+    with pytest.raises(ValidationError, match="3 unbonding entries"):
+        c.execute([c.tx(V1, TxKind.UNSTAKE, T)])
+    # A proposer filling a block leaves the tx out with the reason instead of failing.
+    block, built = _build(c, [c.tx(V1, TxKind.UNSTAKE, T), c.pay(ALICE, BOB, T)], prev_hash=c.state.tip_hash())
+    assert [r for _, r in built.rejected] == ["bad_amount"] and len(block.txs) == 1
+    c.run()                                                                 # block 2
+    _reject(c, [c.tx(V1, TxKind.UNSTAKE, T)], Reason.BAD_AMOUNT)            # block 3: nothing matured yet
+    c.run()
+    c.run([c.tx(V1, TxKind.UNSTAKE, 2 * T)], proposer=V2)                   # block 4: the 3 matured first
+    assert c.acct(V1).unbonding == ((2 * T, 7),)
+
+
+def test_unbonding_cap_default_fits_the_account_layout() -> None:
+    params = ChainParams(CHAIN)
+    assert 1 <= params.max_unbonding_entries <= UNBONDING_ENTRIES_LAYOUT_MAX
+    full = Account(stake=T, unbonding=tuple((1, h) for h in range(params.max_unbonding_entries)))
+    assert Account.decode(full.encoded) == full
+
+
 # -- block reward and fees -----------------------------------------------------------------------------
-def test_block_reward_and_fees_paid_to_proposer() -> None:
-    c = Chain()
+def test_block_reward_and_fees_paid_to_proposer(chain: ChainFactory) -> None:
+    c = chain()
     supply = c.total_supply()
     v2_before, v1_before = c.acct(V2).balance, c.acct(V1).balance
     c.run([c.pay(ALICE, BOB, T, fee=1_000), c.pay(ALICE, BOB, T, fee=5_000, nonce=1)], proposer=V2)
@@ -335,8 +376,8 @@ def test_block_reward_and_fees_paid_to_proposer() -> None:
     assert c.total_supply() == supply + 20 * T
 
 
-def test_reward_to_a_proposer_with_matured_unbonding() -> None:
-    c = Chain()
+def test_reward_to_a_proposer_with_matured_unbonding(chain: ChainFactory) -> None:
+    c = chain()
     c.run([c.tx(V2, TxKind.UNSTAKE, 5 * T)])                                # release at 4
     c.run()
     c.run()
@@ -347,8 +388,8 @@ def test_reward_to_a_proposer_with_matured_unbonding() -> None:
 
 
 # -- evidence ------------------------------------------------------------------------------------------
-def test_evidence_jails_slashes_and_removes_from_set() -> None:
-    c = Chain()                                                             # slash_ppm 50,000 = 5%
+def test_evidence_jails_slashes_and_removes_from_set(chain: ChainFactory) -> None:
+    c = chain()                                                             # slash_ppm 50,000 = 5%
     c.run()                                                                 # block 1
     supply = c.total_supply()
     ev = Equivocation(V3, 1).evidence()
@@ -372,8 +413,8 @@ def test_evidence_jails_slashes_and_removes_from_set() -> None:
     assert c.acct(V3).stake == 0
 
 
-def test_invalid_evidence_rejected_and_state_unchanged() -> None:
-    c = Chain(evidence_max_age=2)
+def test_invalid_evidence_rejected_and_state_unchanged(chain: ChainFactory) -> None:
+    c = chain(evidence_max_age=2)
     c.run()                                                                 # block 1
     c.run()                                                                 # block 2
     good = Equivocation(V3, 2).evidence()
@@ -392,8 +433,8 @@ def test_invalid_evidence_rejected_and_state_unchanged() -> None:
     assert c.acct(V3).jailed
 
 
-def test_unstaking_after_equivocating_does_not_escape_the_slash() -> None:
-    c = Chain()
+def test_unstaking_after_equivocating_does_not_escape_the_slash(chain: ChainFactory) -> None:
+    c = chain()
     c.run()                                                                 # block 1: V3 equivocates here
     c.run([c.tx(V3, TxKind.UNSTAKE, VALIDATOR_STAKE)])                      # block 2: V3 unbonds everything
     c.run(evidence=(Equivocation(V3, 1).evidence(),))                       # block 3: evidence lands
@@ -403,10 +444,10 @@ def test_unstaking_after_equivocating_does_not_escape_the_slash() -> None:
     assert held == VALIDATOR_STAKE - VALIDATOR_STAKE * 50_000 // 1_000_000
 
 
-def test_build_block_with_two_evidences_against_one_validator() -> None:
+def test_build_block_with_two_evidences_against_one_validator(chain: ChainFactory) -> None:
     """A validator that double-signs its prevote and its precommit yields two evidences; the proposer
     must still be able to build a block (else no proposer can propose while they are pending)."""
-    c = Chain()
+    c = chain()
     c.run()
     pre = Vote(VoteType.PREVOTE, 1, 0, b"\x01" * 32, V3.address).signed(V3, CHAIN)
     pre2 = Vote(VoteType.PREVOTE, 1, 0, b"\x02" * 32, V3.address).signed(V3, CHAIN)
@@ -417,8 +458,8 @@ def test_build_block_with_two_evidences_against_one_validator() -> None:
 
 
 # -- execute_block modes --------------------------------------------------------------------------------
-def test_skip_invalid_leaves_out_invalid_txs_and_reports_them() -> None:
-    c = Chain()
+def test_skip_invalid_leaves_out_invalid_txs_and_reports_them(chain: ChainFactory) -> None:
+    c = chain()
     v0 = c.pay(ALICE, BOB, T, nonce=0)
     v1 = c.pay(ALICE, BOB, T, nonce=1)
     txs = [v0, c.pay(ALICE, BOB, T, nonce=7), c.pay(ALICE, BOB, T, nonce=1, chain="x"), v1,
@@ -432,14 +473,14 @@ def test_skip_invalid_leaves_out_invalid_txs_and_reports_them() -> None:
     assert c.execute(txs, skip_invalid=True, max_txs=1).applied == (v0,)
 
 
-def test_skip_invalid_respects_max_block_txs_and_bytes() -> None:
-    c = Chain(max_block_txs=2)
+def test_skip_invalid_respects_max_block_txs_and_bytes(chain: ChainFactory) -> None:
+    c = chain(max_block_txs=2)
     txs = [c.pay(ALICE, BOB, T, nonce=n) for n in range(4)]
     assert c.execute(txs, skip_invalid=True).applied == tuple(txs[:2])
     with pytest.raises(ValidationError) as err:
         c.execute(txs)
     assert err.value.reason == Reason.BLOCK_TOO_LARGE
-    c2 = Chain(max_block_bytes=1024)                                # budget 1024 - BLOCK_OVERHEAD bytes
+    c2 = chain(max_block_bytes=1024)                                # budget 1024 - BLOCK_OVERHEAD bytes
     txs = [c2.pay(ALICE, BOB, T, nonce=n) for n in range(8)]
     fit = (1024 - BLOCK_OVERHEAD) // txs[0].size
     applied = c2.execute(txs, skip_invalid=True).applied
@@ -447,8 +488,8 @@ def test_skip_invalid_respects_max_block_txs_and_bytes() -> None:
     assert 0 < fit < len(txs)
 
 
-def test_execution_is_deterministic_and_pure() -> None:
-    c = Chain()
+def test_execution_is_deterministic_and_pure(chain: ChainFactory) -> None:
+    c = chain()
     txs = [c.pay(ALICE, BOB, T), c.tx(V2, TxKind.UNSTAKE, T)]
     before = c.snapshot()
     r1, r2 = c.execute(txs), c.execute(txs)
@@ -457,17 +498,17 @@ def test_execution_is_deterministic_and_pure() -> None:
     assert r1.state_root == hashlib.sha256(r1.lthash).digest()
 
 
-def test_unknown_height_refused() -> None:
-    c = Chain()
+def test_unknown_height_refused(chain: ChainFactory) -> None:
+    c = chain()
     with pytest.raises(ValidationError) as err:
         execute_block(c.state, c.params, 5, V1.address, ())
     assert err.value.reason == Reason.WRONG_HEIGHT
 
 
 # -- state root ----------------------------------------------------------------------------------------
-def test_incremental_state_root_equals_recomputation() -> None:
-    c = Chain()
-    assert c.state.lthash() == _recomputed_lthash(c.state.accounts)
+def test_incremental_state_root_equals_recomputation(chain: ChainFactory) -> None:
+    c = chain()
+    assert c.state.lthash() == _recomputed_lthash(c.accounts())
     blocks = [
         [c.pay(ALICE, BOB, 3 * T)],
         [c.pay(ALICE, CAROL, T, nonce=1), c.pay(V1, BOB, T)],
@@ -478,13 +519,13 @@ def test_incremental_state_root_equals_recomputation() -> None:
     roots = set()
     for txs in blocks:
         result = c.run(txs, proposer=V2)
-        assert c.state.lthash() == _recomputed_lthash(c.state.accounts)
-        assert result.state_root == hashlib.sha256(_recomputed_lthash(c.state.accounts)).digest()
+        assert c.state.lthash() == _recomputed_lthash(c.accounts())
+        assert result.state_root == hashlib.sha256(_recomputed_lthash(c.accounts())).digest()
         roots.add(result.state_root)
     assert len(roots) == len(blocks)
     # Evidence changes touch the state root too.
     c.run(evidence=(Equivocation(V3, c.height).evidence(),))
-    assert c.state.lthash() == _recomputed_lthash(c.state.accounts)
+    assert c.state.lthash() == _recomputed_lthash(c.accounts())
 
 
 # -- building and validating blocks --------------------------------------------------------------------
@@ -504,8 +545,8 @@ def _rehash(block: Block, **fields: Any) -> Block:
     return replace(block, header=replace(block.header, **fields))
 
 
-def test_build_then_validate_round_trip() -> None:
-    c = Chain()
+def test_build_then_validate_round_trip(chain: ChainFactory) -> None:
+    c = chain()
     block, built = _build(c, [c.pay(ALICE, BOB, T), c.pay(ALICE, BOB, T, nonce=5)])
     assert len(block.txs) == 1
     assert built.rejected[0][1] == "bad_nonce"
@@ -514,8 +555,8 @@ def test_build_then_validate_round_trip() -> None:
     assert checked.changes == built.changes
 
 
-def test_validate_block_rejects_wrong_roots_and_set() -> None:
-    c = Chain()
+def test_validate_block_rejects_wrong_roots_and_set(chain: ChainFactory) -> None:
+    c = chain()
     block, _ = _build(c, [c.pay(ALICE, BOB, T)])
     cases = [
         (_rehash(block, tx_root=bytes(32)), Reason.BAD_BLOCK, "tx_root"),
@@ -538,16 +579,16 @@ def test_validate_block_rejects_wrong_roots_and_set() -> None:
     _validate(c, block)
 
 
-def test_validate_block_rejects_a_different_proposer_reward() -> None:
+def test_validate_block_rejects_a_different_proposer_reward(chain: ChainFactory) -> None:
     """The state root commits to who was paid: the same body with another proposer does not validate."""
-    c = Chain()
+    c = chain()
     block, _ = _build(c, [c.pay(ALICE, BOB, T)])
     with pytest.raises(ValidationError, match="state_root"):
         _validate(c, _rehash(block, proposer=V2.address))
 
 
-def test_validate_block_rejects_too_many_txs() -> None:
-    c = Chain(max_block_txs=2)
+def test_validate_block_rejects_too_many_txs(chain: ChainFactory) -> None:
+    c = chain(max_block_txs=2)
     txs = tuple(c.pay(ALICE, BOB, T, nonce=n) for n in range(3))
     block, _ = _build(c, list(txs))
     assert len(block.txs) == 2
@@ -557,8 +598,8 @@ def test_validate_block_rejects_too_many_txs() -> None:
     assert err.value.reason == Reason.BLOCK_TOO_LARGE
 
 
-def test_validate_block_rejects_too_many_bytes() -> None:
-    c = Chain(max_block_bytes=1024)
+def test_validate_block_rejects_too_many_bytes(chain: ChainFactory) -> None:
+    c = chain(max_block_bytes=1024)
     txs = tuple(c.pay(ALICE, BOB, T, nonce=n) for n in range(6))
     block, _ = _build(c, list(txs))
     assert block.size <= 1024
@@ -570,8 +611,8 @@ def test_validate_block_rejects_too_many_bytes() -> None:
     assert err.value.reason == Reason.BLOCK_TOO_LARGE
 
 
-def test_built_block_with_evidence_fits_max_block_bytes() -> None:
-    c = Chain(max_block_bytes=1024)
+def test_built_block_with_evidence_fits_max_block_bytes(chain: ChainFactory) -> None:
+    c = chain(max_block_bytes=1024)
     c.run()
     evidence = tuple(Equivocation(k, 1).evidence() for k in (V2, V3))
     txs = [c.pay(ALICE, BOB, T, nonce=n) for n in range(6)]
@@ -580,8 +621,8 @@ def test_built_block_with_evidence_fits_max_block_bytes() -> None:
     assert block.size <= 1024, f"{block.size} bytes"
 
 
-def test_block_with_evidence_validates() -> None:
-    c = Chain()
+def test_block_with_evidence_validates(chain: ChainFactory) -> None:
+    c = chain()
     c.run()
     ev = Equivocation(V3, 1).evidence()
     block, built = _build(c, [c.pay(ALICE, BOB, T)], (ev,), prev_hash=b"\x07" * 32)
@@ -597,7 +638,7 @@ def _certificate(block: Block, keys: tuple[PrivateKey, ...]) -> CommitCertificat
 
 
 def test_lmdb_store_and_memory_state_agree(tmp_path: Path) -> None:
-    mem = Chain()
+    mem = Chain(lambda g, signers=(): LedgerBackend("memory", g, tmp_path / "unused", signers))
     g = mem.genesis
     vs = g.validators()
     store = Store(str(tmp_path / "db"), map_size=8 * 1024 * 1024)
@@ -624,7 +665,7 @@ def test_lmdb_store_and_memory_state_agree(tmp_path: Path) -> None:
             store.commit_block(block, _certificate(block, (V1, V2, V3)), result)
             assert store.lthash() == mem.state.lthash()
         stored = {k: Account.decode(v) for k, v in store.items(ACCOUNTS)}
-        assert stored == {a: acct for a, acct in mem.state.accounts.items() if not acct.is_empty}
+        assert stored == {a: acct for a, acct in mem.accounts().items() if not acct.is_empty}
         assert store.lthash() == _recomputed_lthash(stored)
         assert store.validator_set(4).power_of(ALICE.address) == 1_000 * T
         assert ALICE.address not in store.validator_set(5)
@@ -634,7 +675,7 @@ def test_lmdb_store_and_memory_state_agree(tmp_path: Path) -> None:
 
 
 def test_lmdb_invalid_block_leaves_store_untouched(tmp_path: Path) -> None:
-    mem = Chain()
+    mem = Chain(lambda g, signers=(): LedgerBackend("memory", g, tmp_path / "unused", signers))
     g = mem.genesis
     vs = g.validators()
     store = Store(str(tmp_path / "db"), map_size=8 * 1024 * 1024)
@@ -676,9 +717,9 @@ def test_account_encoding_round_trip() -> None:
     assert not Account(nonce=1).is_empty
 
 
-def test_genesis_header_fields_are_what_validate_block_checks() -> None:
+def test_genesis_header_fields_are_what_validate_block_checks(chain: ChainFactory) -> None:
     """Sanity: a hand-built header with the right fields validates, proving the checks above are not vacuous."""
-    c = Chain()
+    c = chain()
     result = c.execute([])
     header = Header(height=1, round=0, prev_hash=c.genesis.hash, timestamp=GENESIS_TIME, proposer=V1.address,
                     tx_root=tx_root(()), state_root=result.state_root,

@@ -1,5 +1,7 @@
 """The mempool (timecoin/mempool.py): every admission, replacement, cap and selection rule of its
-docstring, over real state (MemoryStore, and the LMDB Store after a committed block)."""
+docstring, over real state: each test using the ``world`` fixture runs twice, over ``MemoryStore`` and
+over the LMDB ``Store`` in ``tmp_path`` (``ledger_backend`` in tests/conftest.py), blocks committed
+through the backend's ``commit_block``."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import LedgerFactory
 from timecoin.crypto import PrivateKey
 from timecoin.errors import Reason, ValidationError
 from timecoin.ledger.account import Account
@@ -18,7 +21,6 @@ from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.ledger.state import build_block, execute_block
 from timecoin.ledger.tx import ZERO_ADDRESS, Transaction, TxKind
 from timecoin.mempool import Mempool
-from timecoin.memstore import MemoryStore
 from timecoin.store import Store
 
 CHAIN = "timecoin-mempool-test"
@@ -36,11 +38,11 @@ A, B, C, D = key(1), key(2), key(3), key(4)
 USERS = [key(i) for i in range(1, 41)]
 
 
-def genesis(balance: int = BALANCE) -> Genesis:
+def genesis(balance: int = BALANCE, **params: int) -> Genesis:
     return Genesis.for_validators(
         [VALIDATOR.public_key], CHAIN, genesis_time=1_767_225_600_000,
         extra=tuple(GenesisAccount(k.address, balance) for k in USERS),
-        min_fee=MIN_FEE, unbonding_period=10)
+        **{"min_fee": MIN_FEE, "unbonding_period": 10, **params})
 
 
 def transfer(k: PrivateKey, nonce: int, fee: int = MIN_FEE, amount: int = 1_000, to: bytes = SINK,
@@ -57,26 +59,37 @@ def unstake(k: PrivateKey, nonce: int, amount: int, fee: int = MIN_FEE) -> Trans
 
 
 class World:
-    """A MemoryStore at genesis, a settable next height, and a mempool over them."""
+    """A backend at genesis (MemoryStore or LMDB), a settable next height, and a mempool over them."""
 
-    def __init__(self, max_txs: int = 1_000, max_bytes: int = 1 << 20, min_relay_fee: int = 0,
-                 balance: int = BALANCE, **kw: int) -> None:
-        self.genesis = genesis(balance)
-        self.state = MemoryStore(self.genesis)
+    def __init__(self, make: LedgerFactory, max_txs: int = 1_000, max_bytes: int = 1 << 20,
+                 min_relay_fee: int = 0, balance: int = BALANCE, params: dict[str, int] | None = None,
+                 **kw: int) -> None:
+        self.genesis = genesis(balance, **(params or {}))
+        self.backend = make(self.genesis, signers=(VALIDATOR,))
+        self.state = self.backend.state
         self.height = 1
         self.pool = Mempool(self.genesis.params, self.state, max_txs=max_txs, max_bytes=max_bytes,
                             min_relay_fee=min_relay_fee, height_fn=lambda: self.height, **kw)
 
     def set_account(self, k: PrivateKey, **fields: object) -> None:
-        self.state.accounts[k.address] = dataclasses.replace(
-            self.state.accounts.get(k.address, Account()), **fields)
+        self.backend.set_account(k.address, dataclasses.replace(
+            self.state.get_account(k.address) or Account(), **fields))
 
     def commit(self, txs: list[Transaction]) -> list[Transaction]:
         """Execute and commit block ``self.height`` with ``txs`` (all must apply); returns the applied txs."""
         result = execute_block(self.state, self.genesis.params, self.height, VALIDATOR.address, txs)
-        self.state.commit(result)
+        self.backend.commit(result, VALIDATOR.address)
         self.height += 1
         return list(result.applied)
+
+
+WorldFactory = Callable[..., World]
+
+
+@pytest.fixture
+def world(ledger_backend: LedgerFactory) -> WorldFactory:
+    """``world(**kw)``: a World over this run's backend."""
+    return lambda **kw: World(ledger_backend, **kw)
 
 
 def rejects(fn: Callable[[], object], reason: Reason) -> ValidationError:
@@ -87,8 +100,8 @@ def rejects(fn: Callable[[], object], reason: Reason) -> ValidationError:
 
 
 # -- admission ------------------------------------------------------------------------------------
-def test_accepts_a_valid_tx_and_reports_it() -> None:
-    w = World(max_txs=10, max_bytes=5_000, min_relay_fee=1_500)
+def test_accepts_a_valid_tx_and_reports_it(world: WorldFactory) -> None:
+    w = world(max_txs=10, max_bytes=5_000, min_relay_fee=1_500)
     tx = transfer(A, 0, fee=2_000)
     w.pool.add(tx)
     assert len(w.pool) == 1
@@ -100,47 +113,47 @@ def test_accepts_a_valid_tx_and_reports_it() -> None:
     assert w.pool.pending_nonce(A.address) == 1 and w.pool.pending_nonce(B.address) == 0
 
 
-def test_duplicate() -> None:
-    w = World()
+def test_duplicate(world: WorldFactory) -> None:
+    w = world()
     tx = transfer(A, 0)
     w.pool.add(tx)
     rejects(lambda: w.pool.add(tx), Reason.DUPLICATE)
     assert len(w.pool) == 1
 
 
-def test_bad_signature() -> None:
-    w = World()
+def test_bad_signature(world: WorldFactory) -> None:
+    w = world()
     forged = dataclasses.replace(transfer(A, 0), signature=transfer(B, 0).signature)
     rejects(lambda: w.pool.add(forged), Reason.BAD_SIGNATURE)
     assert len(w.pool) == 0
 
 
-def test_wrong_chain() -> None:
-    w = World()
+def test_wrong_chain(world: WorldFactory) -> None:
+    w = world()
     rejects(lambda: w.pool.add(transfer(A, 0, chain="other-chain")), Reason.WRONG_CHAIN)
 
 
-def test_fee_floor_is_the_higher_of_chain_and_relay_minimum() -> None:
-    low_relay = World(min_relay_fee=10)
+def test_fee_floor_is_the_higher_of_chain_and_relay_minimum(world: WorldFactory) -> None:
+    low_relay = world(min_relay_fee=10)
     rejects(lambda: low_relay.pool.add(transfer(A, 0, fee=MIN_FEE - 1)), Reason.FEE_TOO_LOW)
     low_relay.pool.add(transfer(A, 0, fee=MIN_FEE))
-    high_relay = World(min_relay_fee=5_000)
+    high_relay = world(min_relay_fee=5_000)
     assert high_relay.pool.info()["min_fee"] == 5_000
     rejects(lambda: high_relay.pool.add(transfer(A, 0, fee=4_999)), Reason.FEE_TOO_LOW)
     high_relay.pool.add(transfer(A, 0, fee=5_000))
     assert len(low_relay.pool) == len(high_relay.pool) == 1
 
 
-def test_bad_amount() -> None:
-    w = World()
+def test_bad_amount(world: WorldFactory) -> None:
+    w = world()
     rejects(lambda: w.pool.add(transfer(A, 0, amount=0)), Reason.BAD_AMOUNT)
     rejects(lambda: w.pool.add(transfer(A, 0, to=ZERO_ADDRESS)), Reason.BAD_AMOUNT)
     assert len(w.pool) == 0
 
 
 # -- nonces -----------------------------------------------------------------------------------------
-def test_nonce_stale_gap_and_chain() -> None:
-    w = World()
+def test_nonce_stale_gap_and_chain(world: WorldFactory) -> None:
+    w = world()
     w.set_account(A, nonce=3)
     rejects(lambda: w.pool.add(transfer(A, 2)), Reason.BAD_NONCE)
     rejects(lambda: w.pool.add(transfer(A, 4)), Reason.BAD_NONCE)
@@ -151,8 +164,8 @@ def test_nonce_stale_gap_and_chain() -> None:
     assert len(w.pool) == 3
 
 
-def test_per_sender_chain_cap() -> None:
-    w = World(max_per_sender=4)
+def test_per_sender_chain_cap(world: WorldFactory) -> None:
+    w = world(max_per_sender=4)
     for n in range(4):
         w.pool.add(transfer(A, n))
     err = rejects(lambda: w.pool.add(transfer(A, 4)), Reason.MEMPOOL_FULL)
@@ -162,22 +175,22 @@ def test_per_sender_chain_cap() -> None:
 
 
 # -- state after the sender's pending txs ---------------------------------------------------------
-def test_funds_judged_after_pending_txs() -> None:
-    w = World(balance=10_000)
+def test_funds_judged_after_pending_txs(world: WorldFactory) -> None:
+    w = world(balance=10_000)
     w.pool.add(transfer(A, 0, amount=5_000))          # leaves 4,000
     rejects(lambda: w.pool.add(transfer(A, 1, amount=3_001)), Reason.INSUFFICIENT_FUNDS)
     w.pool.add(transfer(A, 1, amount=3_000))          # exactly 3,000 + 1,000 fee
     assert len(w.pool) == 2
 
 
-def test_incoming_pending_transfers_are_not_counted() -> None:
-    w = World(balance=10_000)
+def test_incoming_pending_transfers_are_not_counted(world: WorldFactory) -> None:
+    w = world(balance=10_000)
     w.pool.add(transfer(B, 0, amount=8_000, to=A.address))
     rejects(lambda: w.pool.add(transfer(A, 0, amount=12_000)), Reason.INSUFFICIENT_FUNDS)
 
 
-def test_stake_and_unstake_judged_after_pending_txs() -> None:
-    w = World()
+def test_stake_and_unstake_judged_after_pending_txs(world: WorldFactory) -> None:
+    w = world()
     rejects(lambda: w.pool.add(unstake(A, 0, 1)), Reason.INSUFFICIENT_STAKE)
     w.pool.add(stake(A, 0, 50_000))
     rejects(lambda: w.pool.add(unstake(A, 1, 50_001)), Reason.INSUFFICIENT_STAKE)
@@ -187,8 +200,23 @@ def test_stake_and_unstake_judged_after_pending_txs() -> None:
     assert len(w.pool) == 3
 
 
-def test_unbonding_maturity_uses_the_next_height() -> None:
-    w = World()
+def test_unbonding_entry_cap_counts_pending_unstakes(world: WorldFactory) -> None:
+    """max_unbonding_entries is enforced at admission, after the sender's pending txs, as in a block."""
+    w = world(params={"max_unbonding_entries": 3})
+    w.set_account(A, stake=60_000, unbonding=((1_000, 50),))
+    w.pool.add(unstake(A, 0, 10_000))
+    w.pool.add(unstake(A, 1, 10_000))                    # 3 entries once both apply
+    err = rejects(lambda: w.pool.add(unstake(A, 2, 10_000)), Reason.BAD_AMOUNT)
+    assert "3 unbonding entries" in str(err)
+    assert len(w.pool) == 2
+    w.pool.add(transfer(A, 2))                           # other kinds still pass
+    w.height = 50                                        # the first entry has matured by then
+    w.pool.add(unstake(A, 3, 10_000))
+    assert len(w.pool) == 4
+
+
+def test_unbonding_maturity_uses_the_next_height(world: WorldFactory) -> None:
+    w = world()
     w.set_account(A, balance=2_000, unbonding=((50_000, 5),))
     w.height = 4
     rejects(lambda: w.pool.add(transfer(A, 0, amount=40_000)), Reason.INSUFFICIENT_FUNDS)
@@ -197,8 +225,8 @@ def test_unbonding_maturity_uses_the_next_height() -> None:
     assert len(w.pool) == 1
 
 
-def test_appending_rejudges_the_chain_when_height_or_account_changed() -> None:
-    w = World()
+def test_appending_rejudges_the_chain_when_height_or_account_changed(world: WorldFactory) -> None:
+    w = world()
     w.set_account(A, balance=2_000, unbonding=((50_000, 5),))
     w.height = 5
     w.pool.add(transfer(A, 0, amount=1))                 # judged with the 50,000 matured
@@ -213,8 +241,8 @@ def test_appending_rejudges_the_chain_when_height_or_account_changed() -> None:
 
 
 # -- replace-by-nonce -------------------------------------------------------------------------------
-def test_replacement_fee_rules() -> None:
-    w = World(balance=1_000_000)
+def test_replacement_fee_rules(world: WorldFactory) -> None:
+    w = world(balance=1_000_000)
     old = transfer(A, 0, fee=1_000)
     w.pool.add(old)
     # 1.1x would be 1,100 but the increment must also be at least the fee floor: 2,000 needed.
@@ -231,15 +259,15 @@ def test_replacement_fee_rules() -> None:
     assert len(w.pool) == 2
 
 
-def test_replacement_is_validated_like_a_new_tx() -> None:
-    w = World(balance=10_000)
+def test_replacement_is_validated_like_a_new_tx(world: WorldFactory) -> None:
+    w = world(balance=10_000)
     w.pool.add(transfer(A, 0, amount=1_000))
     rejects(lambda: w.pool.add(transfer(A, 0, fee=3_000, amount=8_000)), Reason.INSUFFICIENT_FUNDS)
     assert len(w.pool) == 1
 
 
-def test_replacement_drops_later_txs_that_no_longer_validate() -> None:
-    w = World(balance=10_000)
+def test_replacement_drops_later_txs_that_no_longer_validate(world: WorldFactory) -> None:
+    w = world(balance=10_000)
     chain = [transfer(A, n, amount=1_000) for n in range(4)]     # 4 x 2,000 = 8,000 of 10,000
     for tx in chain:
         w.pool.add(tx)
@@ -256,8 +284,8 @@ def test_replacement_drops_later_txs_that_no_longer_validate() -> None:
 
 
 # -- caps and eviction ------------------------------------------------------------------------------
-def test_count_cap_evicts_lowest_fee_only_for_a_better_payer() -> None:
-    w = World(max_txs=3)
+def test_count_cap_evicts_lowest_fee_only_for_a_better_payer(world: WorldFactory) -> None:
+    w = world(max_txs=3)
     txs = {f: transfer(k, 0, fee=f) for k, f in ((A, 2_000), (B, 3_000), (C, 4_000))}
     for tx in txs.values():
         w.pool.add(tx)
@@ -270,9 +298,9 @@ def test_count_cap_evicts_lowest_fee_only_for_a_better_payer() -> None:
     assert txs[2_000].id not in w.pool and newcomer.id in w.pool and len(w.pool) == 3
 
 
-def test_byte_cap() -> None:
+def test_byte_cap(world: WorldFactory) -> None:
     size = transfer(A, 0).size
-    w = World(max_txs=100, max_bytes=2 * size + size // 2)
+    w = world(max_txs=100, max_bytes=2 * size + size // 2)
     w.pool.add(transfer(A, 0, fee=1_000))
     w.pool.add(transfer(B, 0, fee=2_000))
     rejects(lambda: w.pool.add(transfer(C, 0, fee=1_000)), Reason.MEMPOOL_FULL)
@@ -281,14 +309,14 @@ def test_byte_cap() -> None:
     assert {tx.sender for tx in w.pool.iter_selected()} == {B.public_key, C.public_key}
 
 
-def test_a_tx_larger_than_the_byte_cap_is_refused() -> None:
-    w = World(max_bytes=50)
+def test_a_tx_larger_than_the_byte_cap_is_refused(world: WorldFactory) -> None:
+    w = world(max_bytes=50)
     rejects(lambda: w.pool.add(transfer(A, 0)), Reason.MEMPOOL_FULL)
     assert len(w.pool) == 0 and w.pool.size_bytes == 0
 
 
-def test_only_chain_tails_are_evicted() -> None:
-    w = World(max_txs=3)
+def test_only_chain_tails_are_evicted(world: WorldFactory) -> None:
+    w = world(max_txs=3)
     a0, a1 = transfer(A, 0, fee=1_100), transfer(A, 1, fee=9_000)
     b0 = transfer(B, 0, fee=3_000)
     for tx in (a0, a1, b0):
@@ -301,8 +329,8 @@ def test_only_chain_tails_are_evicted() -> None:
     assert set(w.pool.txids()) == {a0.id, a1.id, c0.id}
 
 
-def test_eviction_exposes_the_predecessor() -> None:
-    w = World(max_txs=2)
+def test_eviction_exposes_the_predecessor(world: WorldFactory) -> None:
+    w = world(max_txs=2)
     a0, a1 = transfer(A, 0, fee=1_500), transfer(A, 1, fee=1_200)
     w.pool.add(a0)
     w.pool.add(a1)
@@ -318,8 +346,8 @@ def test_eviction_exposes_the_predecessor() -> None:
     assert set(w.pool.txids()) == {c0.id, again.id}
 
 
-def test_an_evicted_tail_can_be_resent() -> None:
-    w = World(max_txs=3)
+def test_an_evicted_tail_can_be_resent(world: WorldFactory) -> None:
+    w = world(max_txs=3)
     a0, a1 = transfer(A, 0, fee=5_000), transfer(A, 1, fee=1_200)
     for tx in (a0, a1, transfer(B, 0, fee=5_000)):
         w.pool.add(tx)
@@ -330,8 +358,8 @@ def test_an_evicted_tail_can_be_resent() -> None:
     assert a1_again.id in w.pool and len(w.pool) == 3
 
 
-def test_a_predecessor_seen_earlier_as_a_non_tail_is_still_evictable() -> None:
-    w = World(max_txs=3)
+def test_a_predecessor_seen_earlier_as_a_non_tail_is_still_evictable(world: WorldFactory) -> None:
+    w = world(max_txs=3)
     a0, a1, b0 = transfer(A, 0, fee=1_100), transfer(A, 1, fee=2_000), transfer(B, 0, fee=3_000)
     for tx in (a0, a1, b0):
         w.pool.add(tx)
@@ -343,8 +371,8 @@ def test_a_predecessor_seen_earlier_as_a_non_tail_is_still_evictable() -> None:
     assert set(w.pool.txids()) == {b0.id, c0.id, d0.id}
 
 
-def test_a_sender_never_evicts_its_own_chain() -> None:
-    w = World(max_txs=2)
+def test_a_sender_never_evicts_its_own_chain(world: WorldFactory) -> None:
+    w = world(max_txs=2)
     w.pool.add(transfer(A, 0))
     w.pool.add(transfer(A, 1))
     rejects(lambda: w.pool.add(transfer(A, 2, fee=50_000)), Reason.MEMPOOL_FULL)
@@ -352,8 +380,8 @@ def test_a_sender_never_evicts_its_own_chain() -> None:
 
 
 # -- selection --------------------------------------------------------------------------------------
-def test_selection_order_fee_then_arrival_then_nonce() -> None:
-    w = World()
+def test_selection_order_fee_then_arrival_then_nonce(world: WorldFactory) -> None:
+    w = world()
     a0, a1 = transfer(A, 0, fee=1_000), transfer(A, 1, fee=9_000)
     b0, c0 = transfer(B, 0, fee=5_000), transfer(C, 0, fee=5_000)
     d0, d1 = transfer(D, 0, fee=7_000), transfer(D, 1, fee=2_000)
@@ -366,8 +394,8 @@ def test_selection_order_fee_then_arrival_then_nonce() -> None:
     assert len(result.applied) == 6 and result.rejected == ()
 
 
-def test_selection_is_a_snapshot() -> None:
-    w = World()
+def test_selection_is_a_snapshot(world: WorldFactory) -> None:
+    w = world()
     for k in (A, B, C):
         w.pool.add(transfer(k, 0))
     it = w.pool.iter_selected()
@@ -379,8 +407,8 @@ def test_selection_is_a_snapshot() -> None:
 
 
 # -- after a block ----------------------------------------------------------------------------------
-def test_remove_committed_drops_included_stale_and_invalidated() -> None:
-    w = World()
+def test_remove_committed_drops_included_stale_and_invalidated(world: WorldFactory) -> None:
+    w = world()
     a = [transfer(A, n, amount=10_000) for n in range(3)]            # each needs 11,000
     b0 = transfer(B, 0)
     for tx in (*a, b0):
@@ -394,8 +422,8 @@ def test_remove_committed_drops_included_stale_and_invalidated() -> None:
     assert w.pool.pending_nonce(A.address) == 2
 
 
-def test_remove_committed_of_own_txs() -> None:
-    w = World()
+def test_remove_committed_of_own_txs(world: WorldFactory) -> None:
+    w = world()
     txs = [transfer(k, n) for k in (A, B) for n in range(3)]
     for tx in txs:
         w.pool.add(tx)
@@ -408,8 +436,8 @@ def test_remove_committed_of_own_txs() -> None:
     rejects(lambda: w.pool.add(transfer(A, 2, fee=5_000)), Reason.BAD_NONCE)
 
 
-def test_add_resyncs_a_sender_when_state_moved_without_remove_committed() -> None:
-    w = World()
+def test_add_resyncs_a_sender_when_state_moved_without_remove_committed(world: WorldFactory) -> None:
+    w = world()
     a0 = transfer(A, 0)
     w.pool.add(a0)
     w.commit([a0])                                       # remove_committed not called
@@ -418,8 +446,8 @@ def test_add_resyncs_a_sender_when_state_moved_without_remove_committed() -> Non
     assert a0.id not in w.pool and a1.id in w.pool and len(w.pool) == 1
 
 
-def test_revalidate_after_an_outside_state_change() -> None:
-    w = World()
+def test_revalidate_after_an_outside_state_change(world: WorldFactory) -> None:
+    w = world()
     w.set_account(A, stake=60_000)
     w.pool.add(unstake(A, 0, 60_000))
     w.pool.add(transfer(B, 0))
@@ -428,8 +456,8 @@ def test_revalidate_after_an_outside_state_change() -> None:
     assert len(w.pool) == 1 and w.pool.pending_nonce(A.address) == 0
 
 
-def test_revalidate_after_a_rollback_drops_chains_with_a_gap() -> None:
-    w = World()
+def test_revalidate_after_a_rollback_drops_chains_with_a_gap(world: WorldFactory) -> None:
+    w = world()
     w.set_account(A, nonce=5)
     w.pool.add(transfer(A, 5))
     w.pool.add(transfer(A, 6))
@@ -441,9 +469,9 @@ def test_revalidate_after_a_rollback_drops_chains_with_a_gap() -> None:
 
 
 # -- invariants under a random workload ---------------------------------------------------------------
-def test_random_workload_keeps_invariants() -> None:
+def test_random_workload_keeps_invariants(world: WorldFactory) -> None:
     rng = random.Random(7)
-    w = World(max_txs=25, max_per_sender=6, balance=60_000)
+    w = world(max_txs=25, max_per_sender=6, balance=60_000)
     outcomes: dict[Reason | None, int] = {}
     for step in range(400):
         k = rng.choice(USERS[:12])

@@ -24,7 +24,7 @@ from timecoin import crypto
 from timecoin.errors import DecodeError, TimecoinError
 from timecoin.ledger import lthash as lt
 from timecoin.ledger.account import Account
-from timecoin.ledger.params import ChainParams
+from timecoin.ledger.params import UNBONDING_ENTRIES_LAYOUT_MAX, ChainParams
 from timecoin.ledger.state import is_validator
 from timecoin.ledger.validators import Validator, ValidatorSet
 
@@ -172,6 +172,9 @@ def _params(chain_id: str, raw: Any) -> ChainParams:
         raise GenesisError("params: max_block_txs >= 1 and max_block_bytes >= 1024 are required")
     if params.min_stake < 1:
         raise GenesisError("params.min_stake: must be positive")
+    if not 1 <= params.max_unbonding_entries <= UNBONDING_ENTRIES_LAYOUT_MAX:
+        raise GenesisError(f"params.max_unbonding_entries: between 1 and {UNBONDING_ENTRIES_LAYOUT_MAX} "
+                           "(the account layout counts entries in 16 bits)")
     return params
 
 

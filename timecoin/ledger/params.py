@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass
 from timecoin.crypto import UNITS_PER_TIME
 
 MIN_VALIDATOR_STAKE = 1_000 * UNITS_PER_TIME
+# The account layout counts unbonding entries in 16 bits (ledger/account.py); a chain's cap must fit it.
+UNBONDING_ENTRIES_LAYOUT_MAX = 2**16 - 1
+MAX_UNBONDING_ENTRIES = 32
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,10 @@ class ChainParams:
     min_fee: int = 1_000                           # units
     min_stake: int = MIN_VALIDATOR_STAKE           # stake at which an account is a validator
     unbonding_period: int = 100                    # blocks from unstake to spendable
+    # Pending unbonding entries per account: an unstake that would add one more is refused
+    # (ValidationError BAD_AMOUNT) until earlier ones mature. Keeps an account's encoding, which
+    # every tx touching it re-hashes, small; at most UNBONDING_ENTRIES_LAYOUT_MAX.
+    max_unbonding_entries: int = MAX_UNBONDING_ENTRIES
     slash_ppm: int = 50_000                        # stake slashed on equivocation, parts per million
     max_block_txs: int = 1_000
     max_block_bytes: int = 4 * 1024 * 1024

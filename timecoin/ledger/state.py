@@ -13,7 +13,8 @@ Rules (each tested in tests/unit/test_ledger.py):
 * stake: balance >= amount + fee; moves balance to stake; a jailed account cannot stake.
 * unstake: stake >= amount, balance >= fee; moves stake to unbonding, spendable ``unbonding_period``
   blocks later. Unbonding entries mature lazily when the account is next touched (deterministic,
-  and O(accounts touched)); readers use ``Account.matured(height)``.
+  and O(accounts touched)); readers use ``Account.matured(height)``. An account holds at most
+  ``max_unbonding_entries`` pending entries (after maturing those due): one more is ``BAD_AMOUNT``.
 * validator: stake >= ``min_stake``, not jailed, public key known. Set changes from block h take
   effect at h + 2: set(h+2) = set(h+1) updated with the accounts block h touched.
 * evidence (duplicate votes, verified against the set of its height, at most ``evidence_max_age``
@@ -157,6 +158,10 @@ def apply_tx(overlay: Overlay, params: ChainParams, tx: Transaction, height: int
             raise ValidationError(Reason.INSUFFICIENT_STAKE, f"stake {sender.stake} < {tx.amount}")
         if sender.balance < tx.fee:
             raise ValidationError(Reason.INSUFFICIENT_FUNDS, f"balance {sender.balance} < fee {tx.fee}")
+        if len(sender.unbonding) >= params.max_unbonding_entries:
+            raise ValidationError(Reason.BAD_AMOUNT,
+                                  f"account already has {len(sender.unbonding)} unbonding entries (at most "
+                                  f"{params.max_unbonding_entries}); wait for the earliest to mature")
         release = height + params.unbonding_period
         overlay.set_account(sender_addr, _with(
             sender, balance=sender.balance - tx.fee, stake=sender.stake - tx.amount,
