@@ -567,3 +567,74 @@ def test_keys_are_deterministic() -> None:
     assert make_keys(2)[1].address == make_keys(2)[1].address
     assert make_keys(1)[0].address != make_keys(1, "other")[0].address
     assert isinstance(make_keys(1)[0], crypto.PrivateKey)
+
+
+# -- next-height buffer, block interval 0, refused signatures ----------------------------------------------
+def test_next_height_buffer_checks_sender_and_signature_dedupes_and_caps_per_sender() -> None:
+    """Before any height-2 check could run, a peer could fill the buffer with 10,000 junk messages. Now only
+    signed messages of height 2's validators are buffered, once each, a few per (sender, round, type)."""
+    d = Driver()
+    e, pre, pc = d.engine, VoteType.PREVOTE, VoteType.PRECOMMIT
+    a, b = d.others[0], d.others[1]
+    outsider = make_keys(1, "outsider")[0]
+    assert d.refused(Vote(pre, 2, 0, NIL_HASH, outsider.address).signed(outsider, d.net.chain_id)) \
+        == Reason.NOT_VALIDATOR
+    forged = replace(Vote(pre, 2, 0, NIL_HASH, a.address).signed(outsider, d.net.chain_id), validator=a.address)
+    assert d.refused(forged) == Reason.BAD_SIGNATURE
+    assert d.refused(d.vote(a, pre, eng.MAX_ROUND_AHEAD + 1, NIL_HASH, height=2)) == Reason.WRONG_ROUND
+    first = d.vote(a, pre, 0, NIL_HASH, height=2)
+    assert e.on_vote(first, 0.0) == []
+    assert d.refused(first) == Reason.DUPLICATE
+    # an equivocation still fits (it becomes evidence at height 2), a third value for the same slot does not
+    assert e.on_vote(d.vote(a, pre, 0, b"\x01" * 32, height=2), 0.0) == []
+    assert d.refused(d.vote(a, pre, 0, b"\x02" * 32, height=2)) == Reason.RATE_LIMITED
+    # at most MAX_BUFFERED_ROUNDS rounds per sender
+    for r in range(1, eng.MAX_BUFFERED_ROUNDS):
+        assert e.on_vote(d.vote(a, pc, r, NIL_HASH, height=2), 0.0) == []
+    assert d.refused(d.vote(a, pc, eng.MAX_BUFFERED_ROUNDS, NIL_HASH, height=2)) == Reason.RATE_LIMITED
+    # one flooding validator does not crowd out another
+    for i in range(50):
+        with pytest.raises(ValidationError):
+            e.on_vote(d.vote(a, pre, 0, i.to_bytes(32, "big"), height=2), 0.0)
+    other = d.vote(b, pre, 0, NIL_HASH, height=2)
+    assert e.on_vote(other, 0.0) == []
+    assert len(e._next_height_msgs) == 2 + (eng.MAX_BUFFERED_ROUNDS - 1) + 1
+    assert other in e._next_height_msgs and first in e._next_height_msgs
+
+
+def test_round_0_proposer_goes_through_a_zero_block_interval_timeout() -> None:
+    """block_interval = 0: the proposer's round 0 starts with a BLOCK_INTERVAL timeout of delay 0, so a
+    single validator's decision never comes out of start_height itself (the reactor turns)."""
+    net = SimNet(1)
+    node = net.nodes[0]
+    out = node.engine.start_height(1, 0.0, 0.0)
+    assert not any(isinstance(a, eng.BroadcastProposal | eng.CommitBlock) for a in out)
+    assert eng.ScheduleTimeout(1, 0, eng.TimeoutKind.BLOCK_INTERVAL, 0.0) in out
+    out = node.engine.on_timeout(1, 0, eng.TimeoutKind.BLOCK_INTERVAL, 0.0)
+    commit = next(a for a in out if isinstance(a, eng.CommitBlock))
+    assert commit.block.height == 1
+    net = SimNet(1)
+    net.start()
+    assert net.run_until_height(5, max_time=5.0)
+    assert all(r == 0 for r in net.nodes[0].commit_rounds.values())
+
+
+@pytest.mark.parametrize("step", [2, 3])
+def test_a_guard_ahead_of_the_engine_never_stalls_the_round(step: int) -> None:
+    """A single validator whose guard already signed a later step of round 0 (a crash that lost the WAL
+    record): its prevote (and precommit) of round 0 are refused, no quorum can form there, and yet the
+    refused votes schedule the step timeouts, round 1 starts and the height is decided."""
+    net = SimNet(1)
+    node = net.nodes[0]
+    signer = node.signer
+    if step == 2:          # a prevote for some other block of round 0
+        assert signer.sign_vote(Vote(VoteType.PREVOTE, 1, 0, b"\x07" * 32, node.address)) is not None
+    else:                  # a precommit of round 0 (later than any prevote)
+        assert signer.sign_vote(Vote(VoteType.PRECOMMIT, 1, 0, b"\x07" * 32, node.address)) is not None
+    net.start()
+    assert net.run_until_height(3, max_time=5.0), f"stuck at round {node.engine.round} step {node.engine.step}"
+    assert node.commit_rounds[1] == 1 and node.commit_rounds[2] == 0
+    round0 = [m for m in node.signed if isinstance(m, Vote) and m.height == 1 and m.round == 0]
+    # nothing conflicting went out: a prevote guard still allows the (later) nil precommit, nothing else
+    assert round0 == ([] if step == 3 else [Vote(VoteType.PRECOMMIT, 1, 0, NIL_HASH, node.address).signed(
+        node.key, net.chain_id)])

@@ -9,7 +9,16 @@ needs from the world is injected:
 * ``app`` (:class:`ConsensusApp`): validator sets and proposers per height/round, ``getValue()``
   (build a block) and ``valid(v)`` (fully validate a block; cached per hash here).
 * ``signer``: the double-sign guard (``privval``); it durably records what it signs *before*
-  returning a signature, and refuses a conflicting signature. A refused signature means no vote.
+  returning a signature, and refuses a conflicting signature. A refused signature means no vote, and
+  never a stall: see :meth:`Engine._refused`.
+
+The reactor turns between heights: the round-0 proposer always goes through a BLOCK_INTERVAL timeout
+(delay 0 when the interval is 0 or already over), so with ``block_interval = 0`` a single validator's
+decision never comes out of the call that started the height, and ``start_height`` never recurses.
+
+Next-height messages (a peer one step ahead) are buffered, bounded: only from validators of h+1 (that
+set is known a height ahead: set changes apply at h+2), signature checked, deduplicated, at most
+``MAX_BUFFERED_PER_KIND`` per (sender, round, type) and ``MAX_BUFFERED_ROUNDS`` rounds per sender.
 
 Quorums are stake-weighted and strict (> 2/3 of total power, integer arithmetic); the paper's
 ``2f + 1`` is read as "> 2/3 of power" and ``f + 1`` as "> 1/3 of power".
@@ -26,7 +35,9 @@ from timecoin.ledger.block import NIL_HASH, Block, CommitCertificate, Evidence, 
 from timecoin.ledger.validators import ValidatorSet
 
 MAX_ROUND_AHEAD = 100          # votes/proposals further ahead than this are refused (memory bound)
-MAX_BUFFERED_NEXT_HEIGHT = 10_000
+MAX_BUFFERED_NEXT_HEIGHT = 10_000    # backstop; the per-sender caps below bind first for any real set
+MAX_BUFFERED_PER_KIND = 2      # per (sender, round, type) of the next height: the message and one conflicting
+MAX_BUFFERED_ROUNDS = 4        # distinct next-height rounds buffered per sender
 
 
 class Step(enum.IntEnum):
@@ -128,6 +139,9 @@ class Engine:
         self.step = Step.COMMITTED
         self.now = 0.0
         self._next_height_msgs: list[Proposal | Vote] = []
+        self._next_seen: set[bytes] = set()                          # dedupe of the buffer
+        self._next_per_key: dict[tuple[bytes, int, int], int] = {}   # (sender, round, type) -> count
+        self._next_rounds: dict[bytes, set[int]] = {}                # sender -> buffered rounds
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start_height(self, height: int, now: float, prev_block_time: float) -> list[Action]:
@@ -152,6 +166,7 @@ class Engine:
         self._start_round(0, out)
         self._process(out)                         # our own proposal, when we propose at once
         buffered, self._next_height_msgs = self._next_height_msgs, []
+        self._next_seen, self._next_per_key, self._next_rounds = set(), {}, {}
         for msg in buffered:
             if msg.height != height:
                 continue
@@ -254,14 +269,48 @@ class Engine:
 
     # -- the algorithm ---------------------------------------------------------------------------
     def _defer(self, msg: Proposal | Vote) -> bool:
-        """Buffer next-height messages; refuse other heights. True if the message was buffered."""
+        """Buffer next-height messages; refuse other heights. True if the message was taken (buffered).
+
+        Buffered messages must come from a validator of the next height with a good signature (one peer
+        cannot fill the buffer with junk or forge another validator's share of it), are deduplicated, and
+        are capped per sender: ``MAX_BUFFERED_PER_KIND`` per (round, type) — an honest validator sends
+        one, the second may be an equivocation worth turning into evidence once the height starts — and
+        ``MAX_BUFFERED_ROUNDS`` rounds. Refusals raise ValidationError (NOT_VALIDATOR, BAD_SIGNATURE,
+        DUPLICATE, RATE_LIMITED for over the cap, WRONG_ROUND, WRONG_HEIGHT). Messages of the height just
+        decided (step COMMITTED, before the next height starts) are dropped silently.
+        """
         if msg.height == self.height and self.step != Step.COMMITTED:
             return False
-        if msg.height == self.height + 1 or (msg.height == self.height and self.step == Step.COMMITTED):
-            if len(self._next_height_msgs) < MAX_BUFFERED_NEXT_HEIGHT:
-                self._next_height_msgs.append(msg)
-            return True
-        raise ValidationError(Reason.WRONG_HEIGHT, f"message for height {msg.height}, we are at {self.height}")
+        if msg.height == self.height and self.step == Step.COMMITTED:
+            return True        # a late vote of the height just decided: normal, and of no use any more
+        if msg.height != self.height + 1:
+            raise ValidationError(Reason.WRONG_HEIGHT, f"message for height {msg.height}, we are at {self.height}")
+        if msg.round > MAX_ROUND_AHEAD:
+            raise ValidationError(Reason.WRONG_ROUND, f"round {msg.round} too far ahead for the next height")
+        sender = msg.proposer if isinstance(msg, Proposal) else msg.validator
+        kind = 0 if isinstance(msg, Proposal) else int(msg.type)
+        ident = (b"P" + msg.signature + msg.block.hash) if isinstance(msg, Proposal) else b"V" + msg.encoded
+        if ident in self._next_seen:
+            raise ValidationError(Reason.DUPLICATE, "next-height message already buffered")
+        nxt = self.app.validator_set(self.height + 1)     # known a height ahead (set changes apply at h+2)
+        val = nxt.by_address.get(sender)
+        if val is None:
+            raise ValidationError(Reason.NOT_VALIDATOR, "next-height message from a non-validator of that height")
+        key = (sender, msg.round, kind)
+        rounds = self._next_rounds.get(sender, set())
+        if (self._next_per_key.get(key, 0) >= MAX_BUFFERED_PER_KIND
+                or (msg.round not in rounds and len(rounds) >= MAX_BUFFERED_ROUNDS)
+                or len(self._next_height_msgs) >= MAX_BUFFERED_NEXT_HEIGHT):
+            raise ValidationError(Reason.RATE_LIMITED, "too many next-height messages from this validator")
+        try:
+            msg.verify_signature(val.pubkey, self.app.chain_id)
+        except InvalidSignature:
+            raise ValidationError(Reason.BAD_SIGNATURE, "next-height message signature does not verify") from None
+        self._next_seen.add(ident)
+        self._next_per_key[key] = self._next_per_key.get(key, 0) + 1
+        self._next_rounds.setdefault(sender, set()).add(msg.round)
+        self._next_height_msgs.append(msg)
+        return True
 
     def _valid(self, block: Block) -> bool:
         ok = self._valid_cache.get(block.hash)
@@ -277,7 +326,10 @@ class Engine:
         if round_ == 0:
             wait = max(0.0, self.prev_block_time + self.timeouts.block_interval - self.now)
         if self.signer is not None and self.app.proposer(self.height, round_) == self.signer.address:  # [L14]
-            if wait > 0 and self.valid_value is None:
+            if round_ == 0:
+                # Round 0 always waits for the block interval, even a zero one (delay 0): the proposal,
+                # and with it a single validator's decision, then comes from a reactor callback and not
+                # from inside start_height, so the reactor turns between heights (block_interval = 0).
                 out.append(ScheduleTimeout(self.height, round_, TimeoutKind.BLOCK_INTERVAL, wait))
             else:
                 self._propose(out)
@@ -310,9 +362,40 @@ class Engine:
         assert self.signer is not None
         vote = self.signer.sign_vote(Vote(vtype, self.height, self.round, block_hash, self.signer.address))
         if vote is None:
+            self._refused(vtype, out)
             return
         self.votes.add(vote)
         out.append(BroadcastVote(vote))
+
+    def _refused(self, vtype: VoteType, out: list[Action]) -> None:
+        """The guard refused our vote of this round: schedule the step's timeout ourselves.
+
+        Why this is needed: the guard refuses when it already signed a later (or conflicting) message of
+        this (height, round) — after a crash whose last signature did not reach the WAL, or a lost WAL.
+        The paper's timeouts for the prevote and precommit steps are only scheduled on 2f+1 messages of
+        the step ([L34–L35], [L47–L48]); our own vote may be needed for those quorums (always, for a single
+        validator), so without it the round would never end: step PREVOTE with no prevote timeout is the
+        stall seen after kill -9.
+
+        Why it terminates: the prevote timeout leads to a nil precommit [L61–L64] (refused or not, the
+        precommit timeout is then scheduled here or by [L47]), and the precommit timeout starts round
+        r + 1 [L65–L67]. The guard's record is at most (h, r, precommit), so everything of round r + 1 is
+        signable again, and timeouts keep escalating per round meanwhile. A refused proposal needs
+        nothing: every node, the proposer included, schedules the propose timeout [L21].
+
+        Why it is safe: timeouts only ever produce nil votes and round changes; Tendermint is safe under
+        any timing, and the refused message itself is never sent. (That the lock survives is the WAL's
+        job: the inputs that led to it are logged before they are processed, see the service.)
+        """
+        r = self.round
+        if vtype == VoteType.PREVOTE and r not in self._prevote_timeout_done:
+            self._prevote_timeout_done.add(r)
+            out.append(ScheduleTimeout(self.height, r, TimeoutKind.PREVOTE,
+                                       self.timeouts.for_step(TimeoutKind.PREVOTE, r)))
+        elif vtype == VoteType.PRECOMMIT and r not in self._precommit_timeout_done:
+            self._precommit_timeout_done.add(r)
+            out.append(ScheduleTimeout(self.height, r, TimeoutKind.PRECOMMIT,
+                                       self.timeouts.for_step(TimeoutKind.PRECOMMIT, r)))
 
     def _process(self, out: list[Action]) -> None:
         """Apply every enabled upon-rule until none fires."""
