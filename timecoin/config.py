@@ -12,8 +12,11 @@ from anywhere; relative paths given as flags are relative to the working directo
 
 The network (``devnet`` default, ``testnet``, ``mainnet``) picks the defaults: ports, block interval,
 consensus timeouts (SPEC §4: mainnet 30 s per phase +5 s per round; testnet CometBFT's defaults;
-devnet CometBFT's test profile). Durations accept ``ms``/``s``/``m``/``h``/``d`` suffixes (seconds
-otherwise), sizes ``KiB``/``MiB``/``GiB`` (bytes otherwise).
+devnet CometBFT's test profile). Every consensus timeout and per-round increment must be > 0 (a 0 s
+step timeout gives up before a message can arrive; a 0 s increment stops timeouts growing, which
+liveness needs); ``block_interval`` may be 0 (benchmarks). ``datadir`` must not be empty. Durations
+accept ``ms``/``s``/``m``/``h``/``d`` suffixes (seconds otherwise), sizes ``KiB``/``MiB``/``GiB`` (bytes
+otherwise).
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def _duration(hi: float) -> Callable[[str], float]:
+def _duration(hi: float, positive: bool = False) -> Callable[[str], float]:
     def parse(text: str) -> float:
         m = _DURATION.match(text)
         if not m:
@@ -57,6 +60,8 @@ def _duration(hi: float) -> Callable[[str], float]:
         value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         if not math.isfinite(value) or value > hi:
             raise ValueError(f"{text!r} is longer than the maximum of {hi:g} s")
+        if positive and value <= 0:
+            raise ValueError(f"{text!r} must be longer than 0 s")
         return value
     return parse
 
@@ -95,6 +100,12 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def _text(text: str) -> str:
+    return text.strip()
+
+
+def _required_path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty (omit the key for the default)")
     return text.strip()
 
 
@@ -140,11 +151,15 @@ def _per_network(devnet: Any, testnet: Any, mainnet: Any) -> dict[str, Any]:
 
 _PORT = _int_range(0, 65535)
 _SECONDS = _duration(86400.0)
+# Consensus timeouts must be > 0: a 0 s step timeout gives up before any peer's message can arrive, and
+# a 0 s delta stops timeouts growing per round, which Tendermint's liveness after the network stabilizes
+# relies on. block_interval keeps 0 (benchmarks).
+_TIMEOUT = _duration(86400.0, positive=True)
 KEYS: tuple[Key, ...] = (
     Key("network", _choice(*NETWORKS), "devnet",
         "Which network's defaults apply: devnet (single validator, 1 s blocks), testnet or mainnet."),
-    Key("datadir", _text, _per_network("timecoin-data", "timecoin-data-testnet", "timecoin-data-mainnet"),
-        "Folder of the chain store, node key, genesis and consensus WAL.", kind="path"),
+    Key("datadir", _required_path, _per_network("timecoin-data", "timecoin-data-testnet", "timecoin-data-mainnet"),
+        "Folder of the chain store, node key, genesis and consensus WAL (must not be empty).", kind="path"),
     Key("key_file", _text, "", "Node key (PEM, secp256k1). Empty: <datadir>/node.key, created on first start.",
         kind="path"),
     Key("genesis_file", _text, "",
@@ -182,13 +197,15 @@ KEYS: tuple[Key, ...] = (
         "Deepest rollback a fork resolution may do; a deeper fork halts block application for the operator."),
     Key("block_interval", _SECONDS, _per_network(1.0, 60.0, 600.0),
         "Seconds between blocks: the proposer of h+1 waits until time(h) + block_interval (0 allowed)."),
-    Key("timeout_propose", _SECONDS, _per_network(0.04, 3.0, 30.0), "Propose-step timeout, round 0."),
-    Key("timeout_propose_delta", _SECONDS, _per_network(0.001, 0.5, 5.0), "Added to timeout_propose per round."),
-    Key("timeout_prevote", _SECONDS, _per_network(0.01, 1.0, 30.0), "Prevote-step timeout, round 0."),
-    Key("timeout_prevote_delta", _SECONDS, _per_network(0.001, 0.5, 5.0), "Added to timeout_prevote per round."),
-    Key("timeout_precommit", _SECONDS, _per_network(0.01, 1.0, 30.0), "Precommit-step timeout, round 0."),
-    Key("timeout_precommit_delta", _SECONDS, _per_network(0.001, 0.5, 5.0),
-        "Added to timeout_precommit per round."),
+    Key("timeout_propose", _TIMEOUT, _per_network(0.04, 3.0, 30.0), "Propose-step timeout, round 0 (> 0)."),
+    Key("timeout_propose_delta", _TIMEOUT, _per_network(0.001, 0.5, 5.0),
+        "Added to timeout_propose per round (> 0: timeouts grow each round, which liveness needs)."),
+    Key("timeout_prevote", _TIMEOUT, _per_network(0.01, 1.0, 30.0), "Prevote-step timeout, round 0 (> 0)."),
+    Key("timeout_prevote_delta", _TIMEOUT, _per_network(0.001, 0.5, 5.0),
+        "Added to timeout_prevote per round (> 0)."),
+    Key("timeout_precommit", _TIMEOUT, _per_network(0.01, 1.0, 30.0), "Precommit-step timeout, round 0 (> 0)."),
+    Key("timeout_precommit_delta", _TIMEOUT, _per_network(0.001, 0.5, 5.0),
+        "Added to timeout_precommit per round (> 0)."),
     Key("max_block_txs", _int_range(0, 100_000), 1000,
         "Most transactions this node puts in a block it proposes (the chain's own limit also applies)."),
     Key("mempool_max_txs", _int_range(1, 10_000_000), 50_000, "Most transactions held in the mempool."),

@@ -83,6 +83,12 @@ def test_bad_config_value_is_one_line_exit_2(tmp_path: Path) -> None:
     assert res.stderr.strip() == "timecoin: error: rpc_port: 70000 is out of range [0, 65535]"
 
 
+def test_empty_datadir_is_one_line_exit_2(tmp_path: Path) -> None:
+    res = run("config", "--datadir", "", "--json", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "timecoin: error: datadir: must not be empty (omit the key for the default)"
+
+
 def test_status_without_a_store_is_one_line(tmp_path: Path) -> None:
     res = run("status", "--datadir", str(tmp_path / "nothing"))
     assert res.returncode == 2 and "no chain store" in res.stderr and "Traceback" not in res.stderr

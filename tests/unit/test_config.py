@@ -82,6 +82,15 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path: Path, monke
     ({}, "[node]\nrpc_port = 1\n", "config", "unknown section"),
     ({}, "rpc_port = 1\n", "config", "not a valid config file"),
     ({}, "[timecoin]\nmin_relay_fee = -1\n", "min_relay_fee", "out of range"),
+    ({"datadir": ""}, None, "datadir", "must not be empty"),
+    ({"datadir": "  "}, None, "datadir", "must not be empty"),
+    ({}, "[timecoin]\ndatadir =\n", "datadir", "must not be empty"),
+    ({"timeout_propose": "0"}, None, "timeout_propose", "longer than 0"),
+    ({"timeout_prevote": "0ms"}, None, "timeout_prevote", "longer than 0"),
+    ({}, "[timecoin]\ntimeout_precommit = 0s\n", "timeout_precommit", "longer than 0"),
+    ({"timeout_propose_delta": "0"}, None, "timeout_propose_delta", "longer than 0"),
+    ({"timeout_prevote_delta": "0"}, None, "timeout_prevote_delta", "longer than 0"),
+    ({"timeout_precommit_delta": "0.0"}, None, "timeout_precommit_delta", "longer than 0"),
 ])
 def test_bad_values_name_the_key_and_the_reason(tmp_path: Path, flags: dict, text: str | None, key: str,
                                                 reason: str) -> None:
@@ -91,6 +100,18 @@ def test_bad_values_name_the_key_and_the_reason(tmp_path: Path, flags: dict, tex
     assert info.value.key == key
     assert reason in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_block_interval_zero_and_small_timeouts_are_allowed() -> None:
+    cfg = build_config({"block_interval": "0", "timeout_propose": "1ms", "timeout_prevote_delta": "0.5ms"})
+    assert (cfg.block_interval, cfg.timeout_propose, cfg.timeout_prevote_delta) == (0.0, 0.001, 0.0005)
+
+
+def test_example_documents_the_timeout_and_datadir_rules() -> None:
+    text = render_example()
+    for name in ("timeout_propose", "timeout_prevote", "timeout_precommit"):
+        assert re.search(rf"^# .*\(> 0\)\.\n(# .*\n)?#{name} =", text, re.M), name
+    assert "(0 allowed)" in text and "must not be empty" in text
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
