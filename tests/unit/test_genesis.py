@@ -172,6 +172,11 @@ _DELETE = object()
     (_set("params.max_block_txs", 0), "max_block_txs"),
     (_set("params.max_block_bytes", 1023), "max_block_bytes"),
     (_set("params.min_stake", 0), "min_stake"),
+    (_set("params.min_stake", 1_000 * UNITS_PER_TIME - 1), "below 100000000000 units"),
+    (_set("params.max_unbonding_entries", 0), "max_unbonding_entries"),
+    (_set("params.max_unbonding_entries", 65_536), "max_unbonding_entries"),
+    (_set("test_chain", "yes"), "test_chain"),
+    (_set("test_chain", 1), "test_chain"),
     (_set("accounts.2.balance", -1), r"accounts\[2\].balance"),
     (_set("accounts.2.balance", 2**64), r"accounts\[2\].balance"),
     (_set("accounts.0.stake", -1), r"accounts\[0\].stake"),
@@ -213,6 +218,38 @@ def test_no_validator_refused() -> None:
     obj["params"]["min_stake"] = STAKE + 1
     with pytest.raises(GenesisError, match="min_stake"):
         Genesis.from_obj(obj)
+
+
+def test_min_stake_below_1000_time_only_on_a_declared_test_chain() -> None:
+    obj = _obj()
+    obj["params"]["min_stake"] = 5 * UNITS_PER_TIME
+    obj["accounts"][0]["stake"] = 5 * UNITS_PER_TIME
+    with pytest.raises(GenesisError, match=r"params.min_stake: .*1,000 TIME.*test_chain"):
+        Genesis.from_obj(obj)
+    obj["test_chain"] = True
+    g = Genesis.from_obj(obj)
+    assert g.test_chain and g.params.min_stake == 5 * UNITS_PER_TIME
+    assert g.validators().power_of(V1.address) == 5 * UNITS_PER_TIME
+    again = Genesis.from_json(g.to_json())                  # the flag survives a round trip and is hashed
+    assert again.test_chain and again.hash == g.hash
+    assert b'"test_chain":true' in g.canonical
+    # Exactly 1,000 TIME needs no flag, and an ordinary genesis has no test_chain key at all.
+    plain = _obj()
+    plain["params"]["min_stake"] = 1_000 * UNITS_PER_TIME
+    assert b"test_chain" not in Genesis.from_obj(plain).canonical
+    flagged = copy.deepcopy(plain)
+    flagged["test_chain"] = True
+    assert Genesis.from_obj(flagged).hash != Genesis.from_obj(plain).hash
+    explicit_false = copy.deepcopy(plain)
+    explicit_false["test_chain"] = False
+    assert Genesis.from_obj(explicit_false).hash == Genesis.from_obj(plain).hash
+
+
+def test_for_validators_can_build_a_test_chain() -> None:
+    g = Genesis.for_validators([V1.public_key], "timecoin-t", stake=10, genesis_time=0, test_chain=True, min_stake=10)
+    assert g.test_chain and g.validators().total_power == 10
+    with pytest.raises(GenesisError, match="min_stake"):
+        Genesis.for_validators([V1.public_key], "timecoin-t", stake=10, genesis_time=0, min_stake=10)
 
 
 @pytest.mark.parametrize("text", ["", "{", "[1, 2]", "null", '"genesis"', b"\xff\xfe{}"])

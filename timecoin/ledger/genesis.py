@@ -7,6 +7,11 @@ Format (amounts in units, 1 TIME = 10^8 units; ``genesis_time`` in ms since the 
      "accounts": [{"address": "TIME0…", "balance": 0, "stake": 100000000000,
                    "pubkey": "02…"}]}                                     # pubkey required for stakers
 
+``params.min_stake`` must be at least 1,000 TIME (SPEC §2: a validator stakes >= 1,000 TIME). A chain
+for tests may go lower (down to 1 unit) only if the file says so with ``"test_chain": true`` at the top
+level; that field is part of the hash when present (and absent from the canonical JSON when false, so
+ordinary genesis files hash as before). ``params.max_unbonding_entries`` is between 1 and 65,535.
+
 The genesis hash is SHA-256 of the canonical JSON (keys sorted, no whitespace, accounts ordered by
 address, every param explicit), so two files that mean the same thing have the same hash. Block 1's
 ``prev_hash`` is the genesis hash; "height 0" has no block.
@@ -24,7 +29,7 @@ from timecoin import crypto
 from timecoin.errors import DecodeError, TimecoinError
 from timecoin.ledger import lthash as lt
 from timecoin.ledger.account import Account
-from timecoin.ledger.params import UNBONDING_ENTRIES_LAYOUT_MAX, ChainParams
+from timecoin.ledger.params import MIN_VALIDATOR_STAKE, UNBONDING_ENTRIES_LAYOUT_MAX, ChainParams
 from timecoin.ledger.state import is_validator
 from timecoin.ledger.validators import Validator, ValidatorSet
 
@@ -49,10 +54,12 @@ class Genesis:
     genesis_time: int
     params: ChainParams
     accounts: tuple[GenesisAccount, ...]
+    test_chain: bool = False          # allows params.min_stake below 1,000 TIME (tests only)
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_json_obj(self) -> dict[str, Any]:
-        return {
+        obj: dict[str, Any] = {"test_chain": True} if self.test_chain else {}
+        return obj | {
             "chain_id": self.chain_id,
             "genesis_time": self.genesis_time,
             "params": {k: v for k, v in self.params.to_json().items() if k != "chain_id"},
@@ -94,14 +101,17 @@ class Genesis:
     def from_obj(cls, obj: Any) -> Genesis:
         if not isinstance(obj, dict):
             raise GenesisError("genesis must be a JSON object")
-        unknown = set(obj) - {"chain_id", "genesis_time", "params", "accounts"}
+        unknown = set(obj) - {"chain_id", "genesis_time", "params", "accounts", "test_chain"}
         if unknown:
             raise GenesisError(f"unknown genesis field(s): {', '.join(sorted(unknown))}")
         chain_id = obj.get("chain_id")
         if not isinstance(chain_id, str) or not 0 < len(chain_id.encode()) <= 64:
             raise GenesisError("chain_id: a string of 1 to 64 bytes is required")
         gtime = _uint(obj.get("genesis_time"), "genesis_time")
-        params = _params(chain_id, obj.get("params", {}))
+        test_chain = obj.get("test_chain", False)
+        if not isinstance(test_chain, bool):
+            raise GenesisError("test_chain: true or false")
+        params = _params(chain_id, obj.get("params", {}), test_chain)
         raw_accounts = obj.get("accounts")
         if not isinstance(raw_accounts, list) or not raw_accounts:
             raise GenesisError("accounts: a non-empty list is required")
@@ -114,7 +124,8 @@ class Genesis:
         supply = sum(a.balance + a.stake for a in accounts.values())
         if supply + params.block_reward > U64_MAX:
             raise GenesisError(f"total supply {supply} leaves no room below 2^64 units for rewards")
-        genesis = cls(chain_id, gtime, params, tuple(sorted(accounts.values(), key=lambda a: a.address)))
+        genesis = cls(chain_id, gtime, params, tuple(sorted(accounts.values(), key=lambda a: a.address)),
+                      test_chain)
         if not len(genesis.validators()):
             raise GenesisError(f"no account stakes at least min_stake ({params.min_stake} units): no validators")
         return genesis
@@ -145,10 +156,11 @@ class Genesis:
     @classmethod
     def for_validators(cls, pubkeys: list[bytes], chain_id: str, stake: int = 10_000 * crypto.UNITS_PER_TIME,
                        balance: int = 1_000_000 * crypto.UNITS_PER_TIME, genesis_time: int | None = None,
-                       extra: tuple[GenesisAccount, ...] = (), **params: int) -> Genesis:
+                       extra: tuple[GenesisAccount, ...] = (), test_chain: bool = False, **params: int) -> Genesis:
         gtime = int(time.time() * 1000) if genesis_time is None else genesis_time
         accounts = tuple(GenesisAccount(crypto.address_of(pk), balance, stake, pk) for pk in pubkeys) + extra
-        return cls.from_obj(cls(chain_id, gtime, ChainParams(chain_id, **params), accounts).to_json_obj())
+        genesis = cls(chain_id, gtime, ChainParams(chain_id, **params), accounts, test_chain)
+        return cls.from_obj(genesis.to_json_obj())
 
 
 def _uint(value: Any, name: str) -> int:
@@ -157,7 +169,7 @@ def _uint(value: Any, name: str) -> int:
     return value
 
 
-def _params(chain_id: str, raw: Any) -> ChainParams:
+def _params(chain_id: str, raw: Any, test_chain: bool = False) -> ChainParams:
     if not isinstance(raw, dict):
         raise GenesisError("params must be an object")
     known = {f.name for f in fields(ChainParams)} - {"chain_id"}
@@ -172,6 +184,9 @@ def _params(chain_id: str, raw: Any) -> ChainParams:
         raise GenesisError("params: max_block_txs >= 1 and max_block_bytes >= 1024 are required")
     if params.min_stake < 1:
         raise GenesisError("params.min_stake: must be positive")
+    if params.min_stake < MIN_VALIDATOR_STAKE and not test_chain:
+        raise GenesisError(f"params.min_stake: {params.min_stake} is below {MIN_VALIDATOR_STAKE} units (1,000 TIME, "
+                           "SPEC §2); only a genesis with \"test_chain\": true may go lower")
     if not 1 <= params.max_unbonding_entries <= UNBONDING_ENTRIES_LAYOUT_MAX:
         raise GenesisError(f"params.max_unbonding_entries: between 1 and {UNBONDING_ENTRIES_LAYOUT_MAX} "
                            "(the account layout counts entries in 16 bits)")
