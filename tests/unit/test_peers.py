@@ -324,6 +324,22 @@ def test_token_bucket_burst_then_refill_rate() -> None:
     assert sum(mgr.allow_request(A, later) for _ in range(30)) == 20
 
 
+
+def test_tx_gossip_has_its_own_budget_separate_from_requests() -> None:
+    mgr = PeerManager(None, config(rate_limit=100, rate_limit_burst=20))
+    assert mgr.tx_burst == peers.TX_GOSSIP_BURST > 20 and mgr.tx_rate == peers.TX_GOSSIP_RATE > 100
+    # A relay burst far beyond the request burst is allowed, and leaves the request bucket untouched.
+    assert all(mgr.allow_tx(A, T0) for _ in range(peers.TX_GOSSIP_BURST))
+    assert not mgr.allow_tx(A, T0)
+    assert [mgr.allow_request(A, T0) for _ in range(21)] == [True] * 20 + [False]
+    assert mgr.allow_tx(A, T0 + 60.0 / peers.TX_GOSSIP_RATE + 1e-6)        # refills at its own rate
+    assert mgr.snapshot(T0)["limits"]["tx_gossip_burst"] == peers.TX_GOSSIP_BURST
+    # Over budget costs the small race-prone charge, at most once per window.
+    assert Event.TX_OVER_BUDGET in RACE_PRONE and DELTAS[Event.TX_OVER_BUDGET] == -1
+    assert [mgr.record(A, Event.TX_OVER_BUDGET, T0 + k).delta for k in range(3)] == [-1, 0, 0]
+    assert mgr.record(A, Event.TX_OVER_BUDGET, T0 + RACE_WINDOW).delta == -1
+
+
 # -- slots --------------------------------------------------------------------------------------------
 def _connect(mgr: PeerManager, pid: str, ip: str, inbound: bool, validator: bool) -> Reason:
     reason = mgr.admit(pid, ip, inbound, validator, T0)

@@ -31,6 +31,11 @@ Bans
 
 Limits
     A token bucket per peer for request messages (``rate_limit`` per minute, ``rate_limit_burst`` at once);
+    a second, separate bucket per peer for transaction gossip (:data:`TX_GOSSIP_RATE` per minute,
+    :data:`TX_GOSSIP_BURST` at once): honest validators relay bursts of txs, which must not spend the
+    budget of get_* requests. Duplicates (seen-cache hits) cost no token at all. A tx over the gossip
+    budget is dropped (not relayed) and charged :data:`Event.TX_OVER_BUDGET`, a race-prone fault (at
+    most one charge per RACE_WINDOW); our own relay paces itself inside the same budget;
     connection slots (``max_inbound`` for observers plus ``validator_slots`` more inbound slots that only
     validator peers may use, ``max_outbound``, ``max_per_ip`` over both directions including loopback, one
     connection per PeerID, ``require_stake``); at most ``max_inflight_requests`` open requests per peer.
@@ -69,6 +74,11 @@ MAX_SCORES = 10_000           # persisted scores kept (a PeerID costs nothing to
 MAX_BAN_SECONDS = 10 * 365 * 86400.0
 MAX_BUCKETS = 4_096           # token buckets kept for disconnected peers before the full ones are dropped
 RATE_SLACK = 1e-3             # seconds of clock rounding forgiven by the token bucket
+# Transaction gossip budget per peer, separate from the get_* request bucket (rate_limit): a constant
+# here, next to the table, because config.py has no key for it yet. Sized for honest relay bursts (a
+# validator forwarding a full mempool refill), far above what one peer needs to keep 50_000-tx mempools fed.
+TX_GOSSIP_RATE = 12_000       # txs per minute a peer may relay to us (200/s); our own relay stays inside it
+TX_GOSSIP_BURST = 2_000       # txs a peer may relay at once before the rate applies
 
 _SCORE = struct.Struct(">hd")  # score, decay base time
 
@@ -92,6 +102,7 @@ class Event(enum.Enum):
     INVALID_TX = "invalid_tx"
     WRONG_HEIGHT_ROUND = "wrong_height_round"
     NOT_VALIDATOR = "not_validator"
+    TX_OVER_BUDGET = "tx_over_budget"
     # good deliveries
     VALID_BLOCK = "valid_block"
     USEFUL_RESPONSE = "useful_response"
@@ -116,13 +127,15 @@ DELTAS: dict[Event, int] = {
     Event.INVALID_TX: -1,                # a tx refused by state rules: often a race with a block (RACE_PRONE)
     Event.WRONG_HEIGHT_ROUND: -1,        # consensus message for a height/round it cannot be (RACE_PRONE)
     Event.NOT_VALIDATOR: -1,             # vote/proposal by a key outside the set: set changes race (RACE_PRONE)
+    Event.TX_OVER_BUDGET: -1,            # txs over its TX_GOSSIP budget (dropped): a busy relay or a flood (RACE_PRONE)
     # -- good deliveries: reputation rises slowly ------------------------------------------------------
     Event.VALID_BLOCK: +1,               # a new certified block we applied
     Event.USEFUL_RESPONSE: +1,           # an answer to our request that we could use
     Event.VALID_CONSENSUS_MESSAGE: 0,    # cheap to produce and duplicated by every relay: buys no credit
 }
 
-RACE_PRONE: frozenset[Event] = frozenset({Event.INVALID_TX, Event.WRONG_HEIGHT_ROUND, Event.NOT_VALIDATOR})
+RACE_PRONE: frozenset[Event] = frozenset({Event.INVALID_TX, Event.WRONG_HEIGHT_ROUND, Event.NOT_VALIDATOR,
+                                          Event.TX_OVER_BUDGET})
 
 # Reject reasons of the peer's input -> the event charged. None: not the sender's fault (our limits, its
 # network or version, duplicates from gossip), so no reputation change.
@@ -287,6 +300,9 @@ class PeerManager:
         self._conns: dict[str, _Conn] = {}
         self._per_ip: dict[str, int] = {}
         self._buckets: dict[str, float] = {}      # token buckets as theoretical arrival times
+        self._tx_buckets: dict[str, float] = {}   # the same for transaction gossip (a separate budget)
+        self.tx_rate = TX_GOSSIP_RATE             # per minute
+        self.tx_burst = TX_GOSSIP_BURST
         self._race_charged: dict[str, float] = {}  # peer -> when a race-prone fault was last charged
         if store is not None:
             self._load(store)
@@ -519,26 +535,36 @@ class PeerManager:
         is kept as its "theoretical arrival time" (GCRA, the token bucket's exact equivalent): one float
         per peer, no drift from summing fractions; ``RATE_SLACK`` forgives float rounding of ``now``.
         """
+        return self._take(self._buckets, self.config.rate_limit, self.config.rate_limit_burst, peer_id, now)
+
+    def allow_tx(self, peer_id: str, now: float) -> bool:
+        """Take one token from the peer's transaction gossip bucket (``tx_rate``/min, ``tx_burst``).
+
+        Separate from :meth:`allow_request`: relayed txs never spend the get_* budget. Call it for new
+        txs only (not seen-cache hits). False: drop the tx and record TX_OVER_BUDGET.
+        """
+        return self._take(self._tx_buckets, self.tx_rate, self.tx_burst, peer_id, now)
+
+    def _take(self, buckets: dict[str, float], rate: int, burst: int, peer_id: str, now: float) -> bool:
         self._tick(now)
-        cfg = self.config
-        interval = 60.0 / cfg.rate_limit                      # seconds per token
-        tolerance = (cfg.rate_limit_burst - 1) * interval     # how far ahead of now the bucket may run
-        tat = self._buckets.get(peer_id)
+        interval = 60.0 / rate                                # seconds per token
+        tolerance = (burst - 1) * interval                    # how far ahead of now the bucket may run
+        tat = buckets.get(peer_id)
         if tat is None:
-            if len(self._buckets) >= MAX_BUCKETS:
-                self._prune_buckets(now)
+            if len(buckets) >= MAX_BUCKETS:
+                self._prune_buckets(buckets, now)
             tat = now
         if tat - tolerance > now + RATE_SLACK:
-            self._buckets[peer_id] = tat
+            buckets[peer_id] = tat
             return False
-        self._buckets[peer_id] = max(tat, now) + interval
+        buckets[peer_id] = max(tat, now) + interval
         return True
 
-    def _prune_buckets(self, now: float) -> None:
+    def _prune_buckets(self, buckets: dict[str, float], now: float) -> None:
         """Forget buckets of disconnected peers that have refilled (they start full anyway)."""
-        for pid, tat in list(self._buckets.items()):
+        for pid, tat in list(buckets.items()):
             if pid not in self._conns and tat <= now:
-                del self._buckets[pid]
+                del buckets[pid]
 
     # -- connection slots ------------------------------------------------------------------------
     def admit(self, peer_id: str, ip: str | None, inbound: bool, is_validator: bool, now: float) -> Reason:
@@ -644,7 +670,8 @@ class PeerManager:
             "limits": {"max_inbound": cfg.max_inbound, "max_outbound": cfg.max_outbound,
                        "validator_slots": cfg.validator_slots, "max_per_ip": cfg.max_per_ip,
                        "rate_limit": cfg.rate_limit, "rate_limit_burst": cfg.rate_limit_burst,
-                       "max_inflight_requests": cfg.max_inflight_requests},
+                       "max_inflight_requests": cfg.max_inflight_requests,
+                       "tx_gossip_rate": self.tx_rate, "tx_gossip_burst": self.tx_burst},
             "banned_peers": sum(1 for b in bans if b.kind == "peer"),
             "banned_ips": sum(1 for b in bans if b.kind == "ip"),
             "known_scores": len(self._scores),

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from timecoin import crypto
 from timecoin.errors import DecodeError, Reason, TimecoinError
 from timecoin.p2p.identity import PeerAuthError, peer_public_key
+from timecoin.p2p.peers import TX_GOSSIP_BURST, TX_GOSSIP_RATE
 from timecoin.wire import messages as m
 from timecoin.wire.framing import FrameDecoder, encode_frame
 
@@ -39,6 +40,7 @@ HANDSHAKE_TIMEOUT = 10.0            # TLS + hello must complete within this
 PACE_FRACTION = 0.9                 # our request rate to a peer, as a fraction of its (assumed) rate_limit
 PACE_BURST_MARGIN = 2               # requests of its burst we leave unused (pings share the budget)
 REQUEST_TIMEOUT = 15.0              # SPEC §6: an unanswered request moves on after ~15 s
+MAX_TX_BACKLOG = 10_000             # txs queued for one peer by our relay pacing; beyond, new ones are not sent
 
 
 class RequestFailed(TimecoinError):
@@ -80,6 +82,10 @@ class PeerConnection(Protocol):
         self._handshake_timer: Any = None
         self.ping_sent: dict[int, float] = {}
         self._pace_tat = 0.0                   # GCRA theoretical arrival time of our next request (pace())
+        self._tx_queue: collections.deque[bytes] = collections.deque()   # relayed txs waiting for budget
+        self._tx_tat = 0.0                     # the same GCRA for the peer's tx gossip budget
+        self._tx_flush: Any = None
+        self.txs_dropped = 0                   # relayed txs not sent because the backlog was full
         self.messages_in = 0
         self.messages_out = 0
 
@@ -124,6 +130,10 @@ class PeerConnection(Protocol):
         self.state = "closed"
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
+        if self._tx_flush is not None and self._tx_flush.active():
+            self._tx_flush.cancel()
+        self._tx_flush = None
+        self._tx_queue.clear()
         self.inbox.clear()
         self.inbox_bytes = 0
         pending, self._requests = self._requests, {}
@@ -207,6 +217,42 @@ class PeerConnection(Protocol):
             return
         self.messages_out += 1
         self.transport.write(encode_frame(payload, self.service.config.max_frame_bytes))
+
+    def send_tx(self, payload: bytes) -> None:
+        """Relay a tx, paced inside the peer's tx gossip budget (assumed configured like ours).
+
+        Sent at once while the budget allows (bursts up to PACE_FRACTION of TX_GOSSIP_BURST), else queued
+        and sent as it refills; a full backlog drops the newest (the tx still reaches the peer by others
+        or in a block). So an honest relay never makes us exceed what we allow our peers.
+        """
+        if self.state != "ready":
+            return
+        if len(self._tx_queue) >= MAX_TX_BACKLOG:
+            self.txs_dropped += 1
+            return
+        self._tx_queue.append(payload)
+        if self._tx_flush is None:
+            self._flush_txs()
+
+    def _flush_txs(self) -> None:
+        self._tx_flush = None
+        if self.state != "ready":
+            self._tx_queue.clear()
+            return
+        rate = TX_GOSSIP_RATE * PACE_FRACTION / 60.0
+        burst = max(1, int(TX_GOSSIP_BURST * PACE_FRACTION))
+        now = self.clock.seconds()
+        while self._tx_queue:
+            earliest = max(self._tx_tat - (burst - 1) / rate, now)
+            if earliest > now:
+                self._tx_flush = self.clock.callLater(earliest - now, self._flush_txs)
+                return
+            self._tx_tat = max(self._tx_tat, now) + 1 / rate
+            self.send_payload(self._tx_queue.popleft())
+
+    @property
+    def tx_backlog(self) -> int:
+        return len(self._tx_queue)
 
     def reject(self, reason: Reason, message: str, request_id: int = 0) -> None:
         self.send(m.MsgType.REJECT, {"reason": int(reason), "message": message[:1000]}, request_id)

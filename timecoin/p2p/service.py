@@ -47,7 +47,9 @@ PING_MISSES_BEFORE_DROP = 4
 ENVELOPE_HEADER = 5                # type (1) + request id (4): what a message id leaves out
 
 RESPONSES = frozenset({m.MsgType.STATUS, m.MsgType.PEERS, m.MsgType.BLOCKS, m.MsgType.BLOCK_HASHES})
-RATE_LIMITED_TYPES = m.REQUESTS | {m.MsgType.PING}
+# get_* requests and pings share the request bucket. Transactions (in m.REQUESTS) have their own gossip
+# budget instead (PeerManager.allow_tx), charged in _on_tx after the seen-cache: duplicates cost nothing.
+RATE_LIMITED_TYPES = (m.REQUESTS - {m.MsgType.TX}) | {m.MsgType.PING}
 
 
 class _ConnectionFactory(Factory):
@@ -363,8 +365,16 @@ class P2PService(service.Service):
 
     def _on_tx(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         mid = message_id(m.MsgType.TX, payload[ENVELOPE_HEADER:])
-        if mid in self.seen:
+        if mid in self.seen:                        # a copy of what gossip already brought: free
             conn.sent_ids.add(mid)
+            return
+        if not self.peers.allow_tx(conn.peer_id, self.reactor.seconds()):
+            # Over the peer's tx gossip budget: dropped, not relayed, not marked seen (another peer may
+            # bring it later). A busy honest relay can get here too, so the charge is race-prone: small,
+            # at most once per window.
+            self.record(conn, peers.Event.TX_OVER_BUDGET)
+            if rid:
+                conn.reject(Reason.RATE_LIMITED, "tx gossip budget exceeded", rid)
             return
         try:
             tx = Transaction.from_wire(body)
@@ -495,7 +505,10 @@ class P2PService(service.Service):
         for conn in conns:
             if mid not in conn.sent_ids:
                 conn.sent_ids.add(mid)
-                conn.send_payload(payload)
+                if msg_type == m.MsgType.TX:
+                    conn.send_tx(payload)             # paced inside the peer's tx gossip budget
+                else:
+                    conn.send_payload(payload)
 
     def _offer(self, conn: PeerConnection) -> None:
         """Send ``conn`` the current height's messages it lacks, if it is at our height."""

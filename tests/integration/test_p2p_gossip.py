@@ -1,0 +1,109 @@
+"""Gossip over real TLS on 127.0.0.1 (LMDB in tmp_path): tx budgets, announcements, fairness, ping EWMA.
+
+Every node is the production service tree; raw peers (tests.integration.test_p2p_misbehaviour) write
+exactly the frames a test needs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from tests.integration.test_p2p_misbehaviour import banned, connect_ready, score
+from tests.p2pnet import Net, make_keys, sleep, wait_for
+from timecoin.errors import Reason
+from timecoin.ledger.genesis import Genesis, GenesisAccount
+from timecoin.ledger.tx import Transaction, TxKind
+from timecoin.node import Node
+from timecoin.p2p.gossip import message_id
+from timecoin.p2p.service import ENVELOPE_HEADER
+from timecoin.wire import messages as m
+
+CHAIN = "timecoin-p2p-test"
+
+
+def funded_net(tmp_path: Path, senders: int, observers: int = 2) -> tuple[Net, list]:
+    """One validator and ``observers`` observers; ``senders`` extra funded accounts to send txs from."""
+    keys = make_keys(1 + observers, seed=1)
+    funded = make_keys(senders, seed=30)
+    genesis = Genesis.for_validators([keys[0].public_key], CHAIN,
+                                     extra=tuple(GenesisAccount(k.address, 10**15) for k in funded))
+    return Net(tmp_path, 1, observers=observers, genesis=genesis, keys=keys), funded
+
+
+def transfers(genesis: Genesis, funded: list, per_sender: int) -> list[Transaction]:
+    fee = max(genesis.params.min_fee, 1000)
+    return [Transaction.create(k, TxKind.TRANSFER, genesis.chain_id, nonce, fee, 1,
+                               funded[(i + 1) % len(funded)].address)
+            for nonce in range(per_sender) for i, k in enumerate(funded)]
+
+
+def known(node: Node, ids: set[bytes]) -> set[bytes]:
+    """Those of ``ids`` in the node's mempool or chain."""
+    chain = {tx.id for block, _ in node.store.get_blocks(1, node.store.tip_height()) for tx in block.txs}
+    return {txid for txid in ids if txid in chain or txid in node.mempool}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_200_relayed_txs_costs_no_reputation_and_every_tx_arrives(tmp_path: Path) -> None:
+    net, funded = funded_net(tmp_path, senders=4)
+    try:
+        await net.start(connect=False)
+        validator, sender, far = net.nodes
+        net.connect(1, [0])                  # sender - validator - far: the validator relays the burst
+        net.connect(2, [0])
+        await wait_for(lambda: len(validator.p2p.connections) == 2
+                       and all(c.state == "ready" for c in validator.p2p.connections.values()), 15.0, "line up")
+        txs = transfers(net.genesis, funded, per_sender=50)
+        assert len(txs) == 200 > validator.config.rate_limit_burst
+        for tx in txs:
+            sender.mempool.add(tx)
+            sender.p2p.broadcast(tx)
+        ids = {tx.id for tx in txs}
+        await wait_for(lambda: known(far, ids) == ids, 30.0, "every tx relayed to the far node")
+        assert known(validator, ids) == ids
+        # Neither the sender (to the validator) nor the validator (to the far node) lost anything.
+        assert score(validator, sender.key) >= 0 and not banned(validator, sender.key)
+        assert score(far, validator.key) >= 0 and not banned(far, validator.key)
+        assert sender.p2p.peer_id in validator.p2p.connections
+        assert validator.p2p.peer_id in far.p2p.connections
+        # Duplicates cost no budget: a peer sending the whole burst again is handled for free.
+        key = make_keys(1, seed=31)[0]
+        peer = await connect_ready(key, validator)
+        validator.p2p.peers.tx_burst = 1             # even with a budget of one tx
+        for tx in txs:
+            peer.send(m.MsgType.TX, tx.to_wire())
+        await wait_for(lambda: validator.p2p.connections[key.peer_id].messages_in >= 201, 10.0, "copies handled")
+        assert score(validator, key) == 0 and Reason.RATE_LIMITED not in peer.rejects()
+        mid = message_id(m.MsgType.TX, m.encode_message(m.MsgType.TX, txs[0].to_wire())[ENVELOPE_HEADER:])
+        assert mid in validator.p2p.seen and mid in far.p2p.seen
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_txs_over_the_gossip_budget_are_dropped_for_a_small_charge_once_per_window(tmp_path: Path) -> None:
+    net, funded = funded_net(tmp_path, senders=4, observers=1)
+    try:
+        await net.start(connect=False)
+        validator = net.nodes[0]
+        key = make_keys(1, seed=32)[0]
+        peer = await connect_ready(key, validator)
+        validator.p2p.peers.tx_burst = 10            # a small budget, so the test stays small
+        validator.p2p.peers.tx_rate = 60
+        txs = transfers(net.genesis, funded, per_sender=10)
+        for tx in txs:
+            peer.send(m.MsgType.TX, tx.to_wire())
+        await wait_for(lambda: validator.p2p.connections[key.peer_id].messages_in >= 40, 10.0, "burst handled")
+        await sleep(0.2)
+        accepted = known(validator, {tx.id for tx in txs})
+        assert 10 <= len(accepted) <= 12             # the budget (plus a refill at most); the rest dropped
+        assert score(validator, key) == -1           # TX_OVER_BUDGET, charged once in the window
+        assert key.peer_id in validator.p2p.connections
+        dropped = next(tx for tx in txs if tx.id not in accepted)
+        mid = message_id(m.MsgType.TX, m.encode_message(m.MsgType.TX, dropped.to_wire())[ENVELOPE_HEADER:])
+        assert mid not in validator.p2p.seen         # another peer may still bring it
+        assert reactor.running
+    finally:
+        await net.stop()
