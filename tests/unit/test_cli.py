@@ -20,10 +20,26 @@ def run(*args: str, cwd: str | Path | None = None, timeout: float = 60) -> subpr
                           cwd=cwd, timeout=timeout)
 
 
-def twistd(*args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
+BIN = Path(sys.executable).parent          # the environment's console scripts (venv or tox env)
+
+
+def script(name: str, *args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script (``twistd``, ``twist``, ``timecoin``) as an operator would.
+
+    The executable itself, never ``python -c``: ``-c`` puts the working directory on sys.path and would
+    find ``twisted/plugins/`` in a checkout even when the install does not ship the plugin. The
+    repository's folder is kept off sys.path (cwd elsewhere, no PYTHONPATH), so the plugin must come
+    from the installed distribution.
+    """
+    exe = BIN / name
+    assert exe.exists(), f"{exe} is not installed: the package's console scripts are missing"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd or BIN, env=env,
                           timeout=60)
+
+
+def twistd(*args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
+    return script("twistd", *args, cwd=cwd)
 
 
 def test_keygen_writes_a_pem_key_and_prints_its_identity(tmp_path: Path) -> None:
@@ -94,22 +110,28 @@ def test_status_without_a_store_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2 and "no chain store" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_twistd_lists_the_plugin_and_its_flags() -> None:
-    res = twistd("--help")
-    assert res.returncode == 0
-    assert "timecoin" in res.stdout
-    res = twistd("timecoin", "--help")
-    assert res.returncode == 0
+def test_twistd_lists_the_plugin_and_its_flags(tmp_path: Path) -> None:
+    res = twistd("--help", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "timecoin" in res.stdout.split("Commands:")[-1], "the installed twistd does not find the plugin"
+    res = twistd("timecoin", "--help", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
     for flag in ("--rpc-port", "--datadir", "--network", "--block-interval", "--config"):
         assert flag in res.stdout
 
 
-def test_twist_runs_the_plugin_help() -> None:
-    code = "import sys; from twisted.application.twist._twist import Twist; sys.argv[0]='twist'; Twist.main()"
-    res = subprocess.run([sys.executable, "-c", code, "timecoin", "--help"], capture_output=True, text=True,
-                         timeout=60)
+def test_twist_runs_the_plugin_help(tmp_path: Path) -> None:
+    res = script("twist", "timecoin", "--help", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "--rpc-port" in res.stdout
+
+
+def test_timecoin_console_script_version(tmp_path: Path) -> None:
+    from timecoin import __version__
+
+    res = script("timecoin", "--version", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"timecoin {__version__}"
 
 
 def test_twistd_bad_flag_is_one_line_exit_2(tmp_path: Path) -> None:
