@@ -4,18 +4,25 @@ Acceptance (issue 4): js-libp2p verifies our certificates and derives our PeerID
 tampered ones, and we accept the certificates it generates and derive the PeerID it reports.
 
 The JS side is ``tests/interop/libp2p_tls.mjs`` with versions pinned by ``tests/interop/package-lock.json``,
-installed by ``npm ci`` into pytest's cache directory (once per lockfile). No node/npm, or npm unable to
-install (offline): the test is skipped with the reason. Once installed, any disagreement fails.
+installed by ``npm ci`` once per (package.json, lock file, node version) into
+``.cache/interop/libp2p-tls-<hash>/`` in the checkout (git-ignored by the ``.cache/.gitignore`` the test
+writes), so repeated runs -- including ``.ci/run``'s, which disable pytest's own cache -- reuse it. The
+install goes to a temporary folder renamed into place, so concurrent runs never see half an install.
+
+No node/npm (or node < 20), or npm unable to install (offline): the test is skipped with the reason --
+unless ``TIMECOIN_REQUIRE_INTEROP=1`` (``.ci/run`` sets it), which makes each of those a failure. Once
+installed, any disagreement fails.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from cryptography import x509
@@ -26,40 +33,72 @@ from timecoin import crypto
 from timecoin.p2p.identity import HostIdentity, PeerAuthError, public_key_from_certificate
 
 INTEROP = Path(__file__).resolve().parent.parent / "interop"
+CACHE = INTEROP.parent.parent / ".cache" / "interop"
+REQUIRE_ENV = "TIMECOIN_REQUIRE_INTEROP"
 SCRIPT = "libp2p_tls.mjs"
 NPM_TIMEOUT = 120.0
 NODE_TIMEOUT = 60.0
 
 
+def _unavailable(reason: str) -> NoReturn:
+    """Skip -- or, when the environment requires the interop test, fail -- with ``reason``."""
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ENV}=1: the js-libp2p interop test is required here)")
+    pytest.skip(reason)
+
+
+def _cache_root() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ignore = CACHE.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# written by tests/integration/test_tls_interop.py: nothing here is tracked\n*\n")
+    return CACHE
+
+
 @pytest.fixture(scope="module")
-def js_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def js_dir() -> Path:
     """A directory holding the pinned js-libp2p install and our script (npm ci once per lockfile)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("node and npm are needed for the js-libp2p interop test")
+        _unavailable("node and npm are needed for the js-libp2p interop test")
     version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    if int(version.lstrip("v").split(".")[0]) < 20:
-        pytest.skip(f"node {version} is older than 20")
+    if int(version.lstrip("v").split(".")[0] or 0) < 20:
+        _unavailable(f"node {version} is older than 20")
     manifest = (INTEROP / "package.json").read_bytes()
     lock = (INTEROP / "package-lock.json").read_bytes()
-    key = hashlib.sha256(manifest + b"\0" + lock + version.encode()).hexdigest()[:16]
-    cache = getattr(request.config, "cache", None)
-    base = cache.mkdir(f"libp2p-tls-interop-{key}") if cache is not None else tmp_path_factory.mktemp("js")
-    base = Path(base)
-    done = base / ".npm-ci-done"
-    if not done.exists():
-        (base / "package.json").write_bytes(manifest)
-        (base / "package-lock.json").write_bytes(lock)
+    key = hashlib.sha256(manifest + b"\0" + lock + b"\0" + version.encode()).hexdigest()[:16]
+    root = _cache_root()
+    base = root / f"libp2p-tls-{key}"
+    if not (base / ".npm-ci-done").exists():
+        work = root / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        (work / "package.json").write_bytes(manifest)
+        (work / "package-lock.json").write_bytes(lock)
         started = time.monotonic()
         try:
             proc = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-                                  cwd=base, capture_output=True, text=True, timeout=NPM_TIMEOUT)
+                                  cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT)
         except subprocess.TimeoutExpired:
-            pytest.skip(f"npm ci took more than {NPM_TIMEOUT:.0f} s")
+            shutil.rmtree(work, ignore_errors=True)
+            _unavailable(f"npm ci took more than {NPM_TIMEOUT:.0f} s")
         if proc.returncode != 0:
-            pytest.skip(f"npm ci failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
-        done.write_text(f"{time.monotonic() - started:.1f}\n")
-    shutil.copyfile(INTEROP / SCRIPT, base / SCRIPT)     # always the current script
+            shutil.rmtree(work, ignore_errors=True)
+            _unavailable(f"npm ci failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
+        (work / ".npm-ci-done").write_text(f"{time.monotonic() - started:.1f}\n")
+        if (base / ".npm-ci-done").exists():             # another run finished first: use its install
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            shutil.rmtree(base, ignore_errors=True)      # an unfinished install of this key (killed run)
+            try:
+                os.rename(work, base)
+            except OSError:                              # another run renamed its install in meanwhile
+                shutil.rmtree(work, ignore_errors=True)
+    current = (INTEROP / SCRIPT).read_bytes()           # always the current script, replaced atomically
+    if not (base / SCRIPT).exists() or (base / SCRIPT).read_bytes() != current:
+        tmp = base / f".{SCRIPT}.{os.getpid()}"
+        tmp.write_bytes(current)
+        os.replace(tmp, base / SCRIPT)
     return base
 
 
