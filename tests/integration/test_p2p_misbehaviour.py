@@ -191,17 +191,32 @@ async def test_a_request_flood_is_rate_limited_then_banned_and_the_ban_survives_
 
 @pytest_twisted.ensureDeferred
 async def test_dialing_a_peer_that_presents_another_key_is_refused(tmp_path: Path) -> None:
-    net = await start_pair(tmp_path)
+    # Two fresh nodes, never connected: the dialer is told the target's address belongs to another key.
+    net = Net(tmp_path, 1, observers=1)
     try:
-        target, dialer = net.nodes
+        await net.start(connect=False)
+        dialer, target = net.nodes
         impostor_id = make_keys(1, seed=13)[0].peer_id            # what we think lives at target's address
         port = target.p2p.listening_port.getHost().port
         addr = format_multiaddr("127.0.0.1", port, impostor_id)
-        before = set(dialer.p2p.connections)
-        await dialer.p2p.dial(addr)
-        await sleep(0.5)
-        assert impostor_id not in dialer.p2p.connections
-        assert set(dialer.p2p.connections) == before                 # nothing admitted under either id
+        dialer.p2p.peerstore.add(addr, "exchange", reactor.seconds())
+        admitted: set[str] = set()
+
+        def failed_once() -> bool:
+            admitted.update(dialer.p2p.connections, target.p2p.connections)
+            entry = dialer.p2p.peerstore.get(impostor_id)
+            return entry is not None and entry.failures >= 1
+
+        await wait_for(failed_once, 10.0, "the dial recorded as failed", step=0.01)
+        entry = dialer.p2p.peerstore.get(impostor_id)
+        assert entry is not None and entry.next_dial > reactor.seconds() and entry.last_seen is None
+        for _ in range(30):                                           # and keep watching a while
+            failed_once()
+            await sleep(0.01)
+        assert admitted == set()                                      # no connection, on either side, ever
+        assert target.p2p.peer_id not in dialer.p2p.peerstore         # the real key is not learned from it
+        assert not dialer.p2p.peers.is_connected(impostor_id)
+        assert not dialer.p2p.peers.is_connected(target.p2p.peer_id)
     finally:
         await net.stop()
 

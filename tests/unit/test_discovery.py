@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import task
 
 from timecoin.config import build_config
 from timecoin.crypto import PrivateKey
@@ -233,6 +234,31 @@ def test_backoff_grows_exponentially_with_jitter_and_success_resets() -> None:
     twin = new_store(seed=7)
     twin.add(addr(1, A), Source.BOOTSTRAP, T0)
     assert twin.dial_failed(addr(1, A), T0) == T0 + waits[0]
+
+
+def test_a_peer_that_accepts_then_drops_us_is_redialled_with_backoff_not_every_second() -> None:
+    clock = task.Clock()
+    clock.advance(T0)
+    ps = new_store()
+    ps.add(addr(1, A), Source.EXCHANGE, clock.seconds())
+    waits = []
+    for n in range(1, 8):
+        assert ps.due(clock.seconds(), set(), 5) == [addr(1, A)]
+        ps.dial_succeeded(addr(1, A), clock.seconds())          # reached ready...
+        clock.advance(0.5)                                         # ...and was dropped half a second later
+        nxt = ps.connection_closed(addr(1, A), clock.seconds(), lasted=0.5)
+        assert nxt is not None
+        cap = min(2.0 ** (n - 1), BACKOFF_MAX)
+        assert cap * (1 - JITTER) <= nxt - clock.seconds() <= cap, n
+        waits.append(nxt - clock.seconds())
+        assert ps.due(nxt - 0.001, set(), 5) == []
+        clock.advance(nxt - clock.seconds())
+    assert waits[-1] > 30 and A in ps                           # backing off, but not forgotten: it is reachable
+    # A session that lasts resets the count: the next dial may come at once.
+    ps.dial_succeeded(addr(1, A), clock.seconds())
+    clock.advance(discovery.MIN_SESSION)
+    assert ps.connection_closed(addr(1, A), clock.seconds(), lasted=discovery.MIN_SESSION) == clock.seconds()
+    assert ps.get(A).short_sessions == 0                        # type: ignore[union-attr]
 
 
 def test_non_bootstrap_peers_are_forgotten_after_repeated_failures() -> None:

@@ -8,10 +8,15 @@ own prefix), written on a change of substance -- added, dial failed, dial succee
 
 Dialing backs off exponentially: after the n-th consecutive failure the next attempt is at
 ``now + min(base * 2**(n-1), max) * (1 - JITTER * u)``, ``u`` from the injected ``random.Random``, so a
-fleet of nodes does not retry in step; a success resets the count. A peer that is not a bootstrap peer is
-forgotten after :data:`MAX_FAILURES` consecutive failures. At most ``max_peers`` are kept; a new one
-evicts the worst (learned by exchange before learned from the peer itself before bootstrap, never
-connected before connected, most failures, oldest), bootstrap peers never.
+fleet of nodes does not retry in step; a success resets the count. A dial "succeeds" only when the
+connection reaches ready (TLS, identity and hello accepted): a peer that refuses us during the handshake
+(banned, full, wrong stake) or times out counts as a failure. A connection that reached ready but lasted
+less than :data:`MIN_SESSION` seconds is a *short session* (:meth:`PeerStore.connection_closed`): the
+peer accepts us and then drops us, so its redial backs off exponentially too (without forgetting it).
+A peer that is not a bootstrap peer is forgotten after :data:`MAX_FAILURES` consecutive failures. At
+most ``max_peers`` are kept; a new one evicts the worst (learned by exchange before learned from the
+peer itself before bootstrap, never connected before connected, most failures, oldest), bootstrap peers
+never.
 
 Peer exchange is untrusted input: :meth:`PeerStore.add_from_exchange` ignores lists longer than
 :data:`MAX_EXCHANGE_ADDRS`, skips malformed, oversized, undialable and ID-less addresses, adds at most
@@ -47,6 +52,7 @@ BACKOFF_BASE = 1.0                 # seconds after the first failure
 BACKOFF_MAX = 300.0                # the longest wait between attempts
 JITTER = 0.25                      # a wait is shortened by up to this fraction, at random
 DIAL_HOLD = 30.0                   # an address handed out by due() is not handed out again for this long
+MIN_SESSION = 60.0                 # a dialed connection closed sooner than this backs off the next dial
 MAX_EXCHANGE_ADDRS = 1_000         # a longer peers list is ignored whole
 MAX_EXCHANGE_ADDED = 100           # at most this many new addresses per peers list
 
@@ -161,6 +167,7 @@ class PeerEntry:
     failures: int = 0                           # consecutive failed dials
     next_dial: float = 0.0
     latency: float | None = None                # ping EWMA (memory only)
+    short_sessions: int = 0                     # consecutive connections closed within MIN_SESSION (memory only)
     resolved: str | None = field(default=None)  # the PeerID an ID-less bootstrap address turned out to have
 
     def encode(self) -> bytes:
@@ -397,6 +404,25 @@ class PeerStore:
                 entry.addrs.remove(text)
                 entry.addrs.insert(0, text)
         self._save(entry)
+
+    def connection_closed(self, addr: str, now: float, lasted: float) -> float | None:
+        """A dialed connection that reached ready has closed after ``lasted`` seconds; the next dial time.
+
+        Shorter than MIN_SESSION: one more short session, and the next dial waits ``backoff(n)`` (with
+        jitter) instead of coming at once, so a peer that accepts and drops us is not redialled every
+        second. A session that lasted resets the count and may be redialled at once.
+        """
+        entry = self._entry_for(addr)
+        if entry is None:
+            return None
+        if lasted >= MIN_SESSION:
+            entry.short_sessions = 0
+            entry.next_dial = now
+        else:
+            entry.short_sessions += 1
+            entry.next_dial = now + self.backoff(entry.short_sessions) * (1.0 - JITTER * self.rng.random())
+        self._save(entry)
+        return entry.next_dial
 
     def mark_seen(self, peer_id: str, now: float) -> None:
         """A known peer connected to us: it is alive, so forget its failures."""

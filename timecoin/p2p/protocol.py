@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from timecoin import crypto
 from timecoin.errors import DecodeError, Reason, TimecoinError
+from timecoin.p2p.discovery import parse_multiaddr
 from timecoin.p2p.identity import PeerAuthError, peer_public_key
 from timecoin.p2p.peers import TX_GOSSIP_BURST, TX_GOSSIP_RATE
 from timecoin.wire import messages as m
@@ -72,6 +73,7 @@ class PeerConnection(Protocol):
         self.hello: Any = None
         self.height = 0                        # the peer's best height as last announced
         self.latency: float | None = None      # ping round-trip EWMA, seconds
+        self.ready_at: float | None = None     # when the hello was accepted (None: never reached ready)
         self.sent_ids: set[bytes] = set()      # current-height consensus message ids the peer has (gossip)
         self.decoder = FrameDecoder(service.config.max_frame_bytes)
         self.inbox: collections.deque[bytes] = collections.deque()
@@ -104,6 +106,14 @@ class PeerConnection(Protocol):
             return
         self.peer_id = crypto.peer_id_of(self.pubkey)
         self.address = crypto.address_of(self.pubkey)
+        expected = _dialed_peer_id(self.dialed)
+        if expected is not None and expected != self.peer_id:
+            # TLS pins the key (identity.client_creator); this is the second lock on the same door.
+            self.log.info("Peer at {ip}:{port} is {peer}, not the {want} we dialed", ip=self.ip, port=self.port,
+                          peer=self.peer_id, want=expected)
+            self.peer_id = ""
+            self.abort()
+            return
         self.state = "hello"
         reason = self.service.admit(self)
         if reason != Reason.OK:
@@ -121,6 +131,7 @@ class PeerConnection(Protocol):
 
     def became_ready(self) -> None:
         self.state = "ready"
+        self.ready_at = self.clock.seconds()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
@@ -324,6 +335,15 @@ class PeerConnection(Protocol):
                 "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
                 "agent": getattr(self.hello, "agent", ""), "messages_in": self.messages_in,
                 "messages_out": self.messages_out}
+
+
+def _dialed_peer_id(addr: str | None) -> str | None:
+    if not addr:
+        return None
+    try:
+        return parse_multiaddr(addr)[2]
+    except ValueError:
+        return None
 
 
 def _reason(code: int) -> Reason:

@@ -189,8 +189,14 @@ class P2PService(service.Service):
     def connection_lost(self, conn: PeerConnection, was: str) -> None:
         registered = self.connections.get(conn.peer_id) is conn
         self._unregister(conn)
-        if conn.dialed and self.peerstore is not None and was in ("tls", "hello"):
-            self.peerstore.dial_failed(conn.dialed, self.reactor.seconds())
+        if conn.dialed and self.peerstore is not None and self.running:
+            # ``was`` may be "closing" (we closed or aborted it): what matters is whether it ever got ready.
+            now = self.reactor.seconds()
+            if conn.ready_at is None:
+                # Refused (banned, full, stake, identity), timed out or failed in TLS/hello: a failed dial.
+                self.peerstore.dial_failed(conn.dialed, now)
+            else:
+                self.peerstore.connection_closed(conn.dialed, now, now - conn.ready_at)
         if registered and conn.hello is not None:
             self.log.info("Peer {peer} disconnected", peer=conn.peer_id)
 
@@ -285,9 +291,7 @@ class P2PService(service.Service):
             self.log.info("Disconnecting {peer}: {why} is not ours", peer=conn.peer_id, why=why)
             conn.reject(reason, f"{why} is not ours ({genesis.chain_id} {genesis.hash.hex()[:16]})")
             self._unregister(conn)
-            conn.close()
-            if conn.dialed:
-                self.peerstore.dial_failed(conn.dialed, self.reactor.seconds())
+            conn.close()                          # connection_lost counts the failed dial (never ready)
             return
         conn.hello = hello
         conn.height = hello.best_height
