@@ -290,7 +290,7 @@ def read_file(path: str) -> dict[str, str]:
     """The raw ``key -> text`` of a config file; ConfigError on unreadable files or unknown keys."""
     parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#", ";"),
                                        inline_comment_prefixes=("#",), strict=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign] - keys are case-sensitive
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
     try:
         with open(path, encoding="utf-8") as f:
             parser.read_file(f, source=path)

@@ -149,9 +149,9 @@ class Genesis:
     @classmethod
     def single_validator(cls, key: crypto.PrivateKey, chain_id: str = "timecoin-devnet",
                          stake: int = 10_000 * crypto.UNITS_PER_TIME, balance: int = 1_000_000 * crypto.UNITS_PER_TIME,
-                         genesis_time: int | None = None, **params: int) -> Genesis:
+                         genesis_time: int | None = None, test_chain: bool = False, **params: int) -> Genesis:
         """A genesis where ``key`` is the one validator (the devnet's first start)."""
-        return cls.for_validators([key.public_key], chain_id, stake, balance, genesis_time, **params)
+        return cls.for_validators([key.public_key], chain_id, stake, balance, genesis_time, (), test_chain, **params)
 
     @classmethod
     def for_validators(cls, pubkeys: list[bytes], chain_id: str, stake: int = 10_000 * crypto.UNITS_PER_TIME,
