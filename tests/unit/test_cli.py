@@ -151,3 +151,12 @@ def test_plugin_is_discovered() -> None:
     assert "timecoin" in makers
     assert makers["timecoin"].module == "timecoin.tap"
     assert callable(makers["timecoin"].options)
+
+
+def test_systemd_unit_runs_twistd_in_the_foreground_as_the_timecoin_user() -> None:
+    unit = (ROOT / "etc" / "timecoin.service").read_text()
+    lines = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in unit.splitlines()
+             if "=" in line and not line.startswith("#")}
+    assert lines["ExecStart"].endswith("twistd -n --pidfile= timecoin --config /etc/timecoin/timecoin.conf")
+    assert (lines["User"], lines["Restart"], lines["KillSignal"]) == ("timecoin", "on-failure", "SIGTERM")
+    assert "[Install]" in unit and lines["WantedBy"] == "multi-user.target"

@@ -261,3 +261,17 @@ def test_not_a_genesis_object(text: str | bytes) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(GenesisError, match="cannot read"):
         Genesis.load(str(tmp_path / "absent.json"))
+
+
+def test_etc_devnet_genesis_is_what_the_node_generates_for_the_placeholder_key() -> None:
+    """etc/devnet-genesis.json: the devnet genesis node.prepare_datadir writes on first start
+    (Genesis.single_validator), for the placeholder key 1 (public: its pubkey is the curve's generator)
+    and a fixed genesis_time. Regenerate with docs/ledger.md's command if the format changes."""
+    path = Path(__file__).resolve().parents[2] / "etc" / "devnet-genesis.json"
+    key = PrivateKey((1).to_bytes(32, "big"))
+    expected = Genesis.single_validator(key, chain_id="timecoin-devnet", genesis_time=1_767_225_600_000)
+    assert path.read_text() == expected.to_json()
+    loaded = Genesis.load(str(path))
+    assert loaded.hash == expected.hash and not loaded.test_chain
+    assert loaded.validators().by_address[key.address].pubkey.hex() == (
+        "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
