@@ -116,3 +116,56 @@ def test_docgen_command_prints_the_section_and_rewrites_a_stale_doc(tmp_path: Pa
                          capture_output=True, text=True, timeout=60, check=True)
     assert "updated" in run.stdout
     assert docgen.extract(stale.read_text(encoding="utf-8")) == docgen.generate()
+
+
+def _hand_table(name: str) -> dict[str, str]:
+    """field -> bytes of a hand-written '### name' table (outside the generated section)."""
+    doc = DOC.read_text(encoding="utf-8").split(docgen.BEGIN)[0]
+    match = re.search(rf"^### {re.escape(name)}\n(.*?)(?=^##)", doc, re.S | re.M)
+    assert match, f"docs/protocol.md has no hand-written section '### {name}'"
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in match.group(1).splitlines()
+            if line.startswith("| `")]
+    return {row[0]: row[2] for row in rows}
+
+
+def test_doc_account_and_validator_set_sizes_match_the_code() -> None:
+    from timecoin.ledger.account import Account
+    from timecoin.ledger.params import ChainParams
+    from timecoin.ledger.validators import Validator, ValidatorSet
+
+    acct = _hand_table("Account")
+    fixed = sum(int(v) for k, v in acct.items() if v.isdigit() and "[i]" not in k)
+    entry = sum(int(v) for k, v in acct.items() if k.startswith("`unbonding[i]"))
+    assert acct["`pubkey`"] == "0 or 33"
+    assert len(Account().encoded) == fixed == 28
+    assert len(Account(pubkey=b"\x02" * 33).encoded) == fixed + 33
+    assert len(Account(unbonding=((1, 2), (3, 4))).encoded) == fixed + 2 * entry and entry == 16
+    doc = " ".join(DOC.read_text(encoding="utf-8").split())      # line breaks do not matter
+    assert f"Size: {fixed} bytes + {entry} per unbonding" in doc
+    assert f"`max_unbonding_entries` (default {ChainParams('x').max_unbonding_entries}," in doc
+
+    vs = _hand_table("ValidatorSet")
+    head = int(vs["`validators` count"])
+    per = sum(int(v) for k, v in vs.items() if "[i]" in k)
+    two = ValidatorSet([Validator(bytes([1]) * 20, b"\x02" * 33, 5), Validator(bytes([2]) * 20, b"\x03" * 33, 7)])
+    assert len(ValidatorSet([]).encode()) == head and len(two.encode()) == head + 2 * per
+    assert f"Size: {head} bytes + {per} per validator" in doc
+
+
+def test_doc_state_root_and_validators_hash_are_what_the_code_computes() -> None:
+    import hashlib
+
+    from timecoin.ledger import lthash as lt
+    from timecoin.ledger.account import Account
+    from timecoin.ledger.validators import Validator, ValidatorSet
+
+    address, account = bytes([9]) * 20, Account(balance=5, pubkey=b"\x02" * 33)
+    leaf = hashlib.shake_256(address + account.encoded).digest(2048)
+    lanes = [int.from_bytes(leaf[i:i + 2], "little") for i in range(0, 2048, 2)]
+    acc = lt.LtHash()
+    acc.add(address + account.encoded)
+    acc.add(address + account.encoded)                    # twice: lane-wise sum mod 2**16
+    expected = b"".join(((2 * x) % 65536).to_bytes(2, "little") for x in lanes)
+    assert acc.to_bytes() == expected and acc.digest() == hashlib.sha256(expected).digest()
+    vs = ValidatorSet([Validator(address, b"\x02" * 33, 1)])
+    assert vs.hash == hashlib.sha256(vs.encode()).digest()
