@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
+from tests.chaingen import ChainBuilder, make_genesis
 from tests.integration.test_p2p_misbehaviour import banned, connect_ready, score
 from tests.p2pnet import Net, make_keys, sleep, wait_for
 from timecoin.errors import Reason
@@ -18,6 +19,7 @@ from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.node import Node
 from timecoin.p2p.gossip import message_id
 from timecoin.p2p.service import ENVELOPE_HEADER
+from timecoin.store import Store
 from timecoin.wire import messages as m
 
 CHAIN = "timecoin-p2p-test"
@@ -105,5 +107,42 @@ async def test_txs_over_the_gossip_budget_are_dropped_for_a_small_charge_once_pe
         mid = message_id(m.MsgType.TX, m.encode_message(m.MsgType.TX, dropped.to_wire())[ENVELOPE_HEADER:])
         assert mid not in validator.p2p.seen         # another peer may still bring it
         assert reactor.running
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_block_announcement_floods_down_a_line_once(tmp_path: Path) -> None:
+    # Three observers in a line a - b - c on a generated chain (its validator never runs): b and c hold
+    # blocks 1..6, a holds 1..3. a catches up from b and announces block 6; b holds 6 (it never announced
+    # it: the block came with its store) and relays the announcement to c, once; c relays it to no one
+    # (its only peer sent it). Nobody sends it back.
+    spec = make_genesis(validators=1, chain_id="timecoin-announce")
+    net = Net(tmp_path, 0, observers=3, genesis=spec.genesis, keys=make_keys(3, seed=40), sync_interval="1")
+    builder = ChainBuilder(Store(net.chain_path(1)), spec)
+    builder.build(6)
+    for i, upto in ((0, 3), (2, 6)):
+        store = Store(net.chain_path(i))
+        builder.copy_to(store, upto)
+        store.close()
+    top = builder.store.block_hash_at(6)
+    builder.store.close()
+    try:
+        await net.start(connect=False)
+        a, b, c = net.nodes
+        net.connect(0, [1])
+        net.connect(2, [1])
+        payload = m.encode_message(m.MsgType.NEW_BLOCK, {"height": 6, "hash": top})
+        mid = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:])
+        await wait_for(lambda: a.store.tip_height() == 6, 20.0, "a caught up from b")
+        await wait_for(lambda: mid in c.p2p.seen, 10.0, "the announcement reached c through b")
+        await sleep(0.5)
+        assert a.store.block_hash_at(6) == top and mid in a.p2p.seen and mid in b.p2p.seen
+        assert a.p2p.relayed[m.MsgType.NEW_BLOCK] == 1          # its own commit (sync's last block)
+        assert b.p2p.relayed[m.MsgType.NEW_BLOCK] == 1          # relayed once, to c
+        assert c.p2p.relayed[m.MsgType.NEW_BLOCK] == 0          # nobody left to tell
+        assert a.p2p.duplicates[m.MsgType.NEW_BLOCK] == 0       # b did not send it back to a
+        assert b.p2p.duplicates[m.MsgType.NEW_BLOCK] == 0       # nor c to b
+        assert c.p2p.connections[b.p2p.peer_id].height == 6
     finally:
         await net.stop()

@@ -78,6 +78,8 @@ class P2PService(service.Service):
         self.peerstore: discovery.PeerStore | None = None
         self.connections: dict[str, PeerConnection] = {}     # admitted (hello or ready), by PeerID
         self.seen = SeenCache()
+        self.relayed: collections.Counter[m.MsgType] = collections.Counter()     # frames flooded to peers, by type
+        self.duplicates: collections.Counter[m.MsgType] = collections.Counter()  # seen-cache hits, by type
         self.archive = HeightArchive()
         self.listening_port: Any = None
         self.listen_addr = ""
@@ -371,6 +373,7 @@ class P2PService(service.Service):
         mid = message_id(m.MsgType.TX, payload[ENVELOPE_HEADER:])
         if mid in self.seen:                        # a copy of what gossip already brought: free
             conn.sent_ids.add(mid)
+            self.duplicates[m.MsgType.TX] += 1
             return
         if not self.peers.allow_tx(conn.peer_id, self.reactor.seconds()):
             # Over the peer's tx gossip budget: dropped, not relayed, not marked seen (another peer may
@@ -399,6 +402,7 @@ class P2PService(service.Service):
         mid = message_id(msg_type, payload[ENVELOPE_HEADER:])
         conn.sent_ids.add(mid)
         if mid in self.seen:
+            self.duplicates[msg_type] += 1
             return
         consensus = self.node.consensus
         try:
@@ -434,6 +438,7 @@ class P2PService(service.Service):
         mid = message_id(m.MsgType.EVIDENCE, payload[ENVELOPE_HEADER:])
         conn.sent_ids.add(mid)
         if mid in self.seen:
+            self.duplicates[m.MsgType.EVIDENCE] += 1
             return
         self.seen.add(mid)
         try:
@@ -451,17 +456,36 @@ class P2PService(service.Service):
         self.node.consensus.record_evidence(ev)     # queues it for a block and broadcasts it on
 
     def _on_new_block(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        """A block announcement: flooded with the seen-cache, relayed only once we hold that very block.
+
+        An announcement means "the sender holds this block" (sync picks peers by it), so we relay one only
+        when it is true of us too: at a height we hold, with our hash. One above our tip is not relayed
+        (catch-up brings the block and our own commit announces it, same bytes, same id); one that
+        conflicts with our block is not relayed either, and tells sync a fork may exist.
+        """
         if body.height > conn.height:
             conn.height = body.height
             conn.sent_ids.clear()
-        store = self.node.store
-        if body.height <= store.tip_height():
-            ours = store.block_hash_at(body.height)
-            if ours is not None and ours != body.hash:
-                self.log.warn("Peer {peer} announces block {h} {theirs}, ours is {ours}: a fork",
-                              peer=conn.peer_id, h=body.height, theirs=body.hash.hex(), ours=ours.hex())
+        mid = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:])
+        if mid in self.seen:
+            self.duplicates[m.MsgType.NEW_BLOCK] += 1
             return
-        self._maybe_catch_up()
+        store = self.node.store
+        if body.height > store.tip_height():
+            self._maybe_catch_up()
+            return
+        ours = store.block_hash_at(body.height)
+        if ours is None:
+            return
+        self.seen.add(mid)
+        if ours == body.hash:
+            self._relay(m.MsgType.NEW_BLOCK, mid, payload, exclude=conn)
+            return
+        self.log.warn("Peer {peer} announces block {h} {theirs}, ours is {ours}: a fork",
+                      peer=conn.peer_id, h=body.height, theirs=body.hash.hex(), ours=ours.hex())
+        fork_suspected = getattr(getattr(self.node, "sync", None), "fork_suspected", None)
+        if callable(fork_suspected):
+            fork_suspected(conn.peer_id, body.height, body.hash)
 
     def _on_reject(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         self.log.info("Peer {peer} rejected a message: {reason} {why}", peer=conn.peer_id,
@@ -506,9 +530,17 @@ class P2PService(service.Service):
         conns = [c for c in self.connections.values() if c.state == "ready" and c is not exclude]
         # Validator peers first: their consensus messages matter most for liveness (SPEC §5).
         conns.sort(key=lambda c: not c.is_validator)
+        if msg_type == m.MsgType.NEW_BLOCK:
+            # Announcements are not per-height consensus traffic: conn.sent_ids is cleared as heights
+            # change, so the seen-cache alone (checked by the caller) makes this once per announcement.
+            for conn in conns:
+                conn.send_payload(payload)
+            self.relayed[msg_type] += len(conns)
+            return
         for conn in conns:
             if mid not in conn.sent_ids:
                 conn.sent_ids.add(mid)
+                self.relayed[msg_type] += 1
                 if msg_type == m.MsgType.TX:
                     conn.send_tx(payload)             # paced inside the peer's tx gossip budget
                 else:
@@ -529,11 +561,15 @@ class P2PService(service.Service):
     def _on_commit(self, block: Block) -> None:
         self.archive.reset(block.height + 1)
         payload = m.encode_message(m.MsgType.NEW_BLOCK, {"height": block.height, "hash": block.hash})
+        mid = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:])
+        if not self.seen.add(mid):
+            return                                   # already relayed (a peer announced it first)
         for conn in list(self.connections.values()):
             if conn.state == "ready":
                 if conn.height < block.height:
                     conn.sent_ids.clear()
                 conn.send_payload(payload)
+                self.relayed[m.MsgType.NEW_BLOCK] += 1
 
     # -- catch-up ----------------------------------------------------------------------------------
     def _maybe_catch_up(self) -> None:
