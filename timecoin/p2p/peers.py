@@ -615,6 +615,11 @@ class PeerManager:
             else:
                 self._per_ip.pop(conn.ip, None)
 
+    def ip_count(self, ip: str | None) -> int:
+        """Connections (both directions) registered from ``ip``."""
+        norm = normalize_ip(ip)
+        return 0 if norm is None else self._per_ip.get(norm, 0)
+
     def is_connected(self, peer_id: str) -> bool:
         return peer_id in self._conns
 

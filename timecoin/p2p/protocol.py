@@ -74,6 +74,7 @@ class PeerConnection(Protocol):
         self.height = 0                        # the peer's best height as last announced
         self.latency: float | None = None      # ping round-trip EWMA, seconds
         self.ready_at: float | None = None     # when the hello was accepted (None: never reached ready)
+        self.pending_ip: str | None = None     # set while an inbound connection counts as pending (pre-auth)
         self.sent_ids: set[bytes] = set()      # current-height consensus message ids the peer has (gossip)
         self.decoder = FrameDecoder(service.config.max_frame_bytes)
         self.inbox: collections.deque[bytes] = collections.deque()
@@ -98,6 +99,7 @@ class PeerConnection(Protocol):
         self._handshake_timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshake_timed_out)
 
     def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted API
+        self.service.pending_done(self)
         try:
             self.pubkey = peer_public_key(self.transport)
         except PeerAuthError as exc:
@@ -152,6 +154,7 @@ class PeerConnection(Protocol):
             if timer.active():
                 timer.cancel()
             d.errback(RequestFailed(Reason.INTERNAL, "connection lost"))
+        self.service.pending_done(self)
         self.service.connection_lost(self, was)
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from timecoin import __version__
@@ -45,6 +46,8 @@ DIAL_INTERVAL = 1.0
 DIAL_TIMEOUT = 5.0
 PING_MISSES_BEFORE_DROP = 4
 ENVELOPE_HEADER = 5                # type (1) + request id (4): what a message id leaves out
+MAX_PENDING_INBOUND = 64           # inbound connections still in TLS/identity at once (before any TLS work)
+MAX_PENDING_PER_IP = 8             # of those, from one IP address
 
 RESPONSES = frozenset({m.MsgType.STATUS, m.MsgType.PEERS, m.MsgType.BLOCKS, m.MsgType.BLOCK_HASHES})
 # get_* requests and pings share the request bucket. Transactions (in m.REQUESTS) have their own gossip
@@ -62,6 +65,28 @@ class _ConnectionFactory(Factory):
         conn = PeerConnection(self.p2p, self.p2p.reactor, self.inbound, self.dialed)
         conn.factory = self
         return conn
+
+
+class _GateFactory(Factory):
+    """Inbound TCP, before TLS: refuse banned IPs and over-cap pending connections at accept time.
+
+    Returning None from buildProtocol makes the listening port close the socket at once, so a refused
+    connection costs no TLS handshake (no certificate check, no key exchange) and no bytes are sent.
+    """
+
+    def __init__(self, p2p: P2PService, tls: TLSMemoryBIOFactory) -> None:
+        self.p2p = p2p
+        self.tls = tls
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted API
+        ip = getattr(addr, "host", "")
+        reason = self.p2p.pre_tls_refusal(ip)
+        if reason != Reason.OK:
+            self.p2p.log.debug("Refused {ip} before TLS: {why}", ip=ip, why=reason.name.lower())
+            return None
+        proto = self.tls.buildProtocol(addr)
+        self.p2p.pending_started(proto.wrappedProtocol, ip)
+        return proto
 
 
 class P2PService(service.Service):
@@ -87,6 +112,7 @@ class P2PService(service.Service):
         self._queued: set[int] = set()
         self._drain_call: Any = None
         self._dialing: set[str] = set()
+        self._pending: dict[str, int] = {}                   # inbound connections not yet authenticated, by IP
         self._loops: list[task.LoopingCall] = []
         self._rng = random.Random(os.urandom(16))
         if node.consensus is not None:
@@ -108,9 +134,11 @@ class P2PService(service.Service):
                 self.peerstore.add(addr, "bootstrap", now)
             except ValueError as exc:
                 self.log.warn("Ignoring bootstrap address {addr}: {why}", addr=addr, why=str(exc))
-        endpoint = endpoints.SSL4ServerEndpoint(self.reactor, cfg.p2p_port, self.identity.server_context_factory(),
-                                                interface=cfg.p2p_host)
-        d = endpoint.listen(_ConnectionFactory(self, inbound=True))
+        # Plain TCP with TLS layered on per connection by _GateFactory, so limits apply before TLS.
+        endpoint = endpoints.TCP4ServerEndpoint(self.reactor, cfg.p2p_port, interface=cfg.p2p_host)
+        tls = TLSMemoryBIOFactory(self.identity.server_context_factory(), False,
+                                  _ConnectionFactory(self, inbound=True))
+        d = endpoint.listen(_GateFactory(self, tls))
         d.addCallbacks(self._listening, self._listen_failed)
         for interval, fn in ((DIAL_INTERVAL, self._dial_due), (cfg.gossip_interval, self._gossip),
                              (cfg.ping_interval, self._ping_all)):
@@ -149,6 +177,44 @@ class P2PService(service.Service):
         return None
 
     # -- admission -------------------------------------------------------------------------------
+    def pre_tls_refusal(self, ip: str) -> Reason:
+        """May an inbound TCP connection from ``ip`` start a TLS handshake? Reason.OK or why not.
+
+        Banned IPs (never loopback: PeerManager.is_banned ignores IP bans there), a full pending table
+        (MAX_PENDING_INBOUND overall, MAX_PENDING_PER_IP per address), an IP already at max_per_ip, and
+        inbound slots full even counting the validator-reserved ones (the key is not known yet).
+        """
+        if not self.running or self.peers is None:
+            return Reason.SHUTTING_DOWN
+        now = self.reactor.seconds()
+        norm = peers.normalize_ip(ip) or ip
+        if self.peers.is_banned(None, norm, now):
+            return Reason.BANNED
+        pending_here = self._pending.get(norm, 0)
+        if sum(self._pending.values()) >= MAX_PENDING_INBOUND or pending_here >= MAX_PENDING_PER_IP:
+            return Reason.TOO_MANY_CONNECTIONS
+        if self.peers.ip_count(norm) + pending_here >= self.config.max_per_ip:
+            return Reason.TOO_MANY_CONNECTIONS
+        if self.peers.inbound_count >= self.config.max_inbound + self.config.validator_slots:
+            return Reason.TOO_MANY_CONNECTIONS
+        return Reason.OK
+
+    def pending_started(self, conn: PeerConnection, ip: str) -> None:
+        norm = peers.normalize_ip(ip) or ip
+        conn.pending_ip = norm
+        self._pending[norm] = self._pending.get(norm, 0) + 1
+
+    def pending_done(self, conn: PeerConnection) -> None:
+        """The connection authenticated (or closed): it no longer counts as pending."""
+        norm, conn.pending_ip = conn.pending_ip, None
+        if norm is None:
+            return
+        left = self._pending.get(norm, 1) - 1
+        if left > 0:
+            self._pending[norm] = left
+        else:
+            self._pending.pop(norm, None)
+
     def admit(self, conn: PeerConnection) -> Reason:
         """Called once the TLS identity is known. Reason.OK admits; anything else is sent and closes."""
         if not self.running or self.peers is None:
