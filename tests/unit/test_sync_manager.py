@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
 from tests.chaingen import ChainBuilder, ChainSpec, build_chain, certify, initialize, make_genesis
 from tests.syncpeers import StorePeer
 from timecoin.errors import Reason
 from timecoin.ledger.block import Block, CommitCertificate
-from timecoin.p2p.peers import Event
+from timecoin.p2p.peers import DELTAS, Event
 from timecoin.store import Store
-from timecoin.sync.apply import apply_batch
+from timecoin.sync.apply import apply_batch, certificate_problem
 from timecoin.sync.manager import StateSyncManager, SyncResult
 from timecoin.sync.peer import PeerStatus
 
@@ -78,17 +78,23 @@ class HeightLiar(StorePeer):
 
 
 class Syncer:
-    """An empty node of the same genesis, its manager driven by a task.Clock."""
+    """An empty node of the same genesis (or ``store``), its manager driven by a task.Clock."""
 
-    def __init__(self, path: Path, spec: ChainSpec) -> None:
-        self.store = Store(str(path))
-        initialize(self.store, spec.genesis)
+    def __init__(self, path: Path, spec: ChainSpec, store: Store | None = None, batch: int = 20) -> None:
+        if store is None:
+            store = Store(str(path))
+            initialize(store, spec.genesis)
+        self.store = store
         self.spec = spec
         self.clock = Clock()
         self.clock.advance(GENESIS_TIME / 1000 + 10 * 86400)
         self.batches: list[int] = []
+        self.forks: list[tuple[str, int, bytes]] = []
         self.manager = StateSyncManager(self.store.tip_height, spec.genesis.hash, self.clock, self.apply,
-                                        batch=20, redundancy=3, request_timeout=15.0)
+                                        batch=batch, redundancy=3, request_timeout=15.0)
+        # Set as attributes: the certificate check that settles splits, and the fork report.
+        self.manager.verify = lambda block, cert: certificate_problem(self.store, spec.genesis.chain_id, block, cert)
+        self.manager.on_fork = lambda peer_id, height, their_hash: self.forks.append((peer_id, height, their_hash))
 
     def apply(self, items: list[tuple[Block, CommitCertificate]]) -> tuple[int, Reason | None]:
         count, error = apply_batch(self.store, self.spec.genesis.params, self.spec.genesis.chain_id, items,
@@ -212,3 +218,156 @@ def test_peers_that_connect_during_a_run_join_it(tmp_path: Path, spec: ChainSpec
     assert_honest(syncer, honest)
     assert all(p.hash_requests for p in later)                       # the newcomers voted on hashes
     assert all(p.block_requests for p in later)                      # and served bodies
+
+
+# -- reputation-aware and asynchronous peers -------------------------------------------------------------
+class ScoredPeer(StorePeer):
+    """A StorePeer with the score the node keeps (the DELTAS table summed): unusable below 0, as a real peer."""
+
+    @property
+    def score(self) -> int:
+        return sum(DELTAS[e] for e in self.penalties + self.rewards)
+
+    def usable(self) -> bool:
+        return self._usable and self.score >= 0
+
+
+class DelayedPeer(ScoredPeer):
+    """Answers every request ``delay`` seconds of ``clock`` later; tracks the blocks it has pending for us."""
+
+    def __init__(self, peer_id: str, store: Store, clock: Clock, delay: float = 0.5, latency: float = 0.01) -> None:
+        super().__init__(peer_id, store, latency=latency)
+        self.clock, self.delay = clock, delay
+        self.pending_blocks = 0
+        self.max_pending_blocks = 0
+
+    def _later(self, value: Any) -> defer.Deferred[Any]:
+        return task.deferLater(self.clock, self.delay, lambda: value)
+
+    def get_block_hashes(self, start: int, count: int) -> defer.Deferred[list[bytes]]:
+        self.hash_requests.append((start, count))
+        return self._later(self.hashes(start, count))
+
+    def serve(self, start: int, count: int) -> list[tuple[Block, CommitCertificate]]:
+        return self.store.get_blocks(start, count)
+
+    def get_blocks(self, start: int, count: int) -> defer.Deferred[list[tuple[Block, CommitCertificate]]]:
+        self.block_requests.append((start, count))
+        self.pending_blocks += count
+        self.max_pending_blocks = max(self.max_pending_blocks, self.pending_blocks)
+
+        def done(value: Any) -> Any:
+            self.pending_blocks -= count
+            return value
+        return self._later(self.serve(start, count)).addBoth(done)
+
+
+class DelayedForger(DelayedPeer):
+    """Delayed, and its blocks from ``from_height`` on carry certificates signed by one validator of four."""
+
+    def __init__(self, peer_id: str, store: Store, clock: Clock, keys: Any, chain_id: str, from_height: int,
+                 delay: float = 0.5) -> None:
+        super().__init__(peer_id, store, clock, delay)
+        self.keys, self.chain_id, self.from_height = keys, chain_id, from_height
+
+    def serve(self, start: int, count: int) -> list[tuple[Block, CommitCertificate]]:
+        return [(b, certify(b, self.keys[:1], self.chain_id) if b.height >= self.from_height else c)
+                for b, c in self.store.get_blocks(start, count)]
+
+
+class BodyStaller(ScoredPeer):
+    """Votes the honest hashes at once, but never answers a request for blocks."""
+
+    def get_blocks(self, start: int, count: int) -> defer.Deferred[list[tuple[Block, CommitCertificate]]]:
+        self.block_requests.append((start, count))
+        return defer.Deferred()
+
+
+def test_requests_we_cancel_are_never_charged_to_honest_peers(tmp_path: Path, spec: ChainSpec,
+                                                               honest: ChainBuilder) -> None:
+    syncer = Syncer(tmp_path / "s", spec)
+    forger = DelayedForger("forger", copy(honest, tmp_path / "f"), syncer.clock, spec.validators,
+                           spec.genesis.chain_id, 30, delay=0.3)
+    good = [DelayedPeer(f"h{i}", copy(honest, tmp_path / f"h{i}"), syncer.clock, delay=0.7) for i in range(2)]
+    result = syncer.sync([forger, *good])
+    assert_honest(syncer, honest)
+    assert result.failed_ranges >= 1                                 # a window failed with bodies in flight
+    assert Event.FORGED_CERTIFICATE in forger.penalties
+    for peer in good:
+        assert Event.TIMEOUT not in peer.penalties and peer.score >= 0, (peer.peer_id, peer.penalties)
+
+
+@pytest.mark.parametrize("branches", ["one forged branch", "two forged branches"])
+def test_a_split_vote_asks_more_peers_and_the_honest_tip_is_reached(tmp_path: Path, spec: ChainSpec,
+                                                                   honest: ChainBuilder, branches: str) -> None:
+    stores = []
+    for i in range(1 if branches == "one forged branch" else 2):
+        builder = honest.fork(60, Store(str(tmp_path / f"b{i}")), salt=3 + i)
+        builder.build(HONEST - 60, signers=[0])                       # forged certificates from 61 on
+        stores.append(builder.store)
+    # Ranked first: the same height as the honest peers, but faster.
+    liars = [ScoredPeer(f"branch{i}", stores[i % len(stores)], latency=0.001) for i in range(2)]
+    good = [ScoredPeer(f"h{i}", copy(honest, tmp_path / f"h{i}")) for i in range(2)]
+    syncer = Syncer(tmp_path / "s", spec)
+    assert [p.peer_id for p in syncer.manager.ranked([*liars, *good], {p.peer_id: p.status()
+                                                                       for p in [*liars, *good]})][:2] == \
+        ["branch0", "branch1"]
+    syncer.sync([*liars, *good])
+    assert_honest(syncer, honest)
+    for liar in liars:
+        assert liar.penalties and set(liar.penalties) <= {Event.FORGED_CERTIFICATE, Event.STALE_DATA}
+    assert all(p.penalties == [] for p in good)
+    assert len(good[1].hash_requests) >= 1                            # the fourth peer was asked too
+
+
+def test_a_peer_that_votes_but_stalls_on_bodies_gets_one_chunk_and_leaves_the_window(
+        tmp_path: Path, spec: ChainSpec, honest: ChainBuilder) -> None:
+    staller = BodyStaller("staller", copy(honest, tmp_path / "st"), latency=0.001)
+    good = [ScoredPeer(f"h{i}", copy(honest, tmp_path / f"h{i}")) for i in range(2)]
+    syncer = Syncer(tmp_path / "s", spec)
+    result = syncer.sync([staller, *good])
+    assert_honest(syncer, honest)
+    assert len(staller.block_requests) == 1                          # pruned after its first failure
+    assert staller.penalties == [Event.TIMEOUT] and not staller.usable()
+    assert result.seconds < 2 * syncer.manager.request_timeout       # one timeout, not one per range
+    assert all(p.penalties == [] for p in good)
+    assert any(r[0] == staller.block_requests[0][0] for p in good for r in p.block_requests)   # moved on
+
+
+def test_at_most_twenty_blocks_pending_per_peer_with_several_chunks_in_flight(tmp_path: Path, spec: ChainSpec,
+                                                                             honest: ChainBuilder) -> None:
+    syncer = Syncer(tmp_path / "s", spec, batch=50)                   # the node default: 50 per transaction
+    peers = [DelayedPeer(f"h{i}", copy(honest, tmp_path / f"h{i}"), syncer.clock, delay=0.5) for i in range(3)]
+    in_flight: list[int] = []
+    for p in peers:
+        original = p.get_blocks
+
+        def get_blocks(start: int, count: int, original: Any = original) -> Any:
+            in_flight.append(sum(q.pending_blocks for q in peers) + count)
+            return original(start, count)
+        p.get_blocks = get_blocks  # type: ignore[method-assign]
+    result = syncer.sync(peers)
+    assert_honest(syncer, honest)
+    assert not result.penalized
+    assert all(p.max_pending_blocks <= 20 for p in peers)
+    assert all(count <= 20 for p in peers for _, count in p.block_requests)
+    assert all(p.block_requests for p in peers)                      # every peer served
+    assert max(in_flight) >= 50                                      # several chunks in flight across peers
+    assert max(syncer.batches) <= 50                                 # at most sync_batch per transaction
+    assert sum(c for p in peers for _, c in p.block_requests) == HONEST
+
+
+def test_a_synced_block_whose_parent_is_not_our_tip_reports_a_fork(tmp_path: Path, spec: ChainSpec,
+                                                                  honest: ChainBuilder) -> None:
+    ours = Store(str(tmp_path / "ours"))
+    branch = honest.fork(50, ours, salt=3)
+    branch.build(10, signers=[0])                                     # we took a forged branch 51..60
+    peers = [StorePeer(f"h{i}", copy(honest, tmp_path / f"h{i}")) for i in range(3)]
+    syncer = Syncer(tmp_path / "s", spec, store=ours)
+    result = syncer.sync(peers)
+    assert result.fork_suspected and syncer.store.tip_height() == 60
+    assert len(syncer.forks) == 1
+    peer_id, height, their_hash = syncer.forks[0]
+    assert peer_id in {"h0", "h1", "h2"} and height == 60 and their_hash == honest.store.block_hash_at(60)
+    assert sum(len(p.hash_requests) for p in peers) == 3             # one window: the run stopped, no re-plans
+    assert all(p.penalties == [] for p in peers)

@@ -142,6 +142,18 @@ def _check(view: PendingChain, params: ChainParams, chain_id: str, block: Block,
         raise ValidationError(exc.reason, str(exc)) from None
 
 
+def certificate_problem(store: Store, chain_id: str, block: Block, cert: CommitCertificate) -> str | None:
+    """None if ``cert`` finalizes ``block`` under the store's validator set of its height, else why not."""
+    validators = store.validator_set(block.height)
+    if validators is None:
+        return f"no validator set known for height {block.height}"
+    try:
+        verify_certificate(block, cert, validators, chain_id)
+    except ValidationError as exc:
+        return exc.detail
+    return None
+
+
 def verify_batch(store: Store, params: ChainParams, chain_id: str, items: Items, now_ms: int | None = None,
                  *, genesis_time_ms: int = 0) -> tuple[list[BlockResult], BatchError | None]:
     """Verify ``items`` in order on top of the store; the results of the good prefix and the first error.

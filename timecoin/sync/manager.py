@@ -4,21 +4,34 @@ One sync run:
 
 1. **Peer state.** Every usable peer is asked for its status (height, tip and finalized hash, genesis
    hash); the round trip is its latency. Peers of another genesis are left out.
-2. **Best peers.** Candidates for a range are the peers whose height covers it, best first: highest
+2. **Best peers.** Candidates for a window are the peers whose height covers it, best first: highest
    height, then lowest latency; never a banned or negative-reputation peer.
-3. **Hashes from 3, bodies from 1.** For each range the block hashes are asked of up to ``redundancy``
+3. **Hashes from 3, bodies from 1.** For each window the block hashes are asked of ``redundancy``
    peers; a hash is accepted only when at least 2/3 of the peers that answered for that height agree.
-   The bodies come from one agreeing peer and must match the voted hashes; then every block's commit
-   certificate is verified against its height's validator set when the batch is applied.
-4. **Pipelining.** Up to ``max_ranges_in_flight`` ranges are fetched at once; they are applied strictly
-   in order, one LMDB write transaction per range (``apply``). A range that times out, disagrees or
-   fails verification is retried with other peers; the peers at fault lose reputation.
+   On a split more peers are asked (as many as could make a 2/3 majority), until one exists or every
+   peer covering the window has answered. A split left at the next height is settled by certificates
+   (``verify``): a peer that serves a block whose certificate does not verify is charged and its vote
+   dropped (numerator and denominator), as in fork resolution. Voters outvoted by the majority are
+   charged ``stale_data`` once the majority's blocks were verified and applied.
+4. **Bodies, at most ``max_pending_per_peer`` (20) blocks pending per peer.** The window is fetched in
+   chunks of at most that size from peers that voted for every accepted hash; each server holds at
+   most that many requested blocks at once, and up to ``max_ranges_in_flight`` chunks are in flight
+   across servers. A server whose request fails or times out leaves the window, a chunk is never
+   retried on the server that just failed it, and ``usable()`` is checked at every assignment.
+5. **Applied in order, one LMDB write transaction per ``batch`` blocks** (``apply``): the consecutive
+   chunks that have arrived are applied together, up to ``batch`` blocks. A block that fails
+   verification is charged to its server, which is left out of the run. A block whose parent is not
+   our tip means the peers' chain differs from ours below it: ``on_fork`` is told and the run ends.
+
+Requests we cancel ourselves (a window ended while others were in flight) are never charged.
 
 A peer that lies about its height cannot serve the blocks it claims (it has no valid certificates for
 them): it is charged and its claim discarded, and the run still reaches the honest tip.
 """
 from __future__ import annotations
 
+import bisect
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +39,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from timecoin.errors import Reason
 from timecoin.ledger.block import Block, CommitCertificate
@@ -35,17 +49,27 @@ from timecoin.sync.peer import BadResponse, PeerStatus, SyncPeer
 Items = list[tuple[Block, CommitCertificate]]
 # apply(items) -> (how many were committed, the reason the first bad one was refused or None)
 ApplyFn = Callable[[Items], "tuple[int, Reason | None] | Awaitable[tuple[int, Reason | None]]"]
+# verify(block, certificate) -> None if the certificate finalizes the block under our validator set, else why not
+VerifyFn = Callable[[Block, CommitCertificate], "str | None"]
+# on_fork(peer_id, height, their hash at height): the peer's chain differs from ours at a height we hold
+ForkFn = Callable[[str, int, bytes], None]
 
-DEFAULT_BATCH = 20                 # SPEC §6: at most ~20 blocks pending per peer
+DEFAULT_BATCH = 20                 # blocks per write transaction
+PEER_PENDING_BLOCKS = 20           # SPEC §6: at most ~20 blocks pending per peer
 DEFAULT_REDUNDANCY = 3
-DEFAULT_RANGES_IN_FLIGHT = 4
+DEFAULT_RANGES_IN_FLIGHT = 8       # body chunks in flight across all servers
 DEFAULT_REQUEST_TIMEOUT = 15.0
 MAX_WINDOW_ATTEMPTS = 6            # failed windows (no agreement, bad bodies) before a run gives up
-# Heights were checked against the voted range and hashes before applying, so these come from us, not the peer.
-LOCAL_REASONS = frozenset({Reason.WRONG_HEIGHT, Reason.SHUTTING_DOWN})
 MAX_RUN_BLOCKS = 10_000_000       # one run's bound; the coordinator's next cycle goes on from there
 HASH_WINDOW = 1000                 # hashes voted per request (one request per voter per window)
 PROGRESS_EVERY = 2.0               # seconds between progress log lines
+
+
+class _Outcome(enum.Enum):
+    DONE = "done"                  # the window was applied
+    FAILED = "failed"              # no server could deliver, or a block failed verification
+    REPLAN = "replan"              # our side moved (consensus committed a height meanwhile)
+    STOP = "stop"                  # halted, or a fork below our tip: the run ends
 
 
 @dataclass
@@ -75,10 +99,18 @@ class SyncResult:
     seconds: float
     failed_ranges: int = 0
     penalized: dict[str, list[str]] = field(default_factory=dict)
+    fork_suspected: bool = False
 
     @property
     def blocks(self) -> int:
         return self.end_height - self.start_height
+
+
+@dataclass
+class _Vote:
+    hashes: list[bytes]
+    backers: list[SyncPeer]
+    minority: dict[str, tuple[SyncPeer, int]]     # outvoted peer id -> (peer, first height it differs at)
 
 
 class StateSyncManager:
@@ -87,7 +119,9 @@ class StateSyncManager:
     def __init__(self, tip_height: Callable[[], int], genesis_hash: bytes, clock: IReactorTime, apply: ApplyFn, *,
                  batch: int = DEFAULT_BATCH, redundancy: int = DEFAULT_REDUNDANCY,
                  max_ranges_in_flight: int = DEFAULT_RANGES_IN_FLIGHT,
-                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+                 max_pending_per_peer: int = PEER_PENDING_BLOCKS,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT, verify: VerifyFn | None = None,
+                 on_fork: ForkFn | None = None, on_progress: Callable[[], None] | None = None) -> None:
         self.tip_height = tip_height
         self.genesis_hash = genesis_hash
         self.clock = clock
@@ -95,12 +129,17 @@ class StateSyncManager:
         self.batch = batch
         self.redundancy = redundancy
         self.max_ranges_in_flight = max_ranges_in_flight
+        self.max_pending_per_peer = max_pending_per_peer
         self.request_timeout = request_timeout
+        self.verify = verify
+        self.on_fork = on_fork
+        self.on_progress = on_progress
         self.progress = SyncProgress()
         self.statuses: dict[str, PeerStatus] = {}
         self._penalized: dict[str, list[str]] = {}
         self._last_log = 0.0
         self._more_peers: Callable[[], list[SyncPeer]] | None = None
+        self._fork = False
 
     # -- peer state ------------------------------------------------------------------------------
     async def query_peers(self, peers: list[SyncPeer]) -> dict[str, PeerStatus]:
@@ -146,6 +185,7 @@ class StateSyncManager:
         target = max((statuses[p.peer_id].height for p in peers), default=start)
         t0 = self.clock.seconds()
         self._penalized = {}
+        self._fork = False
         self.progress = SyncProgress(start, start, target, t0, 0, 0.0, None, True, len(peers))
         failed = 0
         try:
@@ -154,15 +194,16 @@ class StateSyncManager:
                 failed = await self._pipeline(peers, statuses)
         finally:
             self.progress.running = False
+            self._progressed()
         end = self.tip_height()
         seconds = max(self.clock.seconds() - t0, 1e-9)
         if end > start:
             self.log.info("Synced {n} blocks to height {h} in {s:.1f} s ({r:.1f} blocks/s)", n=end - start, h=end,
                           s=seconds, r=(end - start) / seconds)
-        return SyncResult(start, end, target, seconds, failed, self._penalized)
+        return SyncResult(start, end, target, seconds, failed, self._penalized, self._fork)
 
     async def _pipeline(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus]) -> int:
-        """Vote a window of hashes, then fetch and apply its bodies in ranges; repeat until the target."""
+        """Vote a window of hashes, then fetch and apply its bodies; repeat until the target."""
         failed = 0
         excluded: set[str] = set()
         for _ in range(MAX_WINDOW_ATTEMPTS + MAX_RUN_BLOCKS // HASH_WINDOW):     # bounded: windows and failures
@@ -172,12 +213,15 @@ class StateSyncManager:
             self.progress.target = max(target, tip)
             if tip >= target or failed >= MAX_WINDOW_ATTEMPTS:
                 break
-            voted = await self._vote_hashes(peers, statuses, tip + 1, min(HASH_WINDOW, target - tip), excluded)
-            if voted is None:
+            vote = await self._vote_hashes(peers, statuses, tip + 1, min(HASH_WINDOW, target - tip), excluded)
+            if vote is None:
                 failed += 1
                 continue
-            hashes, backers = voted
-            if not await self._fetch_and_apply(tip + 1, hashes, backers, excluded):
+            outcome = await self._fetch_and_apply(tip + 1, vote.hashes, vote.backers, excluded)
+            self._charge_outvoted(vote, statuses)
+            if outcome is _Outcome.STOP:
+                break
+            if outcome is not _Outcome.DONE:
                 failed += 1
         return failed
 
@@ -200,109 +244,242 @@ class StateSyncManager:
                    if p.peer_id in statuses and p.peer_id not in excluded and p.usable()]
         return max(heights, default=self.tip_height())
 
-    # -- hashes from 3 ---------------------------------------------------------------------------
+    # -- hashes from 3 (more on a split) ---------------------------------------------------------
     async def _vote_hashes(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus], start: int, count: int,
-                           excluded: set[str]) -> tuple[list[bytes], list[SyncPeer]] | None:
+                           excluded: set[str]) -> _Vote | None:
         """Hashes from ``start`` that >= 2/3 of the answering peers agree on, and the peers that sent them all."""
-        voters = [p for p in self.ranked(peers, statuses, start) if p.peer_id not in excluded][:self.redundancy]
-        if not voters:
+        pool = [p for p in self.ranked(peers, statuses, start) if p.peer_id not in excluded]
+        if not pool:
             return None
-        results = await defer.DeferredList([self._timed(p, p.get_block_hashes(start, count)) for p in voters],
-                                           consumeErrors=True)
+        by_id = {p.peer_id: p for p in pool}
         answers: dict[str, list[bytes]] = {}
-        for peer, (ok, value) in zip(voters, results, strict=True):
-            if not ok:
-                continue
-            answers[peer.peer_id] = list(value)
-            if not value:
-                self._charge(peer, Event.STALE_DATA, f"claimed height {statuses[peer.peer_id].height} "
-                                                     f"but has no block {start}")
-                statuses[peer.peer_id] = _lowered(statuses[peer.peer_id], start - 1)
-        accepted: list[bytes] = []
-        for i in range(count):
-            votes: dict[bytes, list[str]] = {}
-            for pid, hs in answers.items():
-                if i < len(hs):
-                    votes.setdefault(hs[i], []).append(pid)
-            answered = sum(len(v) for v in votes.values())
-            if answered == 0:
-                break
-            best, who = max(votes.items(), key=lambda kv: len(kv[1]))
-            if 3 * len(who) < 2 * answered:
-                self.log.info("Sync: no 2/3 agreement on block {h} among {n} peers", h=start + i, n=answered)
-                break
-            for other, pids in votes.items():
-                if other == best:
+        voters: list[SyncPeer] = []
+
+        async def ask(batch: list[SyncPeer]) -> None:
+            voters.extend(batch)
+            results = await defer.DeferredList([self._timed(p, p.get_block_hashes(start, count)) for p in batch],
+                                               consumeErrors=True)
+            for peer, (ok, value) in zip(batch, results, strict=True):
+                if not ok:
                     continue
-                for pid in pids:
-                    self._charge(self._peer(voters, pid), Event.STALE_DATA,
-                                 f"hash of block {start + i} differs from the majority")
-                    statuses[pid] = _lowered(statuses[pid], start + i - 1)
-                    answers[pid] = answers[pid][:i]
-            accepted.append(best)
-        backers = [p for p in voters if answers.get(p.peer_id, [])[:len(accepted)] == accepted and accepted]
+                answers[peer.peer_id] = list(value)[:count]
+                if not value:
+                    self._charge(peer, Event.STALE_DATA, f"claimed height {statuses[peer.peer_id].height} "
+                                                         f"but has no block {start}")
+                    statuses[peer.peer_id] = _lowered(statuses[peer.peer_id], start - 1)
+
+        await ask(pool[:self.redundancy])
+        rest = pool[self.redundancy:]
+        settled = False
+        accepted, split, counts = _tally(answers, count)
+        for _ in range(len(pool) + 1):                   # bounded: each pass asks a new peer or settles once
+            if split is None:
+                break
+            if rest:                                     # ask as many more as could make a 2/3 majority
+                best, answered = counts
+                need = max(1, 2 * answered - 3 * best)
+                self.log.info("Sync: no 2/3 agreement on block {h} among {n} peers; asking {k} more",
+                              h=start + split, n=answered, k=min(need, len(rest)))
+                await ask(rest[:need])
+                rest = rest[need:]
+            elif split == 0 and not settled and self.verify is not None and start == self.tip_height() + 1:
+                settled = True
+                await self._settle_by_certificate(start, answers, by_id, excluded)
+            else:
+                self.log.info("Sync: no 2/3 agreement on block {h} among {n} peers", h=start + split, n=counts[1])
+                break
+            accepted, split, counts = _tally(answers, count)
+        if not accepted:
+            return None
+        backers = [p for p in voters if answers.get(p.peer_id, [])[:len(accepted)] == accepted]
         if not backers:
             return None
-        return accepted, backers
+        minority: dict[str, tuple[SyncPeer, int]] = {}
+        for pid, hs in answers.items():
+            diff = next((i for i in range(min(len(hs), len(accepted))) if hs[i] != accepted[i]), None)
+            if diff is not None:
+                minority[pid] = (by_id[pid], start + diff)
+        return _Vote(accepted, backers, minority)
 
-    # -- bodies from 1, pipelined ------------------------------------------------------------------
+    async def _settle_by_certificate(self, height: int, answers: dict[str, list[bytes]],
+                                     by_id: dict[str, SyncPeer], excluded: set[str]) -> None:
+        """A split at the next height: drop the votes of peers whose block there is not certified.
+
+        For each competing hash its backers are asked in turn for the block until one serves it with a
+        certificate that verifies; a backer that serves a forged one is charged and left out of the run,
+        one that does not serve the block it voted for is charged ``stale_data``; either vote is dropped.
+        """
+        verify = self.verify
+        assert verify is not None
+        candidates: dict[bytes, list[str]] = {}
+        for pid, hs in answers.items():
+            if hs:
+                candidates.setdefault(hs[0], []).append(pid)
+        for their_hash, pids in sorted(candidates.items()):
+            for pid in pids:
+                peer = by_id[pid]
+                try:
+                    got = await self._timed(peer, peer.get_blocks(height, 1))
+                except Exception:
+                    answers.pop(pid, None)
+                    continue
+                if not got or got[0][0].height != height or got[0][0].hash != their_hash:
+                    self._charge(peer, Event.STALE_DATA, f"did not serve the block {height} it voted for")
+                    answers.pop(pid, None)
+                    continue
+                why = verify(*got[0])
+                if why is not None:
+                    self._charge(peer, Event.FORGED_CERTIFICATE, f"block {height} it voted for: {why}")
+                    answers.pop(pid, None)
+                    excluded.add(pid)
+                    continue
+                break                                    # this hash is certified: its other votes stand
+
+    def _charge_outvoted(self, vote: _Vote, statuses: dict[str, PeerStatus]) -> None:
+        """Charge the outvoted peers whose disputed height the majority's verified blocks now cover."""
+        tip = self.tip_height()
+        for pid, (peer, height) in vote.minority.items():
+            if height <= tip:
+                self._charge(peer, Event.STALE_DATA, f"hash of block {height} differs from the majority")
+                if pid in statuses:
+                    statuses[pid] = _lowered(statuses[pid], height - 1)
+
+    # -- bodies, at most max_pending_per_peer blocks per server, applied in order ----------------
     async def _fetch_and_apply(self, start: int, hashes: list[bytes], backers: list[SyncPeer],
-                               excluded: set[str]) -> bool:
-        ranges = [(start + i, hashes[i:i + self.batch]) for i in range(0, len(hashes), self.batch)]
+                               excluded: set[str]) -> _Outcome:
+        end = start + len(hashes)
+        cap = max(1, self.max_pending_per_peer)
+        size = max(1, min(self.batch, cap))
+        lengths: dict[int, int] = {s: min(size, end - s) for s in range(start, end, size)}
+        todo: list[int] = sorted(lengths)                # chunk starts waiting for a server, lowest first
+        failed_on: dict[int, set[str]] = {}
         servers = list(backers)
-        pending: dict[int, defer.Deferred[Items | None]] = {}
-        next_range = 0
-        turn = 0
+        load: dict[str, int] = {p.peer_id: 0 for p in servers}
+        inflight: dict[int, tuple[SyncPeer, defer.Deferred[Any]]] = {}
+        ready: dict[int, _Served] = {}
+        events: list[tuple[int, SyncPeer, _Served | None]] = []
+        wake: list[defer.Deferred[None] | None] = [None]
+        turn = [0]
 
-        def launch(index: int, server: SyncPeer) -> None:
-            s, hs = ranges[index]
-            pending[index] = defer.Deferred.fromCoroutine(self._fetch_bodies(server, s, hs))
+        def finished(result: Any, s: int, server: SyncPeer, n: int) -> None:
+            inflight.pop(s, None)
+            load[server.peer_id] = load.get(server.peer_id, 0) - n
+            events.append((s, server, None if isinstance(result, Failure) else result))
+            if wake[0] is not None:
+                w, wake[0] = wake[0], None
+                w.callback(None)
 
+        def assign() -> None:
+            while todo and len(inflight) < self.max_ranges_in_flight:
+                for p in [p for p in servers if not p.usable()]:
+                    servers.remove(p)                    # banned or negative meanwhile: no more work
+                s = todo[0]
+                n = lengths[s]
+                free = [p for p in servers if p.peer_id not in failed_on.get(s, ()) and load[p.peer_id] + n <= cap]
+                if not free:
+                    return
+                turn[0] += 1
+                server = min(free, key=lambda p: (load[p.peer_id], (servers.index(p) - turn[0]) % len(servers)))
+                todo.pop(0)
+                load[server.peer_id] += n
+                d = defer.Deferred.fromCoroutine(self._fetch_bodies(server, s, hashes[s - start:s - start + n]))
+                inflight[s] = (server, d)
+                d.addBoth(finished, s, server, n)
+
+        next_apply = start
         try:
-            for index in range(len(ranges)):
-                while next_range < len(ranges) and len(pending) < self.max_ranges_in_flight and servers:
-                    launch(next_range, servers[turn % len(servers)])
-                    turn += 1
-                    next_range += 1
-                items = await pending.pop(index)
-                for _ in range(len(backers)):             # bounded: each backer at most once more
-                    if items is not None or not servers:
-                        break
-                    retry = servers[turn % len(servers)]
-                    turn += 1
-                    items = await self._fetch_bodies(retry, *ranges[index])
-                if items is None:
-                    return False
-                applied, reason = await defer.maybeDeferred(self.apply, items)
-                self._report(applied)
-                if reason in LOCAL_REASONS:              # our side moved (consensus committed): re-plan
-                    return False
-                if reason is not None:
-                    bad = items[applied] if applied < len(items) else items[-1]
-                    culprit = self._peer(backers, items.server)
-                    self._charge(culprit, reason_event(reason),
-                                 f"served block {bad[0].height} that fails verification ({reason.name.lower()})")
-                    excluded.add(culprit.peer_id)
-                    return False
-            return True
+            for _ in range(8 * len(hashes) + 8 * len(servers) + 8):    # bounded: each pass consumes an event
+                if next_apply >= end:
+                    return _Outcome.DONE
+                while events:
+                    s, server, items = events.pop(0)
+                    if items is None:                    # failed or timed out: that server leaves the window
+                        if server in servers:
+                            servers.remove(server)
+                        failed_on.setdefault(s, set()).add(server.peer_id)
+                        bisect.insort(todo, s)
+                        continue
+                    got = len(items)
+                    if got < lengths[s]:                 # a short answer (its frame limit?): the rest goes back
+                        rest = s + got
+                        lengths[rest] = lengths[s] - got
+                        lengths[s] = got
+                        bisect.insort(todo, rest)
+                    ready[s] = items
+                assign()                                 # servers fetch the next chunks while we apply
+                if next_apply in ready:
+                    outcome = await self._apply_ready(ready, lengths, next_apply, end, backers, excluded)
+                    if isinstance(outcome, _Outcome):
+                        return outcome
+                    next_apply = outcome
+                    continue
+                if events:
+                    continue
+                if not inflight:
+                    self.log.info("Sync: no peer left to serve blocks from {h}", h=next_apply)
+                    return _Outcome.FAILED
+                wake[0] = defer.Deferred()
+                await wake[0]
+            return _Outcome.FAILED
         finally:
-            for d in pending.values():
-                d.cancel()
+            for _server, d in list(inflight.values()):
+                d.cancel()                               # ours, not the peer's fault: never charged
+
+    async def _apply_ready(self, ready: dict[int, _Served], lengths: dict[int, int], at: int, end: int,
+                           backers: list[SyncPeer], excluded: set[str]) -> int | _Outcome:
+        """Apply the consecutive chunks ready from ``at`` (up to ``batch`` blocks) in one transaction."""
+        items: Items = []
+        owners: list[str] = []
+        s = at
+        while s in ready and len(items) < self.batch:
+            chunk = ready.pop(s)
+            take = min(len(chunk), self.batch - len(items))
+            if take < len(chunk):                        # the rest stays ready for the next transaction
+                rest = s + take
+                ready[rest] = _Served(chunk[take:], chunk.server)
+                lengths[rest] = len(chunk) - take
+            items.extend(chunk[:take])
+            owners.extend([chunk.server] * take)
+            s += take
+        applied, reason = await defer.maybeDeferred(self.apply, items)
+        self._report(applied)
+        if reason is None:
+            return at + applied
+        if reason is Reason.SHUTTING_DOWN:
+            return _Outcome.STOP
+        bad_index = min(applied, len(items) - 1)
+        bad = items[bad_index][0]
+        if reason is Reason.WRONG_HEIGHT:
+            if applied == 0 and self.tip_height() == bad.height - 1:
+                # Voted, certified-or-not, its parent is not our tip: their chain differs from ours below.
+                self.log.warn("Sync: block {h} from {peer} builds on {parent}, not on our tip: fork suspected",
+                              h=bad.height, peer=owners[bad_index], parent=bad.header.prev_hash.hex()[:16])
+                self._fork = True
+                if self.on_fork is not None:
+                    self.on_fork(owners[bad_index], bad.height - 1, bad.header.prev_hash)
+                return _Outcome.STOP
+            return _Outcome.REPLAN                       # our side moved (consensus committed): re-plan
+        culprit = self._peer(backers, owners[bad_index])
+        self._charge(culprit, reason_event(reason),
+                     f"served block {bad.height} that fails verification ({reason.name.lower()})")
+        excluded.add(culprit.peer_id)
+        return _Outcome.FAILED
 
     async def _fetch_bodies(self, server: SyncPeer, start: int, hashes: list[bytes]) -> _Served | None:
         try:
             items = await self._timed(server, server.get_blocks(start, len(hashes)))
+        except defer.CancelledError:
+            raise
         except Exception:
             return None
         if not items:
             self._charge(server, Event.STALE_DATA, "served no blocks for hashes it voted for")
             return None
+        items = list(items)[:len(hashes)]
         for (block, _), want in zip(items, hashes, strict=False):
             if block.hash != want:
                 self._charge(server, Event.INVALID_BLOCK, f"block {block.height} does not match its voted hash")
                 return None
-        if len(items) != len(hashes):
-            return None                                  # a short answer (its frame limit?): ask another peer
         return _Served(items, server.peer_id)
 
     @staticmethod
@@ -311,8 +488,13 @@ class StateSyncManager:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _timed(self, peer: SyncPeer, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """``d`` with our request timeout; the peer is charged for a timeout or a bad response.
+
+        A request cancelled by us (CancelledError: a window ended while it was in flight) is not the
+        peer's fault and is never charged; our own timeout fails with TimeoutError instead.
+        """
         def failed(f: Any) -> Any:
-            if f.check(defer.TimeoutError, defer.CancelledError):
+            if f.check(defer.TimeoutError):
                 self._charge(peer, Event.TIMEOUT, "request timed out")
             elif f.check(BadResponse):
                 self._charge(peer, f.value.event, str(f.value))
@@ -336,6 +518,11 @@ class StateSyncManager:
             self._last_log = now
             self.log.info("Sync progress {h}/{t} ({r:.1f} blocks/s, ETA {eta})", h=p.height, t=p.target,
                           r=p.blocks_per_s, eta="-" if p.eta_s is None else f"{p.eta_s:.0f} s")
+        self._progressed()
+
+    def _progressed(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
 
 
 class _Served(list):  # type: ignore[type-arg]
@@ -344,6 +531,33 @@ class _Served(list):  # type: ignore[type-arg]
     def __init__(self, items: Items, server: str) -> None:
         super().__init__(items)
         self.server = server
+
+
+def _tally(answers: dict[str, list[bytes]], count: int) -> tuple[list[bytes], int | None, tuple[int, int]]:
+    """(accepted hashes, index of the first split or None, (best votes, answered) at the split).
+
+    A peer outvoted at some height no longer counts above it: its later hashes chain off a block
+    the majority rejected.
+    """
+    live = dict(answers)
+    accepted: list[bytes] = []
+    for i in range(count):
+        votes: dict[bytes, list[str]] = {}
+        for pid, hs in live.items():
+            if i < len(hs):
+                votes.setdefault(hs[i], []).append(pid)
+        answered = sum(len(v) for v in votes.values())
+        if answered == 0:
+            break
+        best, who = max(votes.items(), key=lambda kv: (len(kv[1]), kv[0]))
+        if 3 * len(who) < 2 * answered:
+            return accepted, i, (len(who), answered)
+        for other, pids in votes.items():
+            if other != best:
+                for pid in pids:
+                    del live[pid]
+        accepted.append(best)
+    return accepted, None, (0, 0)
 
 
 def _lowered(status: PeerStatus, height: int) -> PeerStatus:
