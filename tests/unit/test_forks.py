@@ -20,19 +20,21 @@ import pytest
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from tests.chaingen import ChainBuilder, ChainSpec, build_chain, make_genesis
+from tests.chaingen import ChainBuilder, ChainSpec, build_chain, certify, make_genesis
 from tests.syncpeers import StorePeer
-from timecoin.ledger.block import Evidence
+from timecoin.ledger.block import Block, CommitCertificate, Evidence
 from timecoin.ledger.state import validate_block
 from timecoin.p2p.peers import Event
 from timecoin.store import DB_NAMES, MAX_REORG_DEPTH, Store
 from timecoin.sync.forks import (
+    CONFLICT_FILE,
     FORK_SEARCH_BATCH,
     ForkOutcome,
     ForkResolver,
     OutcomeKind,
     detect,
     find_fork_point,
+    read_conflict_records,
 )
 from timecoin.sync.peer import BadResponse, PeerStatus
 
@@ -456,3 +458,67 @@ def test_detect_charges_a_peer_whose_search_fails(chains: Chains, spec: ChainSpe
     broken = BrokenPeer("broken", forked.store)
     found = run(detect(ours.store, [broken], {"broken": broken.status()}))
     assert found == [] and broken.penalties == [Event.MALFORMED_FRAME]
+
+
+class RecertifiedPeer(StorePeer):
+    """Serves its store's blocks, but the one at ``height`` with a certificate of all four in ``round_``."""
+
+    def __init__(self, peer_id: str, store: Store, spec: ChainSpec, height: int, round_: int) -> None:
+        super().__init__(peer_id, store, power(spec))
+        self.spec, self.at, self.round = spec, height, round_
+
+    def get_blocks(self, start: int, count: int) -> defer.Deferred[list[tuple[Block, CommitCertificate]]]:
+        self.block_requests.append((start, count))
+        return defer.succeed([(b, certify(b, self.spec.validators, self.spec.genesis.chain_id, self.round)
+                               if b.height == self.at else c) for b, c in self.store.get_blocks(start, count)])
+
+
+def test_conflicting_certificates_of_different_rounds_name_the_amnesia_signers_and_are_recorded(
+        chains: Chains, spec: ChainSpec) -> None:
+    ours = chains.honest("ours", TIP)                                # round-0 certificates by all four
+    other = chains.branch(ours, "other", FORK - 1, TIP - FORK + 1)
+    peers = [RecertifiedPeer(f"o{i}", other.store, spec, FORK, 1) for i in range(3)]   # ... theirs in round 1
+    record_path = os.path.join(chains.root, CONFLICT_FILE)
+    before = snapshot(ours.store)
+    rec = Recorder()
+    resolver = ForkResolver(ours.store, spec.genesis.chain_id, on_rollback=rec.rollbacks.append,
+                            on_halt=rec.halts.append, on_evidence=rec.evidence.append, record_path=record_path)
+    outcome = run(resolver.resolve(peers, FORK))
+    assert outcome.kind is OutcomeKind.CONFLICTING_CERTIFICATES and outcome.height == FORK
+    assert outcome.evidence == [] and rec.evidence == []             # no same-round duplicate vote to prove
+    signers = sorted(k.address for k in spec.validators)
+    assert outcome.amnesia == signers
+    assert rec.halts == [outcome.detail] and rec.rollbacks == [] and snapshot(ours.store) == before
+    assert "amnesia" in outcome.detail and record_path in outcome.detail
+    for k in spec.validators:
+        assert k.address.hex() in outcome.detail
+    # The record survives a restart: a fresh reader finds both certificates and the names.
+    records = read_conflict_records(record_path)
+    assert len(records) == 1
+    record = records[0]
+    assert record["height"] == FORK and record["amnesia"] == [a.hex() for a in signers]
+    assert record["equivocators"] == []
+    our_cert = ours.store.get_certificate(FORK)
+    assert our_cert is not None and record["ours"]["certificate"] == our_cert.encoded.hex()
+    assert record["ours"]["round"] == 0
+    [theirs] = record["theirs"]
+    their_block = other.store.get_block(FORK)
+    assert their_block is not None
+    their_cert = certify(their_block, spec.validators, spec.genesis.chain_id, 1)
+    assert theirs == {"block_hash": their_block.hash.hex(), "round": 1, "kind": "amnesia",
+                      "validators": [a.hex() for a in signers], "certificate": their_cert.encoded.hex()}
+    # A second conflict is appended, never overwriting the first.
+    run(resolver.resolve(peers, FORK))
+    assert len(read_conflict_records(record_path)) == 2
+
+
+def test_same_round_conflicts_are_recorded_with_their_equivocators(chains: Chains, spec: ChainSpec) -> None:
+    ours = chains.honest("ours", TIP)
+    other = chains.branch(ours, "other", FORK - 1, TIP - FORK + 1)
+    record_path = os.path.join(chains.root, CONFLICT_FILE)
+    resolver = ForkResolver(ours.store, spec.genesis.chain_id, record_path=record_path)
+    outcome = run(resolver.resolve([StorePeer("o", other.store, power(spec))], FORK))
+    assert outcome.kind is OutcomeKind.CONFLICTING_CERTIFICATES and len(outcome.evidence) == 4
+    [record] = read_conflict_records(record_path)
+    assert record["equivocators"] == sorted(k.address.hex() for k in spec.validators) and record["amnesia"] == []
+    assert record["theirs"][0]["kind"] == "equivocation"

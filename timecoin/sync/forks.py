@@ -24,8 +24,11 @@ Three pieces, all talking to peers only through :class:`~timecoin.sync.peer.Sync
     conflicts with a certified block of ours at the same height.
   - Two valid certificates for different blocks at one height (ours and a peer's) prove that >= 1/3 of
     the stake signed twice or broke its lock: evidence is built for every validator that precommitted
-    both blocks in the same round, ``on_evidence`` gets each, ``on_halt`` stops finalization, and the
-    store is never touched -- whatever the peer weights say.
+    both blocks in the same round, ``on_evidence`` gets each; validators that signed both in
+    *different* rounds broke their locks (amnesia, which duplicate-vote evidence cannot prove) and are
+    named. Both certificates and the names are appended to ``record_path`` (``CONFLICT_FILE`` in the
+    datadir, beside ``HALTED``), ``on_halt`` stops finalization, and the store is never touched --
+    whatever the peer weights say.
   - Only a node whose *own* block at the fork height has no valid certificate rolls back, and only to
     a branch that has a valid certificate and >= 2/3 of the answering weight, and at most
     ``max_reorg_depth`` blocks; deeper it halts and leaves the store alone for the operator.
@@ -35,6 +38,8 @@ Three pieces, all talking to peers only through :class:`~timecoin.sync.peer.Sync
 from __future__ import annotations
 
 import enum
+import json
+import os
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,14 +48,16 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from timecoin.errors import StoreError, ValidationError
-from timecoin.ledger.block import Block, CommitCertificate, Evidence, verify_certificate
+from timecoin.errors import StoreError
+from timecoin.ledger.block import Block, CommitCertificate, Evidence
 from timecoin.p2p.peers import Event
 from timecoin.store import MAX_REORG_DEPTH, Store
+from timecoin.sync.apply import certificate_problem
 from timecoin.sync.peer import MAX_HASHES_PER_REQUEST, BadResponse, PeerStatus, SyncPeer
 
 T = TypeVar("T")
 
+CONFLICT_FILE = "CONFLICTING-CERTIFICATES.json"   # in the datadir beside HALTED: the record for the operator
 FORK_SEARCH_BATCH = 512          # hashes per request in the fork search (16 KiB of hashes per answer)
 MAX_CONCURRENT_REQUESTS = 8      # peers asked at once while resolving or detecting
 
@@ -75,6 +82,7 @@ class ForkOutcome:
     new_tip: int | None = None
     evidence: list[Evidence] = field(default_factory=list)
     detail: str = ""
+    amnesia: list[bytes] = field(default_factory=list)     # validators that signed both, in different rounds
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -192,7 +200,8 @@ class ForkResolver:
                  on_rollback: Callable[[int], None] = lambda tip: None,
                  on_halt: Callable[[str], None] = lambda reason: None,
                  on_evidence: Callable[[Evidence], None] = lambda ev: None,
-                 log: Logger | None = None, max_concurrent: int = MAX_CONCURRENT_REQUESTS) -> None:
+                 log: Logger | None = None, max_concurrent: int = MAX_CONCURRENT_REQUESTS,
+                 record_path: str | None = None) -> None:
         if max_reorg_depth < 0:
             raise ValueError(f"max_reorg_depth must be >= 0, not {max_reorg_depth}")
         self.store = store
@@ -203,17 +212,11 @@ class ForkResolver:
         self.on_evidence = on_evidence
         self.log = log or _log
         self.max_concurrent = max_concurrent
+        self.record_path = record_path        # where conflicting certificates are recorded (None: nowhere)
 
     def _verifies(self, block: Block, cert: CommitCertificate) -> str | None:
         """None if ``cert`` finalizes ``block`` under our validator set of its height, else why not."""
-        validators = self.store.validator_set(block.height)
-        if validators is None:
-            return f"no validator set known for height {block.height}"
-        try:
-            verify_certificate(block, cert, validators, self.chain_id)
-        except ValidationError as exc:
-            return exc.detail
-        return None
+        return certificate_problem(self.store, self.chain_id, block, cert)
 
     async def resolve(self, peers: list[SyncPeer], fork_height: int) -> ForkOutcome:
         store, log = self.store, self.log
@@ -318,28 +321,69 @@ class ForkResolver:
 
     def _conflict(self, height: int, our_block: Block, our_cert: CommitCertificate,
                   valid: dict[bytes, tuple[Block, CommitCertificate]]) -> ForkOutcome:
+        """Two valid certificates at ``height``: evidence or names, a persisted record, an alert, a halt.
+
+        Same round: every validator that precommitted both blocks signed two votes of one (height,
+        round, type) -- duplicate-vote :class:`Evidence`, handed to ``on_evidence``. Different rounds:
+        the validators that signed both broke their locks (an *amnesia* fault); no Evidence type proves
+        that, so they are named in the alert and in the record for the operator.
+        """
         evidence: list[Evidence] = []
+        amnesia: set[bytes] = set()
         parts = []
+        theirs_record = []
+        ours_by_validator = {v.validator: v for v in our_cert.votes()}
         for their_hash, (_block, cert) in sorted(valid.items()):
-            ours_by_validator = {v.validator: v for v in our_cert.votes()}
-            both = [Evidence.of(ours_by_validator[v.validator], v) for v in cert.votes()
-                    if cert.round == our_cert.round and v.validator in ours_by_validator]
-            evidence.extend(both)
+            both = [v for v in cert.votes() if v.validator in ours_by_validator]
+            names = [v.validator.hex() for v in both]
             if cert.round == our_cert.round:
-                signers = ", ".join(ev.validator.hex() for ev in both) or "none"
-                parts.append(f"block {_short(their_hash)} (round {cert.round}) double-signed by {signers}")
+                evidence.extend(Evidence.of(ours_by_validator[v.validator], v) for v in both)
+                kind = "equivocation"
+                parts.append(f"block {_short(their_hash)} (round {cert.round}) double-signed by "
+                             f"{', '.join(names) or 'none'}")
             else:
+                amnesia.update(v.validator for v in both)
+                kind = "amnesia"
                 parts.append(f"block {_short(their_hash)} certified in round {cert.round}, ours in round "
-                             f"{our_cert.round}: no duplicate vote to prove, the signers broke their locks")
+                             f"{our_cert.round}: signed in both rounds (broke their locks, amnesia) by "
+                             f"{', '.join(names) or 'none'}")
+            theirs_record.append({"block_hash": their_hash.hex(), "round": cert.round, "kind": kind,
+                                  "validators": names, "certificate": cert.encoded.hex()})
         for ev in evidence:
             self.on_evidence(ev)
         reason = (f"conflicting commit certificates at height {height}: ours for block {_short(our_block.hash)} "
                   f"(round {our_cert.round}) and a peer's {'; '.join(parts)}; {len(evidence)} double-signing "
-                  f"validators recorded as evidence; >= 1/3 of the stake misbehaved, finalization stopped, "
-                  f"operator action needed")
+                  f"validators recorded as evidence"
+                  + (f", {len(amnesia)} validators signed conflicting blocks in different rounds (amnesia)"
+                     if amnesia else "")
+                  + "; >= 1/3 of the stake misbehaved, finalization stopped, operator action needed"
+                  + (f" (record in {self.record_path})" if self.record_path else ""))
+        self._persist({"height": height, "reason": reason,
+                       "ours": {"block_hash": our_block.hash.hex(), "round": our_cert.round,
+                                "certificate": our_cert.encoded.hex()},
+                       "theirs": theirs_record,
+                       "equivocators": sorted({ev.validator.hex() for ev in evidence}),
+                       "amnesia": sorted(v.hex() for v in amnesia)})
         self.log.critical("{reason}", reason=reason)
         self.on_halt(reason)
-        return ForkOutcome(OutcomeKind.CONFLICTING_CERTIFICATES, height, None, evidence, reason)
+        return ForkOutcome(OutcomeKind.CONFLICTING_CERTIFICATES, height, None, evidence, reason, sorted(amnesia))
+
+    def _persist(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to the JSON list at ``record_path`` (atomically; it survives restarts)."""
+        path = self.record_path
+        if path is None:
+            return
+        records = read_conflict_records(path)
+        records.append(record)
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(records, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.log.error("Cannot write the conflicting-certificate record {path}: {why}", path=path, why=str(exc))
 
     def _roll_back(self, height: int, tip: int, our_hash: bytes, why: str, winner: bytes, weight: int,
                    total: int, signers: int) -> ForkOutcome:
@@ -369,6 +413,16 @@ class ForkResolver:
         return ForkOutcome(OutcomeKind.ROLLED_BACK, height, new_tip, [], detail)
 
 
+def read_conflict_records(path: str) -> list[dict[str, Any]]:
+    """The conflicting-certificate records at ``path`` (an empty list if none or unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+
 def _weights(powers: dict[str, int]) -> dict[str, int]:
     """Voting power per peer id; 1 each when the answering peers hold no power at all (module docstring)."""
     clamped = {i: max(p, 0) for i, p in powers.items()}
@@ -377,5 +431,5 @@ def _weights(powers: dict[str, int]) -> dict[str, int]:
     return clamped
 
 
-__all__ = ["FORK_SEARCH_BATCH", "ForkOutcome", "ForkOutcomeKind", "ForkResolver", "OutcomeKind", "detect",
-           "find_fork_point"]
+__all__ = ["CONFLICT_FILE", "FORK_SEARCH_BATCH", "ForkOutcome", "ForkOutcomeKind", "ForkResolver", "OutcomeKind",
+           "detect", "find_fork_point", "read_conflict_records"]
