@@ -15,7 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from OpenSSL import SSL
 from twisted.internet import defer, endpoints, reactor, task
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -308,7 +312,8 @@ class RawClient:
             ctx.use_certificate(x509.load_der_x509_certificate(cert_der))
             ctx.use_privatekey(key)
         ctx.set_verify(SSL.VERIFY_NONE)
-        ctx.set_alpn_protos(alpn or [b"libp2p"])
+        if alpn != []:                                 # [] offers no ALPN at all
+            ctx.set_alpn_protos(alpn or [b"libp2p"])
         self.ctx = ctx
 
     def clientConnectionForTLS(self, tls: Any) -> SSL.Connection:  # noqa: N802
@@ -397,6 +402,11 @@ async def test_server_refuses_clients_without_a_valid_libp2p_certificate(
         await assert_refused_by_server(server, client)
         client.handshake.addErrback(lambda _f: None)
         server.peers.clear()
+        # 3b. a valid libp2p certificate, and no ALPN offered at all (the select callback never runs)
+        client = await dial(port, RawClient(der, key, alpn=[]))
+        await assert_refused_by_server(server, client)
+        client.handshake.addErrback(lambda _f: None)
+        server.peers.clear()
         # 4. a valid libp2p certificate over TLS 1.2
         client = await dial(port, RawClient(der, key, max_version=SSL.TLS1_2_VERSION))
         await assert_refused_by_server(server, client)
@@ -410,3 +420,57 @@ async def test_server_refuses_clients_without_a_valid_libp2p_certificate(
         await within(client.lost, "client close")
     finally:
         await server.stop()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class RawServerContext:
+    """A TLS 1.3 server outside HostIdentity: a valid libp2p certificate, any client certificate, and
+    an ALPN choice of its own (None: ignores the client's ALPN offer, as a non-libp2p server would)."""
+
+    def __init__(self, cert_der: bytes, key: Any, select: bytes | None = None) -> None:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.use_certificate(x509.load_der_x509_certificate(cert_der))
+        ctx.use_privatekey(key)
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *_args: True)
+        if select is not None:
+            ctx.set_alpn_select_callback(lambda _conn, _offered: select)
+        self.ctx = ctx
+
+    def serverConnectionForTLS(self, tls: Any) -> SSL.Connection:  # noqa: N802
+        conn = SSL.Connection(self.ctx, None)
+        conn.set_app_data(tls)
+        return conn
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_refuses_a_server_that_did_not_negotiate_libp2p_alpn(
+        host: crypto.PrivateKey, other: crypto.PrivateKey) -> None:
+    der, key = certs.good_cert(host, time.time())            # the server proves ``host`` correctly
+    client_ident = HostIdentity(other)
+    for select, expect_ok in ((None, False), (b"libp2p", True)):
+        server = Server(HostIdentity(host))
+        endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, RawServerContext(der, key, select),
+                                                interface="127.0.0.1")
+        server.port = await endpoint.listen(Factory.forProtocol(lambda s=server: s._new()))
+        port = server.port.getHost().port
+        try:
+            for expected in (host.peer_id, None):            # pinned or not, the client checks ALPN
+                client = await dial(port, client_ident.client_creator(expected), greeting=b"secret")
+                if expect_ok:                                # control: same server, ALPN selected
+                    assert await within(client.handshake, "handshake") == host.public_key
+                    assert client.alpn == b"libp2p"
+                    client.transport.loseConnection()
+                    await within(client.lost, "client close")
+                    continue
+                await within(client.lost, "the dial to a server without libp2p ALPN to fail")
+                assert client.reason is not None and client.reason.check(SSL.Error), client.reason
+                assert client.alpn is None and client.version is None and client.received == b""
+                client.handshake.addErrback(lambda _f: None)
+                await until(lambda s=server: s.peers and all(p.lost.called for p in s.peers), "server closed")
+                assert all(p.received == b"" for p in server.peers)      # our bytes never left
+                for p in server.peers:
+                    p.handshake.addErrback(lambda _f: None)
+                server.peers.clear()
+        finally:
+            await server.stop()

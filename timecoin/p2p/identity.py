@@ -240,14 +240,23 @@ def peer_public_key(tls_transport: Any) -> bytes:
 _VerifyCallback = Callable[[SSL.Connection, Any, int, int, int], bool]
 
 
-def _make_verify(expected_pubkey: bytes | None) -> _VerifyCallback:
+def _make_verify(expected_pubkey: bytes | None, require_alpn: bool = False) -> _VerifyCallback:
     """OpenSSL verify callback: the libp2p check decides; OpenSSL's own errors are forgiven only at
-    depth 0, only the self-signed/unknown-critical-extension ones, and only when our check passes."""
+    depth 0, only the self-signed/unknown-critical-extension ones, and only when our check passes.
+
+    ``require_alpn``: "libp2p" must be the negotiated ALPN protocol, on both sides. A client checks the
+    server's choice (TLS 1.3 sends EncryptedExtensions before the Certificate, so it is known here): a
+    server that ignored our offer fails the handshake before any application data, as go-libp2p's client
+    refuses it. A server checks it too: :func:`_alpn_select` refuses a client offering other protocols,
+    but is never called for a client that offers none, and such a client is refused here.
+    """
 
     def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
         if depth != 0:                                  # libp2p: exactly one certificate, no chain
             return False
         if errno != _X509_V_OK and errno not in _FORGIVEN_AT_DEPTH_0:
+            return False
+        if require_alpn and conn.get_alpn_proto_negotiated() != ALPN_PROTOCOL:
             return False
         try:
             der = cert.to_cryptography().public_bytes(serialization.Encoding.DER)
@@ -288,13 +297,12 @@ class _ClientCreator:
 
     def __init__(self, context: SSL.Context, expected_pubkey: bytes | None) -> None:
         self._context = context
-        self._verify = _make_verify(expected_pubkey) if expected_pubkey is not None else None
+        self._verify = _make_verify(expected_pubkey, require_alpn=True)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802,N803
         conn = SSL.Connection(self._context, None)      # no SNI: the libp2p spec forbids sending one
         conn.set_app_data(tlsProtocol)
-        if self._verify is not None:
-            conn.set_verify(SSL.VERIFY_PEER, self._verify)
+        conn.set_verify(SSL.VERIFY_PEER, self._verify)
         conn.set_connect_state()
         return conn
 
@@ -342,10 +350,10 @@ class HostIdentity:
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         if server:
-            ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _make_verify(None))
+            ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _make_verify(None, require_alpn=True))
             ctx.set_alpn_select_callback(_alpn_select)
         else:
-            ctx.set_verify(SSL.VERIFY_PEER, _make_verify(None))
+            ctx.set_verify(SSL.VERIFY_PEER, _make_verify(None, require_alpn=True))
             ctx.set_alpn_protos([ALPN_PROTOCOL])
         return ctx
 
