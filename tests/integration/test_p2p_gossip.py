@@ -18,6 +18,7 @@ from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.node import Node
 from timecoin.p2p.gossip import message_id
+from timecoin.p2p.peers import DELTAS, GOOD_PER_WINDOW, Event
 from timecoin.p2p.service import ENVELOPE_HEADER
 from timecoin.store import Store
 from timecoin.wire import messages as m
@@ -101,7 +102,8 @@ async def test_txs_over_the_gossip_budget_are_dropped_for_a_small_charge_once_pe
         await sleep(0.2)
         accepted = known(validator, {tx.id for tx in txs})
         assert 10 <= len(accepted) <= 12             # the budget (plus a refill at most); the rest dropped
-        assert score(validator, key) == -1           # TX_OVER_BUDGET, charged once in the window
+        # The accepted txs earned the capped credit (GOOD_PER_WINDOW); TX_OVER_BUDGET is charged once.
+        assert score(validator, key) == GOOD_PER_WINDOW + DELTAS[Event.TX_OVER_BUDGET] == GOOD_PER_WINDOW - 1
         assert key.peer_id in validator.p2p.connections
         dropped = next(tx for tx in txs if tx.id not in accepted)
         mid = message_id(m.MsgType.TX, m.encode_message(m.MsgType.TX, dropped.to_wire())[ENVELOPE_HEADER:])

@@ -22,7 +22,7 @@ from timecoin.ledger.block import NIL_HASH, Vote, VoteType
 from timecoin.node import Node
 from timecoin.p2p.discovery import format_multiaddr
 from timecoin.p2p.identity import HostIdentity
-from timecoin.p2p.peers import DELTAS, Event
+from timecoin.p2p.peers import DELTAS, GOOD_PER_WINDOW, Event
 from timecoin.wire import messages as m
 from timecoin.wire.framing import FrameDecoder, encode_frame
 
@@ -261,5 +261,81 @@ async def test_require_stake_admits_validator_peers_only(tmp_path: Path) -> None
         peer = await connect(make_keys(1, seed=14)[0], v0)
         await wait_for(lambda: peer.lost.called, 5.0, "unstaked peer refused")
         assert Reason.INSUFFICIENT_STAKE in peer.rejects()
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_good_deliveries_raise_a_score_slowly_capped_per_window(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        validator, observer = net.nodes
+        # The observer gets every proposal and vote first from the validator: dozens of good deliveries
+        # within this test's first minute, but they earn GOOD_PER_WINDOW points, not one each.
+        await wait_for(lambda: observer.p2p.accepted[m.MsgType.VOTE] >= 4 * GOOD_PER_WINDOW, 15.0, "many votes")
+        await wait_for(lambda: score(observer, validator.key) == GOOD_PER_WINDOW, 5.0, "credit earned")
+        h = observer.store.tip_height()
+        await wait_for(lambda: observer.store.tip_height() >= h + 3, 10.0, "more blocks delivered")
+        assert score(observer, validator.key) == GOOD_PER_WINDOW         # the cap holds within the window
+        # The validator hears nothing new from the observer (it made every message itself): no credit.
+        assert validator.p2p.accepted[m.MsgType.VOTE] == 0 and score(validator, observer.key) == 0
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_equivocation_is_charged_to_the_validators_own_peer_not_to_the_relay(tmp_path: Path) -> None:
+    # Two validators in the genesis; only node0 runs. The other validator's key connects as a raw peer
+    # (a validator peer: its host key is its validator key) and an observer relays two conflicting
+    # prevotes that key signed. The relay delivered the evidence, it did not sign it.
+    net = Net(tmp_path, 2, seed=15)
+    target = net.nodes[0]
+    try:
+        target.startService()
+        await wait_for(lambda: target.p2p.listen_addr, 5.0, "listening")
+        equivocator = net.keys[1]
+        bad = await connect_ready(equivocator, target)
+        assert target.p2p.connections[equivocator.peer_id].is_validator
+        relay_key = make_keys(1, seed=16)[0]
+        relay = await connect_ready(relay_key, target)
+        engine = target.consensus.engine
+        height, round_ = engine.height, engine.round
+        chain = net.genesis.chain_id
+        a = Vote(VoteType.PREVOTE, height, round_, NIL_HASH, equivocator.address).signed(equivocator, chain)
+        b = Vote(VoteType.PREVOTE, height, round_, b"\x07" * 32, equivocator.address).signed(equivocator, chain)
+        relay.send(m.MsgType.VOTE, a.to_wire())
+        relay.send(m.MsgType.VOTE, b.to_wire())
+        await wait_for(lambda: bad.lost.called, 5.0, "the equivocator's connection dropped")
+        assert score(target, equivocator) == DELTAS[Event.EQUIVOCATION] and banned(target, equivocator)
+        assert Reason.BANNED in bad.rejects()
+        # The relay is not blamed: it delivered two valid new votes (capped credit) and stays connected.
+        assert score(target, relay_key) > 0 and not banned(target, relay_key)
+        assert relay_key.peer_id in target.p2p.connections and not relay.lost.called
+        assert any(t == m.MsgType.EVIDENCE for t, _ in relay.messages)     # and the evidence went on to it
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_equivocation_by_a_validator_not_connected_bans_its_peer_id_for_when_it_comes(tmp_path: Path) -> None:
+    net = Net(tmp_path, 2, seed=17)
+    target = net.nodes[0]
+    try:
+        target.startService()
+        await wait_for(lambda: target.p2p.listen_addr, 5.0, "listening")
+        equivocator = net.keys[1]
+        relay_key = make_keys(1, seed=18)[0]
+        relay = await connect_ready(relay_key, target)
+        engine = target.consensus.engine
+        chain = net.genesis.chain_id
+        for block_hash in (NIL_HASH, b"\x08" * 32):
+            vote = Vote(VoteType.PREVOTE, engine.height, engine.round, block_hash, equivocator.address)
+            relay.send(m.MsgType.VOTE, vote.signed(equivocator, chain).to_wire())
+        await wait_for(lambda: banned(target, equivocator), 5.0, "the equivocator's PeerID banned")
+        assert score(target, relay_key) > 0 and not banned(target, relay_key)
+        late = await connect(equivocator, target)
+        late.send(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": []})
+        await wait_for(lambda: late.lost.called, 5.0, "the banned validator refused")
+        assert Reason.BANNED in late.rejects()
     finally:
         await net.stop()

@@ -16,6 +16,8 @@ from timecoin.p2p.peers import (
     BAN_THRESHOLD,
     DECAY_INTERVAL,
     DELTAS,
+    GOOD_PER_WINDOW,
+    GOOD_WINDOW,
     POST_BAN_SCORE,
     RACE_PRONE,
     RACE_WINDOW,
@@ -34,7 +36,7 @@ OTHER_IP = "198.51.100.9"                # TEST-NET-2
 
 PROVABLE = {Event.INVALID_SIGNATURE, Event.FORGED_CERTIFICATE, Event.EQUIVOCATION, Event.MALFORMED_FRAME,
             Event.OVERSIZED_FRAME, Event.INVALID_BLOCK}
-GOOD = {Event.VALID_BLOCK, Event.USEFUL_RESPONSE, Event.VALID_CONSENSUS_MESSAGE}
+GOOD = {Event.VALID_BLOCK, Event.USEFUL_RESPONSE, Event.VALID_CONSENSUS_MESSAGE, Event.VALID_TX}
 
 
 def config(**changes: Any) -> NodeConfig:
@@ -64,10 +66,11 @@ def test_table_tiers_match_the_spec() -> None:
         if event in PROVABLE:
             assert delta == -50, event
         elif event in GOOD:
-            assert 0 <= delta <= 1, event
+            assert delta == 1, event
         else:
             assert -5 <= delta <= -1, event
     assert RACE_PRONE.issubset(set(DELTAS) - PROVABLE - GOOD)
+    assert peers.GOOD == GOOD
 
 
 def test_every_reason_is_mapped_explicitly() -> None:
@@ -128,18 +131,42 @@ def test_decay_is_computed_lazily_without_writes(tmp_path: Path) -> None:
 
 def test_scores_are_clamped_to_plus_minus_100() -> None:
     mgr = PeerManager(None, config(ban_duration=10.0))
-    outs = [mgr.record(A, Event.VALID_BLOCK, T0) for _ in range(150)]
-    assert outs[99].score == 100 and outs[99].delta == 1
-    assert outs[100].score == 100 and outs[100].delta == 0
-    assert mgr.score(A, T0) == 100
+    # Good deliveries earn GOOD_PER_WINDOW a window; decay takes one point a minute: +2 net per window.
+    t = T0
+    outs = []
+    for k in range(60):
+        t = T0 + k * GOOD_WINDOW
+        outs += [mgr.record(A, Event.VALID_BLOCK, t) for _ in range(10)]
+    assert max(o.score for o in outs) == 100
+    assert [o.delta for o in outs[-10:]] == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]   # back to 100 after decay, no further
+    assert mgr.score(A, t) == 100
     for _ in range(5):
-        out = mgr.record(B, Event.FORGED_CERTIFICATE, T0)
+        out = mgr.record(B, Event.FORGED_CERTIFICATE, t)
     assert out.score == -100 and out.delta == 0 and out.banned
     # A reputation of +100 absorbs one provable offence; the second bans (at 0 - 50).
-    assert not mgr.record(A, Event.INVALID_SIGNATURE, T0).banned
-    out = mgr.record(A, Event.INVALID_SIGNATURE, T0)
+    assert not mgr.record(A, Event.INVALID_SIGNATURE, t).banned
+    out = mgr.record(A, Event.INVALID_SIGNATURE, t)
     assert out.score == 0 and not out.banned
-    assert mgr.record(A, Event.INVALID_SIGNATURE, T0).banned
+    assert mgr.record(A, Event.INVALID_SIGNATURE, t).banned
+
+
+def test_good_deliveries_earn_at_most_good_per_window_points_a_window() -> None:
+    mgr = PeerManager(None, config())
+    outs = [mgr.record(A, Event.VALID_CONSENSUS_MESSAGE, T0 + i * 0.1) for i in range(100)]
+    assert [o.delta for o in outs[:GOOD_PER_WINDOW]] == [1] * GOOD_PER_WINDOW
+    assert all(o.delta == 0 for o in outs[GOOD_PER_WINDOW:])       # 100 deliveries, GOOD_PER_WINDOW points
+    assert mgr.score(A, T0 + 10) == GOOD_PER_WINDOW
+    # One cap across every kind of good delivery, per peer; a new window earns again.
+    assert mgr.record(A, Event.VALID_TX, T0 + 20).delta == 0
+    assert mgr.record(A, Event.VALID_BLOCK, T0 + 30).delta == 0
+    assert mgr.record(A, Event.USEFUL_RESPONSE, T0 + 40).delta == 0
+    assert mgr.record(B, Event.VALID_TX, T0 + 40).delta == 1
+    assert mgr.record(A, Event.VALID_TX, T0 + GOOD_WINDOW).delta == 1
+    # Faults are charged whatever was earned, and good news never lifts a ban.
+    assert mgr.record(A, Event.TIMEOUT, T0 + GOOD_WINDOW).delta == -5
+    assert mgr.record(C, Event.INVALID_SIGNATURE, T0).banned
+    out = mgr.record(C, Event.VALID_TX, T0 + 1)
+    assert out.banned and out.delta == 0 and out.score == -50
 
 
 # -- bans ---------------------------------------------------------------------------------------------
@@ -224,8 +251,9 @@ def test_scores_and_bans_survive_disconnects_and_restarts(tmp_path: Path) -> Non
     mgr.connected(A, OTHER_IP, True, False)              # reconnecting does not reset the score
     assert mgr.score(A, T0) == -10
     mgr.record(B, Event.INVALID_BLOCK, T0, ip=PUBLIC_IP)
-    for _ in range(7):
-        mgr.record(C, Event.USEFUL_RESPONSE, T0)
+    for minute in range(4):                               # 3 points a window: 3, 5, 7, 9
+        for _ in range(3):
+            mgr.record(C, Event.USEFUL_RESPONSE, T0 + minute * DECAY_INTERVAL)
     store.close()
 
     store = open_store(tmp_path)
@@ -233,7 +261,7 @@ def test_scores_and_bans_survive_disconnects_and_restarts(tmp_path: Path) -> Non
         fresh = PeerManager(store, cfg)
         assert fresh.score(A, T0) == -10
         assert fresh.score(A, T0 + 2 * DECAY_INTERVAL) == -8  # decay continues from the stored time
-        assert fresh.score(C, T0) == 7
+        assert fresh.score(C, T0 + 3 * DECAY_INTERVAL) == 9
         assert fresh.is_banned(B, None, T0 + 1)
         assert fresh.is_banned(D, PUBLIC_IP, T0 + 1)
         assert fresh.admit(B, "192.0.2.1", False, True, T0 + 1) == Reason.BANNED

@@ -13,6 +13,10 @@ Reputation
     by a non-validator) are what honest peers send when blocks and gossip cross, so at most one of them
     is charged per :data:`RACE_WINDOW` per peer: a racing honest peer loses at most a point a minute and
     decay gives it back, while a peer that sends them on purpose gains nothing by it.
+    Good deliveries (:data:`GOOD`: the first copy of a valid vote, proposal or tx, a certified block we
+    committed, a useful answer) raise a score *slowly*: at most :data:`GOOD_PER_WINDOW` points per
+    :data:`GOOD_WINDOW` per peer, whatever the number of deliveries, so relaying a busy network's traffic
+    cannot farm reputation faster than a steady +2 a minute net of decay.
     Scores are keyed by PeerID, survive disconnects (a peer cannot reset its score by reconnecting) and
     restarts (the ``peers`` database, key :data:`SCORE_PREFIX` + PeerID, written once per change; a score
     back at 0 is deleted). At most :data:`MAX_SCORES` are kept: the least telling (closest to 0) go first.
@@ -70,6 +74,8 @@ BAN_THRESHOLD = -50           # at or below: banned
 POST_BAN_SCORE = -20          # a lifted ban leaves the peer here (probation; decays to 0 in 20 minutes)
 DECAY_INTERVAL = 60.0         # seconds per point of drift toward 0
 RACE_WINDOW = 60.0            # at most one race-prone fault is charged per window and peer (= decay)
+GOOD_WINDOW = 60.0            # good deliveries earn at most GOOD_PER_WINDOW points per window and peer
+GOOD_PER_WINDOW = 3           # net of decay (1/min) at most +2 a minute: ~50 minutes of service to reach +100
 MAX_SCORES = 10_000           # persisted scores kept (a PeerID costs nothing to make: bound the table)
 MAX_BAN_SECONDS = 10 * 365 * 86400.0
 MAX_BUCKETS = 4_096           # token buckets kept for disconnected peers before the full ones are dropped
@@ -107,6 +113,7 @@ class Event(enum.Enum):
     VALID_BLOCK = "valid_block"
     USEFUL_RESPONSE = "useful_response"
     VALID_CONSENSUS_MESSAGE = "valid_consensus_message"
+    VALID_TX = "valid_tx"
 
 
 # THE table of reputation deltas (SPEC §5). Nothing else in the code changes a score.
@@ -114,7 +121,8 @@ DELTAS: dict[Event, int] = {
     # -- provable misbehaviour: no honest node sends these; one offence bans a neutral peer --------------
     Event.INVALID_SIGNATURE: -50,        # a tx, vote, proposal or evidence whose signature does not verify
     Event.FORGED_CERTIFICATE: -50,       # a commit certificate without a valid > 2/3 quorum
-    Event.EQUIVOCATION: -50,             # the peer's own validator key signed two conflicting messages
+    Event.EQUIVOCATION: -50,             # the peer's own host key (= validator key) signed two conflicting votes;
+                                         # never the relay of them: honest nodes relay both halves by design
     Event.MALFORMED_FRAME: -50,          # bytes that are not a canonical message, or data before hello
     Event.OVERSIZED_FRAME: -50,          # a length prefix above max_frame_bytes
     Event.INVALID_BLOCK: -50,            # a certified block that fails validation (or is too large)
@@ -128,11 +136,14 @@ DELTAS: dict[Event, int] = {
     Event.WRONG_HEIGHT_ROUND: -1,        # consensus message for a height/round it cannot be (RACE_PRONE)
     Event.NOT_VALIDATOR: -1,             # vote/proposal by a key outside the set: set changes race (RACE_PRONE)
     Event.TX_OVER_BUDGET: -1,            # txs over its TX_GOSSIP budget (dropped): a busy relay or a flood (RACE_PRONE)
-    # -- good deliveries: reputation rises slowly ------------------------------------------------------
-    Event.VALID_BLOCK: +1,               # a new certified block we applied
+    # -- good deliveries: reputation rises slowly (GOOD_PER_WINDOW points per GOOD_WINDOW at most) ----
+    Event.VALID_BLOCK: +1,               # the first proposal of a block we then committed (or a synced block)
     Event.USEFUL_RESPONSE: +1,           # an answer to our request that we could use
-    Event.VALID_CONSENSUS_MESSAGE: 0,    # cheap to produce and duplicated by every relay: buys no credit
+    Event.VALID_CONSENSUS_MESSAGE: +1,   # the first copy of a new valid vote or proposal (copies earn nothing)
+    Event.VALID_TX: +1,                  # the first copy of a new tx our mempool accepted
 }
+
+GOOD: frozenset[Event] = frozenset(e for e, d in DELTAS.items() if d > 0)
 
 RACE_PRONE: frozenset[Event] = frozenset({Event.INVALID_TX, Event.WRONG_HEIGHT_ROUND, Event.NOT_VALIDATOR,
                                           Event.TX_OVER_BUDGET})
@@ -304,6 +315,7 @@ class PeerManager:
         self.tx_rate = TX_GOSSIP_RATE             # per minute
         self.tx_burst = TX_GOSSIP_BURST
         self._race_charged: dict[str, float] = {}  # peer -> when a race-prone fault was last charged
+        self._good: dict[str, tuple[float, int]] = {}  # peer -> (GOOD_WINDOW start, points earned in it)
         if store is not None:
             self._load(store)
 
@@ -405,6 +417,10 @@ class PeerManager:
                 self._race_charged[peer_id] = now
                 if len(self._race_charged) > MAX_BUCKETS:
                     self._race_charged = {k: t for k, t in self._race_charged.items() if now - t < RACE_WINDOW}
+        elif delta > 0:
+            # Good news earns nothing while banned (a ban is lifted by time or an operator, not by credit).
+            banned = self._ban_until(self._peer_bans, peer_id, now) is not None
+            delta = 0 if banned else self._earn(peer_id, delta, now)
         current = self._current(peer_id, now)
         new = _clamp(current.score + delta)
         if new != current.score:
@@ -424,6 +440,17 @@ class PeerManager:
         self.log.info("Banned peer {peer} (ip {ip}) until {until}: reputation {score} after {event}",
                       peer=peer_id, ip=banned_ip, until=bans[0].until, score=new, event=event.value)
         return Outcome(event, new - current.score, new, True, newly_banned=True, banned_ip=banned_ip)
+
+    def _earn(self, peer_id: str, delta: int, now: float) -> int:
+        """How much of a positive ``delta`` the peer may still earn in its current GOOD_WINDOW (and count it)."""
+        start, earned = self._good.get(peer_id, (now, 0))
+        if now - start >= GOOD_WINDOW or now < start:
+            start, earned = now, 0
+        granted = max(0, min(delta, GOOD_PER_WINDOW - earned))
+        self._good[peer_id] = (start, earned + granted)
+        if len(self._good) > MAX_BUCKETS:
+            self._good = {k: v for k, v in self._good.items() if now - v[0] < GOOD_WINDOW}
+        return granted
 
     def record_reason(self, peer_id: str, reason: Reason, now: float, ip: str | None = None) -> Outcome | None:
         """:meth:`record` of ``event_for_reason(reason)``; None if that reason blames no one."""

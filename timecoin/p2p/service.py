@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from timecoin import __version__
+from timecoin import __version__, crypto
 from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
 from timecoin.ledger.block import Block, Evidence, Proposal, Vote
 from timecoin.ledger.tx import Transaction
@@ -48,6 +48,7 @@ PING_MISSES_BEFORE_DROP = 4
 ENVELOPE_HEADER = 5                # type (1) + request id (4): what a message id leaves out
 MAX_PENDING_INBOUND = 64           # inbound connections still in TLS/identity at once (before any TLS work)
 MAX_PENDING_PER_IP = 8             # of those, from one IP address
+MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered for VALID_BLOCK credit
 
 RESPONSES = frozenset({m.MsgType.STATUS, m.MsgType.PEERS, m.MsgType.BLOCKS, m.MsgType.BLOCK_HASHES})
 # get_* requests and pings share the request bucket. Transactions (in m.REQUESTS) have their own gossip
@@ -105,6 +106,8 @@ class P2PService(service.Service):
         self.seen = SeenCache()
         self.relayed: collections.Counter[m.MsgType] = collections.Counter()     # frames flooded to peers, by type
         self.duplicates: collections.Counter[m.MsgType] = collections.Counter()  # seen-cache hits, by type
+        self.accepted: collections.Counter[m.MsgType] = collections.Counter()    # new valid messages from peers
+        self._first_proposal: dict[bytes, str] = {}          # block hash -> PeerID that delivered it first
         self.archive = HeightArchive()
         self.listening_port: Any = None
         self.listen_addr = ""
@@ -293,6 +296,43 @@ class P2PService(service.Service):
             conn.reject(Reason.BANNED, "banned")
             conn.close()
 
+    def credit(self, peer_id: str, event: peers.Event) -> None:
+        """A good delivery (peers.GOOD), by PeerID: the peer may have disconnected since.
+
+        peers.PeerManager caps what good deliveries earn per window, so calling this for every first copy
+        of a valid message is safe: a busy relay earns the cap, not one point per message.
+        """
+        if self.peers is not None and peer_id and peer_id != self.peer_id:
+            self.peers.record(peer_id, event, self.reactor.seconds())
+
+    def charge_equivocator(self, ev: Evidence) -> None:
+        """EQUIVOCATION goes to the equivocating validator's own PeerID, never to whoever relayed the votes.
+
+        Honest nodes relay both halves of an equivocation (they are two different messages, each valid on
+        its own), so the connection that delivered the second vote proves nothing about itself. What the
+        evidence proves is that the validator's key signed both; a validator peer's host key *is* its
+        validator key (``conn.is_validator`` compares the host key's address with the validator set), so
+        the connection whose host key has that address -- or, if none is open, the PeerID of that key --
+        is charged (and banned: -50). Our own key is never charged here.
+        """
+        if self.peers is None:
+            return
+        conns = [c for c in list(self.connections.values()) if c.address == ev.validator]
+        if conns:
+            for conn in conns:
+                self.log.warn("Peer {peer} is validator {v}, which equivocated", peer=conn.peer_id,
+                              v=ev.validator.hex())
+                self.record(conn, peers.Event.EQUIVOCATION)
+            return
+        store = self.node.store
+        vs = store.validator_set(ev.height) if store is not None else None
+        v = vs.by_address.get(ev.validator) if vs is not None else None
+        if v is None:
+            return
+        pid = crypto.peer_id_of(v.pubkey)
+        if pid != self.peer_id:
+            self.peers.record(pid, peers.Event.EQUIVOCATION, self.reactor.seconds())
+
     # -- input scheduling (one message per peer in turn) ----------------------------------------------
     def schedule(self, conn: PeerConnection) -> None:
         if id(conn) not in self._queued:
@@ -461,6 +501,8 @@ class P2PService(service.Service):
                 conn.reject(reason, str(exc), rid)
             return
         self.seen.add(mid)
+        self.accepted[m.MsgType.TX] += 1
+        self.credit(conn.peer_id, peers.Event.VALID_TX)        # the first copy of a new valid tx
         self._relay(m.MsgType.TX, mid, payload, exclude=conn)
 
     def _on_consensus(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
@@ -497,6 +539,11 @@ class P2PService(service.Service):
                 self.penalize(conn, exc.reason)
             return
         self.seen.add(mid)
+        self.accepted[msg_type] += 1
+        # The first copy of a new valid vote or proposal (copies stopped at the seen-cache above).
+        self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
+        if msg_type == m.MsgType.PROPOSAL and len(self._first_proposal) < MAX_FIRST_PROPOSALS:
+            self._first_proposal.setdefault(msg.block.hash, conn.peer_id)
         self.archive.add(height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=conn)
 
@@ -519,7 +566,9 @@ class P2PService(service.Service):
         except (InvalidSignature, ValidationError) as exc:
             self.penalize(conn, getattr(exc, "reason", Reason.BAD_EVIDENCE))
             return
-        self.node.consensus.record_evidence(ev)     # queues it for a block and broadcasts it on
+        self.accepted[m.MsgType.EVIDENCE] += 1
+        # Queues it for a block and, if new, broadcasts it on (broadcast() charges the equivocator).
+        self.node.consensus.record_evidence(ev)
 
     def _on_new_block(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         """A block announcement: flooded with the seen-cache, relayed only once we hold that very block.
@@ -588,6 +637,8 @@ class P2PService(service.Service):
         payload = m.encode_message(msg_type, msg.to_wire())
         mid = message_id(msg_type, payload[ENVELOPE_HEADER:])
         self.seen.add(mid)
+        if isinstance(msg, Evidence):
+            self.charge_equivocator(msg)       # consensus found (or accepted) new evidence: blame its signer
         if msg_type in (m.MsgType.PROPOSAL, m.MsgType.VOTE):
             self.archive.add(msg.height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=None)
@@ -625,6 +676,10 @@ class P2PService(service.Service):
             self._offer(conn)
 
     def _on_commit(self, block: Block) -> None:
+        first = self._first_proposal.get(block.hash)
+        self._first_proposal.clear()
+        if first is not None:
+            self.credit(first, peers.Event.VALID_BLOCK)      # it brought us the proposal of a certified block
         self.archive.reset(block.height + 1)
         payload = m.encode_message(m.MsgType.NEW_BLOCK, {"height": block.height, "hash": block.hash})
         mid = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:])
