@@ -81,8 +81,10 @@ def test_restart_mid_height_resumes_from_the_wal_without_double_signing(tmp_path
     node.startService()
     node.consensus.broadcast = signed.append
     run_until(clock, node, 3)
-    # Advance to the moment the proposal of height 4 is signed and logged, then stop (a crash would
-    # leave the same WAL and privval record: both are written before the message leaves).
+    # Advance until height 4's messages are out, then stop. A single validator signs its proposal, prevote
+    # and precommit (and decides) in one engine call; the guard commits each signature, and WalSigner
+    # appends it to the WAL inside that sign call, so a crash anywhere in it leaves the WAL at most one
+    # message behind the guard. Those crash points: tests/integration/test_consensus_crash_recovery.py.
     for _ in range(2000):
         if any(getattr(m, "height", 0) == 4 for m in signed):
             break

@@ -21,7 +21,7 @@ import pytest
 from tests.simnet import SimNet, SimNode
 from timecoin import crypto
 from timecoin.consensus import engine as eng
-from timecoin.consensus.privval import KeyValue, PrivValidator
+from timecoin.consensus.privval import KeyValue, PrivValidator, proposal_from_record, vote_from_record
 from timecoin.ledger.block import NIL_HASH, Block, Header, Proposal, Vote, VoteType
 from timecoin.store import Store
 
@@ -86,6 +86,29 @@ def test_proposals_are_guarded_too(tmp_path: Path) -> None:
         assert pv.sign_proposal(Proposal(3, 0, -1, KEY.address, _block(3, timestamp=1001))) is None
         assert pv.sign_proposal(Proposal(3, 0, -1, KEY.address, _block(3))) == p
         assert pv.sign_vote(_vote(VoteType.PREVOTE, 3, 0, p.block.hash)) is not None   # prevote after proposal
+
+
+def test_signed_messages_rebuild_from_the_guard_record(tmp_path: Path) -> None:
+    """After a crash between the guard's commit and the WAL: a vote is rebuilt from the record alone; a
+    proposal (whose sign bytes hold only the block hash) needs its unsigned copy, which the service logs
+    before signing."""
+    with Store(str(tmp_path / "pv")) as store:
+        pv = PrivValidator(KEY, CHAIN, store)
+        unsigned = Proposal(3, 0, -1, KEY.address, _block(3))
+        assert pv.would_sign_proposal(unsigned)
+        p = pv.sign_proposal(unsigned)
+        _, _, step, payload, sig = pv.last_signed()
+        assert vote_from_record(step, payload, sig) is None
+        other = Proposal(3, 0, -1, KEY.address, _block(3, timestamp=1001))
+        assert proposal_from_record(step, payload, sig, [other]) is None      # another block: not it
+        assert proposal_from_record(step, payload, sig, [other, unsigned]) == p
+        assert pv.would_sign_proposal(unsigned) and not pv.would_sign_proposal(other)
+        for vtype in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+            v = pv.sign_vote(_vote(vtype, 3, 0, p.block.hash))
+            _, _, step, payload, sig = pv.last_signed()
+            assert vote_from_record(step, payload, sig) == v
+            assert proposal_from_record(step, payload, sig, [unsigned]) is None
+        assert not pv.would_sign_proposal(unsigned)                            # below the last signature
 
 
 def test_vote_is_signed_under_its_own_address() -> None:

@@ -7,6 +7,11 @@ signature are written to LMDB in a committed (fsync'd) transaction. Afterwards, 
   restarted node can re-broadcast what it already signed);
 * the same (height, round, step) with different sign bytes is refused — that would be equivocation.
 Step order within a round: proposal (1) < prevote (2) < precommit (3).
+
+The record is enough to rebuild a signed *vote* (a vote's sign bytes are its encoding minus the
+signature: :func:`vote_from_record`), not a signed *proposal*: a proposal's sign bytes carry only the
+block's hash. The service therefore logs the unsigned proposal (with its block) in the WAL before it
+asks the guard to sign it (see ``ConsensusService`` and :func:`proposal_from_record`).
 """
 from __future__ import annotations
 
@@ -55,7 +60,9 @@ class PrivValidator:
         sig = raw[13:77]
         return h, r, s, raw[77:], sig
 
-    def _sign(self, height: int, round_: int, step: int, tag: bytes, payload: bytes) -> bytes:
+    def _check(self, height: int, round_: int, step: int, payload: bytes) -> bytes | None:
+        """The recorded signature if this exact message was the last signed, None if it may be signed;
+        raises DoubleSignRefused if it conflicts."""
         last = self.last_signed()
         if last is not None:
             lh, lr, ls, lpayload, lsig = last
@@ -65,6 +72,21 @@ class PrivValidator:
                 if payload == lpayload:
                     return lsig
                 raise DoubleSignRefused(f"conflicting message at {height}/{round_}/{step}")
+        return None
+
+    def would_sign_proposal(self, proposal: Proposal) -> bool:
+        """True unless :meth:`sign_proposal` would refuse (read-only)."""
+        unsigned = replace(proposal, proposer=self.address, signature=bytes(64))
+        try:
+            self._check(proposal.height, proposal.round, STEP_PROPOSAL, unsigned.signing_payload())
+        except DoubleSignRefused:
+            return False
+        return True
+
+    def _sign(self, height: int, round_: int, step: int, tag: bytes, payload: bytes) -> bytes:
+        recorded = self._check(height, round_, step, payload)
+        if recorded is not None:
+            return recorded
         sig = self.key.sign(tag, self.chain_id, payload)
         record = height.to_bytes(8, "big") + round_.to_bytes(4, "big") + bytes((step,)) + sig + payload
         self.kv.put("privval", _KEY, record)      # durable before the signature is returned
@@ -89,3 +111,25 @@ class PrivValidator:
             self.log.warn("Refused to sign a proposal: {why}", why=str(exc))
             return None
         return replace(unsigned, signature=sig)
+
+
+def vote_from_record(step: int, payload: bytes, signature: bytes) -> Vote | None:
+    """The signed vote a guard record (a prevote or precommit step) stands for; None for a proposal step."""
+    if step not in _STEP_OF_VOTE.values():
+        return None
+    vote = Vote.decode(payload + signature)          # sign bytes = the encoding without its signature
+    if vote.signing_payload() != payload or _STEP_OF_VOTE.get(vote.type) != step:
+        raise ValueError("guard record is not a vote's sign bytes")
+    return vote
+
+
+def proposal_from_record(step: int, payload: bytes, signature: bytes, unsigned: list[Proposal]) -> Proposal | None:
+    """The signed proposal a guard record (proposal step) stands for, rebuilt from the unsigned proposal
+    among ``unsigned`` whose sign bytes are the record's (the record alone holds only the block hash)."""
+    if step != STEP_PROPOSAL:
+        return None
+    for p in unsigned:
+        candidate = replace(p, signature=bytes(64))
+        if candidate.signing_payload() == payload:
+            return replace(candidate, signature=signature)
+    return None

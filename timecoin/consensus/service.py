@@ -5,9 +5,28 @@ actions are carried out here: broadcast (through ``self.broadcast``, which the P
 schedule a timeout on the injected ``IReactorTime``, commit a decided block to the store (and clear
 the mempool of its txs), record evidence. After a restart the WAL's records of the unfinished height
 are replayed, so the validator resumes where it was.
+
+Guard and WAL (SPEC §4 "Never double-sign", "Crash recovery"). The engine may sign several messages in
+one call (a single validator signs its proposal, prevote and precommit in one ``_process``), and the guard
+(``privval``) makes each signature durable before returning it. If our messages reached the WAL only when
+the engine returned, a kill -9 in between left the guard ahead of the WAL by several messages; replay then
+rebuilt none of them, every signature of the round was refused, and the node stalled. Now:
+
+1. :class:`WalSigner` wraps the guard: every signature it returns is appended to the WAL (fsync'd) inside
+   the sign call, before the engine continues. A proposal is first logged *unsigned* (``PROPOSAL_INTENT``,
+   fsync'd), then signed, then logged signed. So at any crash at most the very last signed message is
+   missing from the WAL, and if it is a proposal, its intent (with the block) is there.
+2. At startup, if the guard's last record is at the height being resumed and that message is not in the
+   WAL, it is rebuilt (a vote from the record's sign bytes + signature; a proposal from its intent + the
+   signature), appended to the WAL, replayed with the rest, and re-broadcast.
+Inputs from peers are logged before they are processed, so replay re-derives the same state (round,
+lock) and the same signing requests; the guard answers them with the recorded signatures. And should the
+guard still refuse something (a lost WAL), the engine schedules the step's timeout itself and moves to the
+next round (``Engine._refused``): no stall either way.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +37,58 @@ from twisted.logger import Logger
 
 from timecoin.consensus import engine as eng
 from timecoin.consensus.app import ChainApp
-from timecoin.consensus.privval import PrivValidator
+from timecoin.consensus.privval import PrivValidator, proposal_from_record, vote_from_record
 from timecoin.consensus.wal import WalKind, WalRecord, WriteAheadLog
-from timecoin.errors import DecodeError, Reason, ValidationError
+from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
 from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, Vote, verify_certificate
 
 BroadcastFn = Callable[[Any], None]
 HALT_FILE = "HALTED"            # in the datadir: why finalizing stopped; the operator removes it to resume
+
+
+class WalSigner:
+    """The double-sign guard, with every signature it hands out in the WAL before the engine sees it.
+
+    ``sign_proposal``: the unsigned proposal (block included) is logged and fsync'd first
+    (``PROPOSAL_INTENT``; skipped when the guard would refuse anyway), then the guard signs (its record
+    is committed), then the signed proposal is logged and fsync'd. ``sign_vote``: the guard signs, then
+    the vote is logged and fsync'd. A crash can thus separate the guard from the WAL by at most the one
+    message being signed, which the service rebuilds at startup (see the module docstring). A message
+    already logged at this height (a replayed or re-requested signature) is not logged twice.
+    """
+
+    def __init__(self, guard: PrivValidator, wal: WriteAheadLog) -> None:
+        self.guard = guard
+        self.address = guard.address
+        self.wal = wal
+        self._height = -1
+        self._logged: set[bytes] = set()      # kind byte + data of our records of ``_height``
+
+    def note_logged(self, height: int, kind: WalKind, data: bytes) -> None:
+        if height != self._height:
+            self._height, self._logged = height, set()
+        self._logged.add(bytes((kind,)) + data)
+
+    def append(self, height: int, kind: WalKind, data: bytes) -> None:
+        if height == self._height and bytes((kind,)) + data in self._logged:
+            return
+        self.wal.append(kind, data, sync=True)
+        self.note_logged(height, kind, data)
+
+    def sign_vote(self, vote: Vote) -> Vote | None:
+        signed = self.guard.sign_vote(vote)
+        if signed is not None:
+            self.append(signed.height, WalKind.VOTE, signed.encoded)
+        return signed
+
+    def sign_proposal(self, proposal: Proposal) -> Proposal | None:
+        unsigned = dataclasses.replace(proposal, proposer=self.address, signature=bytes(64))
+        if self.guard.would_sign_proposal(unsigned):
+            self.append(unsigned.height, WalKind.PROPOSAL_INTENT, unsigned.encoded)
+        signed = self.guard.sign_proposal(unsigned)
+        if signed is not None:
+            self.append(signed.height, WalKind.PROPOSAL, signed.encoded)
+        return signed
 
 
 class ConsensusService(service.Service):
@@ -39,6 +103,7 @@ class ConsensusService(service.Service):
         self.wal: WriteAheadLog | None = None
         self.broadcast: BroadcastFn = lambda msg: None
         self.on_commit: list[Callable[[Any], None]] = []
+        self.signer: WalSigner | None = None
         self._timers: dict[tuple[int, int, int], IDelayedCall] = {}
         self._replaying = False
         self.committed_heights = 0
@@ -54,25 +119,68 @@ class ConsensusService(service.Service):
                             now_ms=lambda: int(self.clock.seconds() * 1000),
                             candidates=lambda: node.mempool.iter_selected() if node.mempool else (),
                             max_block_txs=cfg.max_block_txs)
-        signer = PrivValidator(node.key, node.genesis.chain_id, store)
+        self.wal = WriteAheadLog(os.path.join(cfg.datadir, "consensus.wal"))
+        self.signer = WalSigner(PrivValidator(node.key, node.genesis.chain_id, store), self.wal)
         timeouts = eng.Timeouts(cfg.timeout_propose, cfg.timeout_propose_delta, cfg.timeout_prevote,
                                 cfg.timeout_prevote_delta, cfg.timeout_precommit, cfg.timeout_precommit_delta,
                                 cfg.block_interval)
-        self.engine = eng.Engine(self.app, signer, timeouts)
+        self.engine = eng.Engine(self.app, self.signer, timeouts)
         self.halt_file = os.path.join(cfg.datadir, HALT_FILE)
         if os.path.exists(self.halt_file):
             with open(self.halt_file, encoding="utf-8", errors="replace") as f:
                 self.halted = f.read().strip() or "halted by an earlier run"
             self.log.critical("CONSENSUS HALTED (from {path}): {reason}. Remove the file and restart to resume.",
                               path=self.halt_file, reason=self.halted)
-        self.wal = WriteAheadLog(os.path.join(cfg.datadir, "consensus.wal"))
         height = store.tip_height() + 1
         self.log.info("Consensus starting at height {height} as {role}", height=height,
                       role="validator" if node.key.address in store.validator_set(height) else "observer")
         if self.halted is not None:
             return
+        pending = [r for r in self.wal.pending() if _record_height(r) == height]
+        for rec in pending:
+            if rec.kind in (WalKind.PROPOSAL, WalKind.VOTE, WalKind.PROPOSAL_INTENT):
+                self.signer.note_logged(height, rec.kind, rec.data)
+        recovered = self._recover_last_signed(height, pending)
+        if recovered is not None:
+            pending.append(recovered[0])
         self._run(lambda: self.engine.start_height(height, self.clock.seconds(), self.app.prev_block_time_ms() / 1000))
-        self._replay(height)
+        self._replay(height, pending)
+        if recovered is not None:
+            self.broadcast(recovered[1])           # it was signed, and may never have left the node
+
+    def _recover_last_signed(self, height: int, pending: list[WalRecord]) -> tuple[WalRecord, Proposal | Vote] | None:
+        """The guard's last signed message if it is of ``height`` and missing from the WAL: rebuilt, appended
+        to the WAL (fsync'd) and returned (as the record to replay, and the message to re-broadcast)."""
+        guard = self.signer.guard
+        last = guard.last_signed()
+        if last is None or last[0] != height:
+            return None
+        _, round_, step, payload, sig = last
+        try:
+            msg: Proposal | Vote | None = vote_from_record(step, payload, sig)
+            if msg is None:
+                intents = [Proposal.decode(r.data) for r in reversed(pending) if r.kind == WalKind.PROPOSAL_INTENT]
+                msg = proposal_from_record(step, payload, sig, intents)
+        except (DecodeError, ValueError) as exc:
+            self.log.error("Guard record at {h}/{r}/{s} unreadable: {why}", h=height, r=round_, s=step, why=str(exc))
+            return None
+        if msg is None:
+            # Not reachable with WalSigner (the intent is fsync'd before the guard signs); a lost or foreign
+            # WAL. The engine still moves on: the round's propose timeout, then refused-vote timeouts.
+            self.log.warn("Guard signed a proposal at {h}/{r} that the WAL cannot rebuild", h=height, r=round_)
+            return None
+        kind = WalKind.PROPOSAL if isinstance(msg, Proposal) else WalKind.VOTE
+        if any(r.kind == kind and r.data == msg.encoded for r in pending):
+            return None
+        try:
+            msg.verify_signature(self.node.key.public_key, self.app.chain_id)
+        except InvalidSignature:
+            self.log.error("Guard record at {h}/{r}/{s} does not verify", h=height, r=round_, s=step)
+            return None
+        self.log.info("Rebuilt our {kind} of {h}/{r} from the double-sign guard (not in the WAL)",
+                      kind=kind.name.lower(), h=height, r=round_)
+        self.signer.append(height, kind, msg.encoded)
+        return WalRecord(kind, msg.encoded), msg
 
     def stopService(self) -> None:  # noqa: N802 - Twisted API
         for call in self._timers.values():
@@ -83,8 +191,7 @@ class ConsensusService(service.Service):
             self.wal.close()
         return super().stopService()
 
-    def _replay(self, height: int) -> None:
-        pending = [r for r in self.wal.pending() if _record_height(r) == height]
+    def _replay(self, height: int, pending: list[WalRecord]) -> None:
         if not pending:
             return
         self.log.info("Replaying {n} WAL records of height {height}", n=len(pending), height=height)
@@ -209,11 +316,9 @@ class ConsensusService(service.Service):
             queue.extend(self._perform(action))
 
     def _perform(self, action: eng.Action) -> list[eng.Action]:
-        if isinstance(action, eng.BroadcastVote):
-            self.wal.append(WalKind.VOTE, action.vote.encoded, sync=True)
+        if isinstance(action, eng.BroadcastVote):          # already in the WAL: WalSigner logged it
             self.broadcast(action.vote)
         elif isinstance(action, eng.BroadcastProposal):
-            self.wal.append(WalKind.PROPOSAL, action.proposal.encoded, sync=True)
             self.broadcast(action.proposal)
         elif isinstance(action, eng.ScheduleTimeout):
             key = (action.height, action.round, int(action.kind))
@@ -265,9 +370,10 @@ def _record_height(rec: WalRecord) -> int | None:
     try:
         if rec.kind == WalKind.TIMEOUT:
             return _timeout_fields(rec.data)[0]
-        if rec.kind in (WalKind.PROPOSAL, WalKind.VOTE):
-            return int.from_bytes(rec.data[0:8], "big") if rec.kind == WalKind.PROPOSAL else \
-                int.from_bytes(rec.data[1:9], "big")
+        if rec.kind in (WalKind.PROPOSAL, WalKind.PROPOSAL_INTENT):
+            return int.from_bytes(rec.data[0:8], "big")
+        if rec.kind == WalKind.VOTE:
+            return int.from_bytes(rec.data[1:9], "big")
     except (IndexError, ValueError):
         return None
     return None

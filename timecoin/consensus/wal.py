@@ -8,6 +8,12 @@ torn or corrupt last record (a crash mid-write) fails its length or CRC check an
 file is truncated there so later appends start clean. After a marker the file is compacted (rewritten
 with just the marker) once it grows past ``rotate_bytes``, so it never holds more than a height or so.
 Our own messages are fsync'd (``sync=True``); peers' are flushed only, since they can be re-fetched.
+
+``PROPOSAL_INTENT`` is an unsigned proposal of ours (with its block), fsync'd *before* the guard is asked
+to sign it: the guard's record holds only the block's hash, so after a crash between the guard's commit
+and the signed ``PROPOSAL`` record the signed proposal is rebuilt from the intent and the guard's
+signature. Intents are never fed to the engine. (An older node reading a log with an intent record would
+stop its scan there: downgrade after a crash mid-height loses the rest of that height's log.)
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ class WalKind(enum.IntEnum):
     VOTE = 2
     TIMEOUT = 3
     END_HEIGHT = 4
+    PROPOSAL_INTENT = 5        # our unsigned proposal, logged before the guard signs it
 
 
 @dataclass(frozen=True)
