@@ -133,3 +133,56 @@ def test_stored_priorities_reproduce_the_sequence() -> None:
         p = prio.next_height(vs, p, vs)
     restored = prio.decode(prio.encode(p))
     assert [prio.proposer_for(vs, restored, r) for r in range(10)] == [prio.proposer_for(vs, p, r) for r in range(10)]
+
+
+# -- bit-exact integer arithmetic (stakes above 2^53) ----------------------------------------------------------
+def test_average_is_big_int_euclidean_division_not_truncation() -> None:
+    """CometBFT ``computeAvgProposerPriority``: ``big.Int.Div`` is Euclidean, -3 / 2 = -2 (Go's int64 / gives -1)."""
+    vs = _set(a=1, b=1)
+    # Rescale: diff 3 <= 2 x 2, nothing. Shift by avg -2: a -1, b 2. Increment: a 0, b 3 -> b, minus 2 -> 1.
+    assert prio.increment(vs, {_addr("a"): -3, _addr("b"): 0}) == ({_addr("a"): 0, _addr("b"): 1}, _addr("b"))
+
+
+def test_rescale_is_integer_and_truncates_toward_zero_with_large_stakes() -> None:
+    """CometBFT ``RescalePriorities``: ratio = (diff + diffMax - 1) / diffMax, then p / ratio with Go's int64
+    division (toward zero). Floats would round priorities above 2^53; floor division would differ for negatives."""
+    power = 2**58 + 1
+    vs = _set(a=power, b=power)
+    a0, b0 = 2**61 + 1000, -(2**61 + 1001)
+    diff, diff_max = a0 - b0, 2 * vs.total_power
+    ratio = (diff + diff_max - 1) // diff_max
+    assert ratio == 5
+    a1, b1 = (2**61 + 1000) // 5, -((2**61 + 1001) // 5)             # toward zero on both sides
+    assert int(a0 / ratio) != a1 and b0 // ratio != b1               # what floats / floor division would give
+    avg = (a1 + b1) // 2
+    a2, b2 = a1 - avg + power, b1 - avg + power
+    assert a2 > b2
+    expected = ({_addr("a"): a2 - vs.total_power, _addr("b"): b2}, _addr("a"))
+    assert prio.increment(vs, {_addr("a"): a0, _addr("b"): b0}) == expected
+
+
+def test_large_stakes_keep_proportions_and_stay_in_int64() -> None:
+    big = 2**57 + 12345                                               # well above 2^53
+    vs = _set(a=3 * big, b=big, c=7)
+    p = prio.initial(vs)
+    seq: list[str] = []
+    for _ in range(400):
+        seq.append(_name(prio.proposer_for(vs, p, 0)))
+        p = prio.next_height(vs, p, vs)
+        assert all(prio.INT64_MIN <= x <= prio.INT64_MAX for x in p.values())
+        assert max(p.values()) - min(p.values()) <= 3 * vs.total_power
+        assert prio.decode(prio.encode(p)) == p                     # fits the signed 64-bit encoding
+    counts = Counter(seq)
+    assert counts["a"] == 300 and counts["b"] == 100 and "c" not in counts
+
+
+def test_total_voting_power_is_capped_like_cometbft() -> None:
+    cap = prio.MAX_TOTAL_VOTING_POWER
+    assert cap == (2**63 - 1) // 8
+    ok = _set(a=cap - 5, b=5)
+    assert prio.increment(ok, prio.initial(ok))[1] == _addr("a")
+    over = _set(a=cap - 5, b=6)
+    with pytest.raises(ValueError, match="exceeds the maximum"):
+        prio.increment(over, prio.initial(over))
+    with pytest.raises(ValueError, match="exceeds the maximum"):
+        prio.adjust_for_set(prio.initial(ok), over)

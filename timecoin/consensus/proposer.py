@@ -7,6 +7,14 @@ so a validator that joins cannot be starved or dominate. The priorities of heigh
 height h incremented once, adjusted for set changes (a joining validator starts at -1.125 × total,
 CometBFT's penalty against join/leave cycling). Round r of a height uses the height's priorities
 incremented r more times, so a silent proposer is replaced by the next one in stake order.
+
+Bit-exact with CometBFT in integer arithmetic (no floats: powers above 2^53 would round):
+* ``RescalePriorities``: ``ratio := (diff + diffMax - 1) / diffMax`` and ``p /= ratio`` with Go's int64
+  division, which truncates toward zero (:func:`_go_div`);
+* ``computeAvgProposerPriority``: the sum in ``big.Int`` and ``sum.Div(sum, n)``, which is *Euclidean*
+  division (the remainder is never negative); for n > 0 that is floor division, Python's ``//``;
+* ``safeAddClip`` / ``safeSubClip``: priorities are clipped to int64;
+* ``MaxTotalVotingPower = MaxInt64 / 8``: a larger total is refused (ValueError), as CometBFT panics.
 """
 from __future__ import annotations
 
@@ -14,26 +22,52 @@ from timecoin.ledger.validators import ValidatorSet
 
 Priorities = dict[bytes, int]
 
+INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
+MAX_TOTAL_VOTING_POWER = INT64_MAX // 8       # CometBFT types.MaxTotalVotingPower
+PRIORITY_WINDOW_SIZE_FACTOR = 2               # CometBFT types.PriorityWindowSizeFactor
+
+
+def _go_div(a: int, b: int) -> int:
+    """Go's int64 ``a / b``: the quotient truncated toward zero."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def _clip(x: int) -> int:
+    return INT64_MAX if x > INT64_MAX else INT64_MIN if x < INT64_MIN else x
+
+
+def check_total_power(vset: ValidatorSet) -> int:
+    """The set's total power; ValueError above CometBFT's MaxTotalVotingPower (int64 max / 8)."""
+    total = vset.total_power
+    if total > MAX_TOTAL_VOTING_POWER:
+        raise ValueError(f"total voting power {total} exceeds the maximum {MAX_TOTAL_VOTING_POWER} "
+                         "(int64 max / 8, as CometBFT)")
+    return total
+
 
 def _rescale(prio: Priorities, total: int) -> None:
+    """CometBFT ``RescalePriorities(PriorityWindowSizeFactor * total)``."""
     if not prio:
         return
-    spread = max(prio.values()) - min(prio.values())
-    limit = 2 * total
-    if spread > limit:
-        ratio = -(-spread // limit)  # ceil
+    diff_max = PRIORITY_WINDOW_SIZE_FACTOR * total
+    if diff_max <= 0:
+        return
+    diff = max(prio.values()) - min(prio.values())
+    if diff > diff_max:
+        ratio = (diff + diff_max - 1) // diff_max       # both positive: Go's / and // agree (ceil(diff/diffMax))
         for a in prio:
-            prio[a] = int(prio[a] / ratio)
+            prio[a] = _go_div(prio[a], ratio)
 
 
 def _center(prio: Priorities) -> None:
+    """CometBFT ``shiftByAvgProposerPriority``; the average as ``big.Int.Div`` (Euclidean = floor for n > 0)."""
     if not prio:
         return
-    n = len(prio)
-    avg = sum(prio.values())
-    avg = avg // n if avg >= 0 else -((-avg) // n)   # truncate toward zero like Go
+    avg = sum(prio.values()) // len(prio)
     for a in prio:
-        prio[a] -= avg
+        prio[a] = _clip(prio[a] - avg)
 
 
 def increment(vset: ValidatorSet, prio: Priorities, times: int = 1) -> tuple[Priorities, bytes]:
@@ -41,15 +75,15 @@ def increment(vset: ValidatorSet, prio: Priorities, times: int = 1) -> tuple[Pri
     if times < 1:
         raise ValueError("times must be >= 1")
     p = dict(prio)
-    total = vset.total_power
+    total = check_total_power(vset)
     _rescale(p, total)
     _center(p)
     proposer = b""
     for _ in range(times):
         for v in vset.validators:
-            p[v.address] += v.power
+            p[v.address] = _clip(p[v.address] + v.power)
         proposer = max(vset.validators, key=lambda v: (p[v.address], _neg(v.address))).address
-        p[proposer] -= total
+        p[proposer] = _clip(p[proposer] - total)
     return p, proposer
 
 
@@ -65,6 +99,7 @@ def initial(vset: ValidatorSet) -> Priorities:
 
 def adjust_for_set(prev: Priorities, new_set: ValidatorSet) -> Priorities:
     """Carry priorities into a changed set: leavers dropped, joiners at -1.125 × total power."""
+    check_total_power(new_set)
     joined_prio = -(new_set.total_power + (new_set.total_power >> 3))
     return {v.address: prev.get(v.address, joined_prio) for v in new_set.validators}
 
