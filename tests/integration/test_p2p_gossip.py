@@ -6,22 +6,34 @@ exactly the frames a test needs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from tests.chaingen import ChainBuilder, make_genesis
-from tests.integration.test_p2p_misbehaviour import banned, connect_ready, score
+from tests.integration.test_p2p_misbehaviour import (
+    banned,
+    connect,
+    connect_ready,
+    honest_unaffected,
+    score,
+    start_pair,
+)
 from tests.p2pnet import Net, make_keys, sleep, wait_for
 from timecoin.errors import Reason
 from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.node import Node
+from timecoin.p2p import protocol
+from timecoin.p2p.discovery import format_multiaddr
 from timecoin.p2p.gossip import message_id
 from timecoin.p2p.peers import DELTAS, GOOD_PER_WINDOW, Event
-from timecoin.p2p.service import ENVELOPE_HEADER
+from timecoin.p2p.service import ENVELOPE_HEADER, LATENCY_ALPHA
 from timecoin.store import Store
 from timecoin.wire import messages as m
+from timecoin.wire.framing import encode_frame
 
 CHAIN = "timecoin-p2p-test"
 
@@ -146,5 +158,152 @@ async def test_a_block_announcement_floods_down_a_line_once(tmp_path: Path) -> N
         assert a.p2p.duplicates[m.MsgType.NEW_BLOCK] == 0       # b did not send it back to a
         assert b.p2p.duplicates[m.MsgType.NEW_BLOCK] == 0       # nor c to b
         assert c.p2p.connections[b.p2p.peer_id].height == 6
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flooding_peer_is_paused_and_other_peers_are_still_served_in_turn(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_QUEUED_BYTES", 1 << 20)       # 1 MiB, so the flood stays small
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        flood_key, honest_key = make_keys(2, seed=50)
+        flooder = await connect_ready(flood_key, target)
+        honest = await connect_ready(honest_key, target)
+        conn = target.p2p.connections[flood_key.peer_id]
+        # Free input: copies of an announcement the target made itself (seen-cache hits, no charge).
+        announcement = {"height": 1, "hash": target.store.block_hash_at(1)}
+        frame = encode_frame(m.encode_message(m.MsgType.NEW_BLOCK, announcement))
+        count = (3 << 20) // len(frame)
+        flooder.transport.write(frame * count)
+        await wait_for(lambda: conn.paused, 10.0, "the flooder paused", step=0.002)
+        assert conn.pauses >= 1 and conn.inbox_bytes > protocol.MAX_QUEUED_BYTES // 2
+        queued, handled = len(conn.inbox), conn.messages_in
+        at_pong: dict[str, int] = {}
+
+        def seen(msg_type: m.MsgType, rid: int, body: Any) -> None:
+            if msg_type == m.MsgType.PONG and rid == 77:
+                at_pong.update(handled=conn.messages_in - handled, queued=len(conn.inbox))
+
+        honest.on_message = seen
+        honest.send(m.MsgType.PING, {"nonce": 5, "payload": b"x" * 100}, request_id=77)
+        await wait_for(lambda: at_pong, 10.0, "the honest ping answered")
+        # The ping overtook the flood frames queued before it: they were not all handled first.
+        assert at_pong["handled"] < queued and at_pong["queued"] > 0, (at_pong, queued)
+        await wait_for(lambda: conn.messages_in >= count + 1, 60.0, "the flood drained")
+        assert not conn.paused and conn.inbox_bytes == 0
+        assert target.p2p.duplicates[m.MsgType.NEW_BLOCK] >= count
+        assert score(target, flood_key) == 0 and flood_key.peer_id in target.p2p.connections   # paused, not blamed
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_pong_updates_the_latency_ewma_in_the_peer_store(tmp_path: Path) -> None:
+    net = Net(tmp_path, 1, ping_interval="3600")                      # the test sends each ping itself
+    try:
+        await net.start(connect=False)
+        target = net.nodes[0]
+        key = make_keys(1, seed=51)[0]
+        peer = await connect(key, target)
+        # A listen address in the hello gives the peer an entry in the target's peer store.
+        peer.send(m.MsgType.HELLO, target.p2p.hello_body() | {
+            "listen_addrs": [format_multiaddr("127.0.0.1", 9, key.peer_id)], "agent": "pinger"})
+        await wait_for(lambda: key.peer_id in target.p2p.connections
+                       and target.p2p.connections[key.peer_id].state == "ready", 5.0, "admitted")
+        conn = target.p2p.connections[key.peer_id]
+        delay = [0.3]
+
+        def answer(msg_type: m.MsgType, rid: int, body: Any) -> None:
+            if msg_type == m.MsgType.PING:
+                reactor.callLater(delay[0], peer.send, m.MsgType.PONG, {"nonce": body.nonce, "payload": body.payload},
+                                  rid)
+
+        peer.on_message = answer
+        assert conn.latency is None and target.p2p.peerstore.get(key.peer_id).latency is None
+        target.p2p._ping_all()
+        await wait_for(lambda: conn.latency is not None, 5.0, "first pong")
+        first = conn.latency
+        assert 0.3 <= first < 0.6
+        assert target.p2p.peerstore.get(key.peer_id).latency == first                  # stored for that peer
+        delay[0] = 0.0
+        target.p2p._ping_all()
+        await wait_for(lambda: conn.latency != first, 5.0, "second pong")
+        second = conn.latency
+        # EWMA: (1 - 0.2) * first + 0.2 * sample, with a loopback sample of well under 0.1 s.
+        assert (1 - LATENCY_ALPHA) * first <= second < (1 - LATENCY_ALPHA) * first + LATENCY_ALPHA * 0.1
+        assert target.p2p.peerstore.get(key.peer_id).latency == second
+        assert not conn.ping_sent and score(target, key) == 0
+        # A pong to no ping of ours is unsolicited, and changes no latency.
+        peer.send(m.MsgType.PONG, {"nonce": 12345, "payload": b""})
+        await wait_for(lambda: score(target, key) < 0, 5.0, "unsolicited pong charged")
+        assert score(target, key) == DELTAS[Event.UNSOLICITED] and conn.latency == second
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_txs_are_processed_and_relayed_once_along_a_line(tmp_path: Path) -> None:
+    net, funded = funded_net(tmp_path, senders=4)
+    for i in range(3):                     # max_outbound 1: no peer exchange shortcut, the line stays a line
+        net.nodes[i] = net.make(i, max_outbound="1")
+    try:
+        await net.start(connect=False)
+        validator, sender, far = net.nodes
+        net.connect(1, [0])
+        net.connect(2, [0])
+        await wait_for(lambda: len(validator.p2p.connections) == 2
+                       and all(c.state == "ready" for c in validator.p2p.connections.values()), 15.0, "line up")
+        txs = transfers(net.genesis, funded, per_sender=5)
+        for tx in txs:
+            sender.mempool.add(tx)
+            sender.p2p.broadcast(tx)
+        ids = {tx.id for tx in txs}
+        await wait_for(lambda: known(far, ids) == ids, 20.0, "every tx at the far end")
+        n = len(txs)
+        assert sender.p2p.relayed[m.MsgType.TX] == n                          # to its one peer
+        assert validator.p2p.accepted[m.MsgType.TX] == n == validator.p2p.relayed[m.MsgType.TX]   # on, once
+        assert far.p2p.accepted[m.MsgType.TX] == n and far.p2p.relayed[m.MsgType.TX] == 0       # nobody left
+        assert validator.p2p.duplicates[m.MsgType.TX] == far.p2p.duplicates[m.MsgType.TX] == 0  # none came back
+        # Copies from a third peer are dropped at the seen-cache: not processed again, not relayed again.
+        key = make_keys(1, seed=52)[0]
+        peer = await connect_ready(key, validator)
+        for tx in txs:
+            peer.send(m.MsgType.TX, tx.to_wire())
+        await wait_for(lambda: validator.p2p.duplicates[m.MsgType.TX] == n, 10.0, "copies counted")
+        await sleep(0.2)
+        assert sender.p2p.relayed[m.MsgType.TX] == n
+        assert validator.p2p.accepted[m.MsgType.TX] == n == validator.p2p.relayed[m.MsgType.TX]
+        assert far.p2p.accepted[m.MsgType.TX] == n and far.p2p.duplicates[m.MsgType.TX] == 0
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_votes_and_proposals_are_processed_and_relayed_once_along_a_line(tmp_path: Path) -> None:
+    # validator v - observer a - observer b, with no shortcut (max_outbound 1 each).
+    net = Net(tmp_path, 1, observers=2, max_outbound="1")
+    try:
+        await net.start(connect=False)
+        v, a, b = net.nodes
+        net.connect(1, [0])
+        net.connect(2, [1])
+        await wait_for(lambda: len(a.p2p.connections) == 2
+                       and all(c.state == "ready" for c in a.p2p.connections.values()), 15.0, "line up")
+        h = v.store.tip_height()
+        await wait_for(lambda: b.store.tip_height() >= h + 5, 20.0, "b follows through a")
+        await v.stopService()                                # no new messages; let the last ones land
+        await sleep(0.5)
+        assert len(v.p2p.connections) == 0 and b.p2p.connections.keys() == {a.p2p.peer_id}
+        for kind in (m.MsgType.PROPOSAL, m.MsgType.VOTE):
+            assert a.p2p.accepted[kind] > 0
+            assert a.p2p.relayed[kind] == a.p2p.accepted[kind], kind      # each relayed once: to b
+            assert b.p2p.accepted[kind] <= a.p2p.relayed[kind], kind      # b processes each at most once
+            assert b.p2p.relayed[kind] == 0, kind                         # and has nobody else to tell
+            assert v.p2p.accepted[kind] == v.p2p.duplicates[kind] == 0, kind   # nothing echoed to the origin
+            assert a.p2p.duplicates[kind] == 0, kind                       # b never sent one back to a
     finally:
         await net.stop()

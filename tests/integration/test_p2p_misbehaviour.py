@@ -36,14 +36,17 @@ class RawPeer(Protocol):
         self.lost: defer.Deferred[None] = defer.Deferred()
         self.decoder = FrameDecoder()
         self.messages: list[tuple[m.MsgType, Any]] = []
+        self.on_message: Any = None              # called with (type, request id, body) as each arrives
 
     def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted API
         self.handshake.callback(None)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
         for frame in self.decoder.feed(data):
-            msg_type, _, body = m.decode_message(frame)
+            msg_type, rid, body = m.decode_message(frame)
             self.messages.append((msg_type, body))
+            if self.on_message is not None:
+                self.on_message(msg_type, rid, body)
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted API
         if not self.handshake.called:

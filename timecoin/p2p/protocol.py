@@ -80,6 +80,7 @@ class PeerConnection(Protocol):
         self.inbox: collections.deque[bytes] = collections.deque()
         self.inbox_bytes = 0
         self.paused = False
+        self.pauses = 0                        # times its input was paused for passing MAX_QUEUED_BYTES
         self._requests: dict[int, tuple[defer.Deferred[Any], Any, m.MsgType]] = {}
         self._ids = itertools.count(1)
         self._handshake_timer: Any = None
@@ -200,6 +201,7 @@ class PeerConnection(Protocol):
         self.service.schedule(self)
         if self.inbox_bytes > MAX_QUEUED_BYTES and not self.paused and self.transport is not None:
             self.paused = True
+            self.pauses += 1
             self.transport.pauseProducing()
 
     def process_one(self) -> bool:
@@ -337,7 +339,7 @@ class PeerConnection(Protocol):
                 "validator": self.is_validator, "height": self.height, "state": self.state,
                 "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
                 "agent": getattr(self.hello, "agent", ""), "messages_in": self.messages_in,
-                "messages_out": self.messages_out}
+                "messages_out": self.messages_out, "pauses": self.pauses}
 
 
 def _dialed_peer_id(addr: str | None) -> str | None:
