@@ -19,9 +19,10 @@ checking is the floor of what sync must do per block (every precommit of every c
   nodes included, shares this one reactor thread, so the figure is a lower bound for separate
   machines. The ledger's verified-signature cache is emptied before each sync (the builder filled
   it), so every signature is really checked.
-* Rate limits: each chain is synced twice, with the sources' request rate limit lifted (the sync
-  engine alone) and at the node default (``rate_limit`` = 100 requests per minute per peer, burst 20:
-  what a node syncing from the network meets; ``BENCH_RATE_LIMIT=N`` sets another value). A run that
+* Rate limits: each chain is synced twice: with the request rate limit lifted (on the sources, and in
+  the syncing node's own pacing, which assumes its peers' limit: the sync engine alone), and at the node
+  default (``rate_limit`` = 100 requests per minute per peer, burst 20: what a node syncing from the
+  network meets; ``BENCH_RATE_LIMIT=N`` sets another value). A run that
   makes no progress for ``BENCH_STALL_SECONDS`` (30) stops and is reported as stalled; sources that
   banned the syncing node are counted in the notes.
 
@@ -120,8 +121,12 @@ async def sync_once(base: Path, spec: ChainSpec, chain: Path, kind: str, rate_li
     keys = make_keys(SOURCES + 1, seed=100 + len(kind))
     sources: list[Node] = [build_node(c, keys[i], spec.genesis, reactor)
                            for i, c in enumerate(source_configs(base, chain, kind, rate_limit))]
+    # The syncing node paces its requests to the rate limit it assumes its peers apply (its own setting),
+    # so a mode that lifts the sources' limit lifts the syncing node's assumption with it.
+    limits = {"rate_limit": rate_limit, "rate_limit_burst": rate_limit} if rate_limit else {}
     syncing = build_node(node_config(base, f"{kind}-sync", block_interval=QUIET, timeout_propose=QUIET,
-                                     timeout_prevote=QUIET, timeout_precommit=QUIET, ping_interval="15"),
+                                     timeout_prevote=QUIET, timeout_precommit=QUIET, ping_interval="15",
+                                     **limits),
                          keys[SOURCES], spec.genesis, reactor)
     nodes = [*sources, syncing]
     try:
