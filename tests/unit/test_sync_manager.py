@@ -140,6 +140,10 @@ def test_three_honest_peers_hashes_from_three_bodies_from_one(tmp_path: Path, sp
     assert sum(c for p in peers for _, c in p.block_requests) == HONEST    # each body fetched exactly once
     assert syncer.batches and max(syncer.batches) == 20               # one write transaction per 20-block range
     assert syncer.manager.progress.height == HONEST and not syncer.manager.progress.running
+    # Every peer whose bodies were applied is credited; the peer manager caps the credit per window.
+    servers = [p for p in peers if p.block_requests]
+    assert servers and all(Event.USEFUL_RESPONSE in p.rewards for p in servers)
+    assert not any(p.rewards for p in peers if not p.block_requests)
 
 
 def test_a_peer_serving_forged_certificates_is_charged_and_left_out(tmp_path: Path, spec: ChainSpec,

@@ -443,6 +443,8 @@ class StateSyncManager:
             s += take
         applied, reason = await defer.maybeDeferred(self.apply, items)
         self._report(applied)
+        for server in dict.fromkeys(owners[:applied]):   # served certified blocks we applied: credit (capped
+            self._peer(backers, server).reward(Event.USEFUL_RESPONSE)    # per window by the peer manager)
         if reason is None:
             return at + applied
         if reason is Reason.SHUTTING_DOWN:
