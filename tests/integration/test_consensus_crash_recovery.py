@@ -218,3 +218,28 @@ def test_block_interval_zero_start_service_returns_and_the_clock_drives_heights(
         assert node.store.tip_height() == tip + 5
     finally:
         node.stopService()
+
+
+def test_next_height_messages_received_before_a_commit_stay_in_the_wal_after_its_marker(tmp_path: Path) -> None:
+    """A message for h+1 arrives while the node is still at h: it is logged then, before h's end-of-height
+    marker. Replay keeps only what follows the last marker, so the service logs the buffered messages again
+    after the marker; otherwise a crash at h+1 would lose inputs that may have locked this validator."""
+    clock = Clock()
+    clock.advance(2_000_000_000)
+    config = build_config({"datadir": str(tmp_path / "d"), "block_interval": "1"})
+    node = make_node(config, clock)
+    node.consensus.broadcast = lambda msg: None
+    node.startService()
+    try:
+        run_until(clock, node, 2)
+        height = node.store.tip_height() + 1                 # the engine is at `height`, in its block interval
+        # A prevote of height+1 signed with the validator's key (as a peer relaying it would deliver it).
+        early = Vote(VoteType.PREVOTE, height + 1, 0, b"\x00" * 32, node.key.address).signed(
+            node.key, node.genesis.chain_id)
+        node.consensus.receive_vote(early)
+        assert early in node.consensus.engine.buffered_next_height
+        run_until(clock, node, height)                       # `height` commits: its marker is written
+        pending = WriteAheadLog(os.path.join(config.datadir, "consensus.wal")).pending()
+        assert any(r.kind == WalKind.VOTE and r.data == early.encoded for r in pending)
+    finally:
+        node.stopService()

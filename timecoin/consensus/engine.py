@@ -298,19 +298,39 @@ class Engine:
             raise ValidationError(Reason.NOT_VALIDATOR, "next-height message from a non-validator of that height")
         key = (sender, msg.round, kind)
         rounds = self._next_rounds.get(sender, set())
-        if (self._next_per_key.get(key, 0) >= MAX_BUFFERED_PER_KIND
-                or (msg.round not in rounds and len(rounds) >= MAX_BUFFERED_ROUNDS)
-                or len(self._next_height_msgs) >= MAX_BUFFERED_NEXT_HEIGHT):
-            raise ValidationError(Reason.RATE_LIMITED, "too many next-height messages from this validator")
+        # Over a bound: refused as DUPLICATE, which blames no one -- the relay delivering it is usually honest
+        # (a node one height behind sees the next height's rounds go by), and only the newest rounds matter.
+        if self._next_per_key.get(key, 0) >= MAX_BUFFERED_PER_KIND or (
+                rounds and msg.round not in rounds and len(rounds) >= MAX_BUFFERED_ROUNDS and msg.round < min(rounds)):
+            raise ValidationError(Reason.DUPLICATE, "enough next-height messages of this validator are buffered")
         try:
             msg.verify_signature(val.pubkey, self.app.chain_id)
         except InvalidSignature:
             raise ValidationError(Reason.BAD_SIGNATURE, "next-height message signature does not verify") from None
+        if msg.round not in rounds and len(rounds) >= MAX_BUFFERED_ROUNDS:
+            self._evict_next_round(sender, min(rounds))       # keep the sender's newest rounds
+        if len(self._next_height_msgs) >= MAX_BUFFERED_NEXT_HEIGHT:
+            raise ValidationError(Reason.DUPLICATE, "the next-height buffer is full")
         self._next_seen.add(ident)
         self._next_per_key[key] = self._next_per_key.get(key, 0) + 1
         self._next_rounds.setdefault(sender, set()).add(msg.round)
         self._next_height_msgs.append(msg)
         return True
+
+    def _evict_next_round(self, sender: bytes, round_: int) -> None:
+        """Drop ``sender``'s buffered next-height messages of ``round_`` (a newer round replaces it)."""
+        def of(msg: Proposal | Vote) -> bool:
+            who = msg.proposer if isinstance(msg, Proposal) else msg.validator
+            return who == sender and msg.round == round_
+        self._next_height_msgs = [msg for msg in self._next_height_msgs if not of(msg)]
+        for key in [k for k in self._next_per_key if k[0] == sender and k[1] == round_]:
+            del self._next_per_key[key]
+        self._next_rounds[sender].discard(round_)
+
+    @property
+    def buffered_next_height(self) -> tuple[Proposal | Vote, ...]:
+        """The next height's messages received early (the service re-logs them after a height's WAL marker)."""
+        return tuple(self._next_height_msgs)
 
     def _valid(self, block: Block) -> bool:
         ok = self._valid_cache.get(block.hash)

@@ -76,6 +76,9 @@ class WalSigner:
         self.note_logged(height, kind, data)
 
     def sign_vote(self, vote: Vote) -> Vote | None:
+        # Peers' inputs are only flushed when logged; the guard's record is fsync'd. Make the inputs that led
+        # to this vote durable first, so a power cut can never leave a signed vote whose lock is not replayable.
+        self.wal.sync()
         signed = self.guard.sign_vote(vote)
         if signed is not None:
             self.append(signed.height, WalKind.VOTE, signed.encoded)
@@ -83,6 +86,7 @@ class WalSigner:
 
     def sign_proposal(self, proposal: Proposal) -> Proposal | None:
         unsigned = dataclasses.replace(proposal, proposer=self.address, signature=bytes(64))
+        self.wal.sync()                       # as in sign_vote: the inputs behind a re-proposal (validValue)
         if self.guard.would_sign_proposal(unsigned):
             self.append(unsigned.height, WalKind.PROPOSAL_INTENT, unsigned.encoded)
         signed = self.guard.sign_proposal(unsigned)
@@ -255,7 +259,7 @@ class ConsensusService(service.Service):
             call = self._timers.pop(key)
             if call.active():
                 call.cancel()
-        self.wal.end_height(tip)
+        self._end_height(tip)
         if self.node.mempool is not None:
             self.node.mempool.remove_committed([tx for b in blocks for tx in b.txs])
             slashed = [ev.validator for b in blocks for ev in b.evidence]
@@ -277,7 +281,7 @@ class ConsensusService(service.Service):
                 call.cancel()
         self._timers.clear()
         tip = self.node.store.tip_height()
-        self.wal.end_height(tip)
+        self._end_height(tip)
         if self.halted is None:
             self._run(lambda: self.engine.start_height(tip + 1, self.clock.seconds(),
                                                        self.app.prev_block_time_ms() / 1000))
@@ -297,6 +301,17 @@ class ConsensusService(service.Service):
             if call.active():
                 call.cancel()
         self._timers.clear()
+
+    def _end_height(self, height: int) -> None:
+        """Write ``height``'s WAL marker, then log again the next height's messages the engine holds.
+
+        They were logged when they arrived, before the marker; replay keeps only records after the last
+        marker, so without this a crash at the next height would lose inputs that may have locked us.
+        """
+        self.wal.end_height(height)
+        for msg in self.engine.buffered_next_height:
+            if msg.height == height + 1:
+                self.wal.append(WalKind.PROPOSAL if isinstance(msg, Proposal) else WalKind.VOTE, msg.encoded)
 
     def _check_not_halted(self) -> None:
         if self.halted is not None:
@@ -349,7 +364,7 @@ class ConsensusService(service.Service):
     def _commit(self, action: eng.CommitBlock) -> list[eng.Action]:
         block = action.block
         self.app.commit(block, action.certificate)
-        self.wal.end_height(block.height)
+        self._end_height(block.height)
         if self.node.mempool is not None:
             self.node.mempool.remove_committed(block.txs)
             if block.evidence:      # slashed validators' pending txs may no longer be affordable

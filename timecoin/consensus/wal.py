@@ -99,6 +99,11 @@ class WriteAheadLog:
         if sync:
             os.fsync(self._f.fileno())
 
+    def sync(self) -> None:
+        """Make everything appended so far durable (before the guard signs on what it led to)."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
     def end_height(self, height: int) -> None:
         """Mark ``height`` committed; compact the file when it has grown."""
         marker = height.to_bytes(8, "big")
