@@ -243,3 +243,20 @@ def test_next_height_messages_received_before_a_commit_stay_in_the_wal_after_its
         assert any(r.kind == WalKind.VOTE and r.data == early.encoded for r in pending)
     finally:
         node.stopService()
+
+
+def test_a_replayed_timeout_cancels_the_live_timer_it_stands_for(tmp_path: Path) -> None:
+    """start_height schedules height 4's block-interval timer; the WAL already holds that timeout (it fired
+    before the crash). Replaying it must cancel the live timer, or it would fire a second time and be logged
+    again."""
+    config, clock, _ = _first_run(tmp_path)
+    _crash_state(config, clock, "proposal")                  # its WAL starts with height 4's BLOCK_INTERVAL timeout
+    node = make_node(config, clock)
+    node.consensus.broadcast = lambda msg: None
+    node.startService()
+    try:
+        live = [c for c in clock.getDelayedCalls()
+                if c.active() and c.args[:3] == (4, 0, eng.TimeoutKind.BLOCK_INTERVAL)]
+        assert live == []
+    finally:
+        node.stopService()

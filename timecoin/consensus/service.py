@@ -318,7 +318,9 @@ class ConsensusService(service.Service):
             raise ValidationError(Reason.SHUTTING_DOWN, "consensus is halted")
 
     def _on_timeout(self, height: int, round_: int, kind: eng.TimeoutKind) -> None:
-        self._timers.pop((height, round_, int(kind)), None)
+        call = self._timers.pop((height, round_, int(kind)), None)
+        if call is not None and call.active():      # a replayed timeout: the live timer must not fire it again
+            call.cancel()
         if not self._replaying:
             self.wal.append(WalKind.TIMEOUT, height.to_bytes(8, "big") + round_.to_bytes(4, "big") + bytes((kind,)))
         self._run(lambda: self.engine.on_timeout(height, round_, kind, self.clock.seconds()))
