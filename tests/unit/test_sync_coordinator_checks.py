@@ -25,7 +25,7 @@ from timecoin.ledger.block import Block, CommitCertificate
 from timecoin.node import Node, StoreService
 from timecoin.p2p.peers import Event
 from timecoin.store import Store
-from timecoin.sync.coordinator import STATUS_FILE, SyncCoordinator
+from timecoin.sync.coordinator import FORK_SUSPECT_INTERVAL, STATUS_FILE, SyncCoordinator
 from timecoin.sync.forks import OutcomeKind
 from timecoin.sync.peer import PeerStatus
 
@@ -240,6 +240,32 @@ def test_fork_suspected_checks_at_once_coalesced_and_never_during_a_cycle(
     assert node.store.tip_hash() == honest.store.block_hash_at(TIP)      # ... and re-synced at once
     assert peers[0].hash_requests[0] == (1, 35) and peers[0].hash_requests.count((1, 35)) == 1   # coalesced
     assert (1, TIP + 5) not in peers[2].hash_requests and (1, TIP) not in peers[2].hash_requests
+    close_peers(peers)
+
+
+def test_a_false_fork_suspicion_is_charged_and_suspicions_are_rate_limited_per_peer(
+        tmp_path: Path, spec: ChainSpec, honest: ChainBuilder, stops: list[Running]) -> None:
+    prefill(tmp_path, honest)
+    peers = copies(honest, tmp_path, 2)
+    node = Running(tmp_path, spec, peers)
+    stops.append(node)
+    fake = b"\x05" * 32                                                  # not our block 35, nor theirs
+    node.sync.fork_suspected("h0", 35, fake)
+    node.clock.advance(0)
+    assert peers[0].hash_requests and node.sync.last_fork is None        # checked: its chain is ours
+    assert peers[0].penalties == [Event.STALE_DATA] and peers[1].penalties == []
+    asked = len(peers[0].hash_requests)
+    node.clock.advance(FORK_SUSPECT_INTERVAL - 1)
+    node.sync.fork_suspected("h0", 35, fake)                             # within the window: ignored
+    node.sync.fork_suspected("h1", 35, fake)                             # another peer has its own window
+    node.clock.advance(0)
+    assert len(peers[0].hash_requests) == asked and peers[0].penalties == [Event.STALE_DATA]
+    assert peers[1].hash_requests and peers[1].penalties == [Event.STALE_DATA]
+    node.clock.advance(1)
+    node.sync.fork_suspected("h0", 35, fake)                             # the window has passed
+    node.clock.advance(0)
+    assert len(peers[0].hash_requests) > asked and peers[0].penalties == [Event.STALE_DATA] * 2
+    assert node.store.tip_height() == TIP and node.sync.last_fork is None
     close_peers(peers)
 
 

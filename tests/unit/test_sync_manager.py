@@ -21,7 +21,7 @@ from timecoin.ledger.block import Block, CommitCertificate
 from timecoin.p2p.peers import DELTAS, Event
 from timecoin.store import Store
 from timecoin.sync.apply import apply_batch, certificate_problem
-from timecoin.sync.manager import StateSyncManager, SyncResult
+from timecoin.sync.manager import MAX_WINDOW_ATTEMPTS, StateSyncManager, SyncResult
 from timecoin.sync.peer import PeerStatus
 
 HONEST = 120
@@ -375,3 +375,37 @@ def test_a_synced_block_whose_parent_is_not_our_tip_reports_a_fork(tmp_path: Pat
     assert peer_id in {"h0", "h1", "h2"} and height == 60 and their_hash == honest.store.block_hash_at(60)
     assert sum(len(p.hash_requests) for p in peers) == 3             # one window: the run stopped, no re-plans
     assert all(p.penalties == [] for p in peers)
+
+
+def test_an_uncertified_block_whose_parent_is_not_our_tip_is_charged_not_taken_as_a_fork(
+        tmp_path: Path, spec: ChainSpec, honest: ChainBuilder) -> None:
+    branch = honest.fork(50, Store(str(tmp_path / "b")), salt=3)
+    branch.build(HONEST - 50, signers=[0])                            # forged certificates from 51 on
+    liars = [StorePeer(f"junk{i}", branch.store) for i in range(3)]  # agree on their hashes, all junk
+    syncer = Syncer(tmp_path / "s", spec, store=copy(honest, tmp_path / "ours", 60))
+    result = syncer.sync(liars)
+    assert syncer.forks == [] and not result.fork_suspected          # junk is not a fork
+    assert syncer.store.tip_height() == 60
+    servers = [p for p in liars if p.block_requests]
+    assert servers and all(Event.FORGED_CERTIFICATE in p.penalties for p in servers)
+    assert set(result.penalized) == {p.peer_id for p in servers}
+
+
+def test_replans_near_the_tip_are_not_failed_attempts(tmp_path: Path, spec: ChainSpec,
+                                                      honest: ChainBuilder) -> None:
+    peers = [StorePeer(f"p{i}", copy(honest, tmp_path / f"p{i}")) for i in range(3)]
+    syncer = Syncer(tmp_path / "s", spec)
+    apply = syncer.apply
+    moved = [0]
+
+    def consensus_commits_first(items: list[tuple[Block, CommitCertificate]]) -> tuple[int, Reason | None]:
+        if moved[0] < 2 * MAX_WINDOW_ATTEMPTS:                       # consensus committed the next height
+            moved[0] += 1
+            apply(items[:1])
+            return 0, Reason.WRONG_HEIGHT
+        return apply(items)
+    syncer.manager.apply = consensus_commits_first
+    result = syncer.sync(peers)
+    assert moved[0] == 2 * MAX_WINDOW_ATTEMPTS
+    assert_honest(syncer, honest)
+    assert result.failed_ranges == 0 and not result.penalized

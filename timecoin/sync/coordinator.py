@@ -48,6 +48,7 @@ STATUS_FILE = "sync-status.json"
 Served = tuple[SyncPeer, Block]
 STATE_CHECK_MARGIN = 2             # blocks below the height most peers hold (the newest may still spread)
 STATE_CHECK_PEERS = 3              # peers asked for their certified block at the checked height
+FORK_SUSPECT_INTERVAL = 10.0       # seconds: at most one fork check per suspecting peer in this window
 
 
 class SyncCoordinator(service.Service):
@@ -72,6 +73,7 @@ class SyncCoordinator(service.Service):
         self._busy = False
         self._again = False
         self._suspects: dict[str, tuple[int, bytes]] = {}     # peer id -> (height, its hash there)
+        self._suspected_at: dict[str, float] = {}              # peer id -> when its last suspicion was taken
         self._fork_scheduled = False
         self._status_path = os.path.join(cfg.datadir, STATUS_FILE)
 
@@ -115,11 +117,20 @@ class SyncCoordinator(service.Service):
 
         Called by the P2P service for a NEW_BLOCK announcement whose hash differs from ours, and by
         the sync run for a block whose parent is not our tip. The check runs on the next reactor turn,
-        or right after the cycle or check in progress; calls before it runs coalesce (the latest claim
-        of each peer is kept) and two checks never run at once.
+        or right after the cycle or check in progress; two checks never run at once. Suspicions are
+        rate-limited per peer: one is taken per ``FORK_SUSPECT_INTERVAL`` seconds, later ones within
+        that window are ignored. A peer whose hashes turn out to equal ours (no fork) is charged
+        ``stale_data``: a false suspicion is not free.
         """
         if not self.running:
             return
+        now = self.reactor.seconds()
+        last = self._suspected_at.get(peer_id)
+        if last is not None and now - last < FORK_SUSPECT_INTERVAL:
+            return
+        self._suspected_at[peer_id] = now
+        if len(self._suspected_at) > 4096:                  # bounded: forget the peers outside the window
+            self._suspected_at = {p: t for p, t in self._suspected_at.items() if now - t < FORK_SUSPECT_INTERVAL}
         self._suspects[peer_id] = (height, bytes(block_hash))
         if self._busy or self._fork_scheduled:
             return                                   # _done schedules it when the running work ends
@@ -239,6 +250,9 @@ class SyncCoordinator(service.Service):
             if fork is not None:
                 self.log.warn("Fork: {peer} differs from our chain from height {h}", peer=peer_id, h=fork)
                 found.append(fork)
+            else:                                    # it claimed another block at ``height``; serves ours
+                self.manager._charge(peer, Event.STALE_DATA,
+                                     f"announced {their_hash.hex()[:16]} at height {height}, but its chain is ours")
         if found and not self._halted():
             await self._resolve(list(peers.values()), min(found))
 

@@ -21,7 +21,10 @@ One sync run:
 5. **Applied in order, one LMDB write transaction per ``batch`` blocks** (``apply``): the consecutive
    chunks that have arrived are applied together, up to ``batch`` blocks. A block that fails
    verification is charged to its server, which is left out of the run. A block whose parent is not
-   our tip means the peers' chain differs from ours below it: ``on_fork`` is told and the run ends.
+   our tip is checked for its certificate first: a forged one is charged ``forged_certificate`` to its
+   server (left out of the run); a certified one means the peers' chain differs from ours below it:
+   ``on_fork`` is told and the run ends. A batch refused because consensus committed a height
+   meanwhile re-plans the window; re-plans are not failed attempts (bounded apart, ``MAX_REPLANS``).
 
 Requests we cancel ourselves (a window ended while others were in flight) are never charged.
 
@@ -60,6 +63,7 @@ DEFAULT_REDUNDANCY = 3
 DEFAULT_RANGES_IN_FLIGHT = 8       # body chunks in flight across all servers
 DEFAULT_REQUEST_TIMEOUT = 15.0
 MAX_WINDOW_ATTEMPTS = 6            # failed windows (no agreement, bad bodies) before a run gives up
+MAX_REPLANS = 100                  # re-plans (consensus committed a height meanwhile) in one run: not failures
 MAX_RUN_BLOCKS = 10_000_000       # one run's bound; the coordinator's next cycle goes on from there
 HASH_WINDOW = 1000                 # hashes voted per request (one request per voter per window)
 PROGRESS_EVERY = 2.0               # seconds between progress log lines
@@ -205,8 +209,9 @@ class StateSyncManager:
     async def _pipeline(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus]) -> int:
         """Vote a window of hashes, then fetch and apply its bodies; repeat until the target."""
         failed = 0
+        replans = 0
         excluded: set[str] = set()
-        for _ in range(MAX_WINDOW_ATTEMPTS + MAX_RUN_BLOCKS // HASH_WINDOW):     # bounded: windows and failures
+        for _ in range(MAX_WINDOW_ATTEMPTS + MAX_REPLANS + MAX_RUN_BLOCKS // HASH_WINDOW):   # windows, fails, re-plans
             await self._add_newcomers(peers, statuses)
             tip = self.tip_height()
             target = self._target(peers, statuses, excluded)
@@ -221,7 +226,12 @@ class StateSyncManager:
             self._charge_outvoted(vote, statuses)
             if outcome is _Outcome.STOP:
                 break
-            if outcome is not _Outcome.DONE:
+            if outcome is _Outcome.REPLAN:           # routine near the tip: not a failure, but bounded apart
+                replans += 1
+                if replans >= MAX_REPLANS:
+                    self.log.info("Sync: our tip kept moving ({n} re-plans); ending the run", n=replans)
+                    break
+            elif outcome is not _Outcome.DONE:
                 failed += 1
         return failed
 
@@ -451,9 +461,17 @@ class StateSyncManager:
             return _Outcome.STOP
         bad_index = min(applied, len(items) - 1)
         bad = items[bad_index][0]
+        if reason is Reason.WRONG_HEIGHT and self.tip_height() == bad.height - 1 and self.verify is not None:
+            # Our side did not move: the certificate first. An uncertified block is junk, not a fork.
+            why = self.verify(*items[bad_index])
+            if why is not None:
+                culprit = self._peer(backers, owners[bad_index])
+                self._charge(culprit, Event.FORGED_CERTIFICATE, f"served block {bad.height}: {why}")
+                excluded.add(culprit.peer_id)
+                return _Outcome.FAILED
         if reason is Reason.WRONG_HEIGHT:
             if applied == 0 and self.tip_height() == bad.height - 1:
-                # Voted, certified-or-not, its parent is not our tip: their chain differs from ours below.
+                # Voted and certified, its parent is not our tip: their chain differs from ours below.
                 self.log.warn("Sync: block {h} from {peer} builds on {parent}, not on our tip: fork suspected",
                               h=bad.height, peer=owners[bad_index], parent=bad.header.prev_hash.hex()[:16])
                 self._fork = True
