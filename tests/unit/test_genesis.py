@@ -3,6 +3,7 @@ formatting, and a file that cannot found a chain must be refused with a GenesisE
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ from typing import Any
 import pytest
 
 from timecoin import crypto
+from timecoin.consensus.proposer import MAX_TOTAL_VOTING_POWER
 from timecoin.crypto import UNITS_PER_TIME, PrivateKey
 from timecoin.ledger import lthash as lt
 from timecoin.ledger.account import Account
 from timecoin.ledger.genesis import Genesis, GenesisAccount, GenesisError
-from timecoin.ledger.params import ChainParams
+from timecoin.ledger.params import MAX_UNBONDING_ENTRIES, OPTIONAL_PARAMS, ChainParams
 
 V1 = PrivateKey(b"\x11" * 32)
 V2 = PrivateKey(b"\x22" * 32)
@@ -68,11 +70,13 @@ def test_hash_stable_under_key_order_whitespace_and_account_order() -> None:
 
 
 def test_hash_stable_for_equivalent_spellings() -> None:
-    """Defaults written out, address derived from pubkey, mainnet/testnet prefix: same meaning, same hash."""
+    """Defaults written out, address derived from pubkey, mainnet/testnet prefix: same meaning, same hash.
+    (Not the OPTIONAL_PARAMS: those are hashed when stated, see test_stated_max_unbonding_entries_...)"""
     base = Genesis.from_obj(_obj()).hash
     explicit = _obj()
     explicit["params"] = {k: v for k, v in ChainParams("x", block_reward=5 * UNITS_PER_TIME,
-                                                       min_fee=10).to_json().items() if k != "chain_id"}
+                                                       min_fee=10).to_json().items()
+                          if k != "chain_id" and k not in OPTIONAL_PARAMS}
     assert Genesis.from_obj(explicit).hash == base
     with_addr = _obj()
     with_addr["accounts"][1]["address"] = crypto.encode_address(V2.address)
@@ -206,6 +210,71 @@ def test_total_supply_above_u64_refused() -> None:
     obj["accounts"][0]["balance"] = 2**64 - 1       # plus its stake: more than a u64 can hold
     with pytest.raises(GenesisError):
         Genesis.from_obj(obj)
+
+
+def test_total_supply_above_max_total_voting_power_refused() -> None:
+    """consensus/proposer.check_total_power raises above MaxTotalVotingPower (int64 max / 8): a genesis
+    whose supply (balances + stakes) plus one block reward exceeds it is refused, though below 2^64."""
+    obj = _obj()
+    rest = sum(a.get("balance", 0) + a.get("stake", 0) for a in obj["accounts"][1:]) + STAKE
+    reward = obj["params"]["block_reward"]
+    obj["accounts"][0]["balance"] = MAX_TOTAL_VOTING_POWER - rest - reward + 1
+    with pytest.raises(GenesisError, match="total supply .* exceeds the maximum"):
+        Genesis.from_obj(obj)
+    obj["accounts"][0]["balance"] -= 1                                       # exactly at the cap: accepted
+    g = Genesis.from_obj(obj)
+    assert g.params.genesis_supply == MAX_TOTAL_VOTING_POWER - reward
+    assert "genesis_supply" not in g.canonical.decode()                     # derived, never hashed
+
+
+def test_genesis_supply_cannot_be_stated() -> None:
+    obj = _obj()
+    obj["params"]["genesis_supply"] = 1
+    with pytest.raises(GenesisError, match="unknown key"):
+        Genesis.from_obj(obj)
+
+
+# The hash of the devnet genesis (placeholder key 1, genesis_time 2026-01-01) as computed by the code
+# before max_unbonding_entries existed: `git show dae75ed:timecoin/ledger/{genesis,params}.py`
+# (git archive dae75ed timecoin), Genesis.single_validator(...).hash.hex().
+PRE_UNBONDING_CAP_DEVNET_HASH = "0d3673a7f436d4c6deaf8ca8c569d174a212c839c34db9347a8b3bb82ad12dbe"
+
+
+def test_genesis_without_max_unbonding_entries_hashes_as_before() -> None:
+    """A genesis file that does not state params.max_unbonding_entries (every file made before the
+    param existed) keeps its hash, so existing datadirs still pass store.check_chain; the cap is 32."""
+    key = PrivateKey((1).to_bytes(32, "big"))
+    devnet = Genesis.single_validator(key, chain_id="timecoin-devnet", genesis_time=1_767_225_600_000)
+    assert devnet.hash.hex() == PRE_UNBONDING_CAP_DEVNET_HASH
+    assert devnet.params.max_unbonding_entries == MAX_UNBONDING_ENTRIES == 32
+    # The canonical form of a file without the key is that content with every other param explicit.
+    g = Genesis.from_obj(_obj())
+    assert g.params.max_unbonding_entries == MAX_UNBONDING_ENTRIES
+    expected = _obj()
+    expected["params"] = {k: v for k, v in ChainParams("timecoin-test", **expected["params"]).to_json().items()
+                          if k not in ("chain_id", "max_unbonding_entries")}
+    for a in expected["accounts"]:
+        pubkey = bytes.fromhex(a.get("pubkey", ""))
+        address = crypto.decode_address(a["address"]) if "address" in a else crypto.address_of(pubkey)
+        a.update(address=crypto.encode_address(address, "devnet"), balance=a.get("balance", 0),
+                 stake=a.get("stake", 0), pubkey=pubkey.hex())
+    expected["accounts"].sort(key=lambda a: crypto.decode_address(a["address"]))
+    canonical = json.dumps(expected, sort_keys=True, separators=(",", ":")).encode()
+    assert g.canonical == canonical and g.hash == hashlib.sha256(canonical).digest()
+    assert Genesis.from_json(g.to_json()).hash == g.hash                   # the written file round-trips
+
+
+def test_stated_max_unbonding_entries_is_hashed_and_kept() -> None:
+    for value in (MAX_UNBONDING_ENTRIES, 5):
+        obj = _obj()
+        obj["params"]["max_unbonding_entries"] = value
+        g = Genesis.from_obj(obj)
+        assert g.params.max_unbonding_entries == value
+        assert b'"max_unbonding_entries":%d' % value in g.canonical
+        assert g.hash != Genesis.from_obj(_obj()).hash                     # stated, even as the default
+        assert Genesis.from_json(g.to_json()).hash == g.hash
+    built = Genesis.for_validators([V1.public_key], "timecoin-test", max_unbonding_entries=7)
+    assert b'"max_unbonding_entries":7' in built.canonical
 
 
 def test_no_validator_refused() -> None:

@@ -10,10 +10,14 @@ Format (amounts in units, 1 TIME = 10^8 units; ``genesis_time`` in ms since the 
 ``params.min_stake`` must be at least 1,000 TIME (SPEC §2: a validator stakes >= 1,000 TIME). A chain
 for tests may go lower (down to 1 unit) only if the file says so with ``"test_chain": true`` at the top
 level; that field is part of the hash when present (and absent from the canonical JSON when false, so
-ordinary genesis files hash as before). ``params.max_unbonding_entries`` is between 1 and 65,535.
+ordinary genesis files hash as before). ``params.max_unbonding_entries`` is between 1 and 65,535; like
+``test_chain`` it is in the canonical JSON only when the file states it (absent: the default cap, 32), so
+genesis files written before it existed keep their hash. Total supply (balances + stakes) plus one
+block reward must not exceed MAX_TOTAL_SUPPLY (int64 max / 8 units, consensus's MaxTotalVotingPower).
 
 The genesis hash is SHA-256 of the canonical JSON (keys sorted, no whitespace, accounts ordered by
-address, every param explicit), so two files that mean the same thing have the same hash. Block 1's
+address, every param explicit except the optional ones not stated), so two files that mean the same
+thing have the same hash. Block 1's
 ``prev_hash`` is the genesis hash; "height 0" has no block.
 """
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from typing import Any
 
@@ -29,7 +33,13 @@ from timecoin import crypto
 from timecoin.errors import DecodeError, TimecoinError
 from timecoin.ledger import lthash as lt
 from timecoin.ledger.account import Account
-from timecoin.ledger.params import MIN_VALIDATOR_STAKE, UNBONDING_ENTRIES_LAYOUT_MAX, ChainParams
+from timecoin.ledger.params import (
+    MAX_TOTAL_SUPPLY,
+    MIN_VALIDATOR_STAKE,
+    OPTIONAL_PARAMS,
+    UNBONDING_ENTRIES_LAYOUT_MAX,
+    ChainParams,
+)
 from timecoin.ledger.state import is_validator
 from timecoin.ledger.validators import Validator, ValidatorSet
 
@@ -55,6 +65,7 @@ class Genesis:
     params: ChainParams
     accounts: tuple[GenesisAccount, ...]
     test_chain: bool = False          # allows params.min_stake below 1,000 TIME (tests only)
+    stated_params: frozenset[str] = frozenset()   # the OPTIONAL_PARAMS the file states (hashed only then)
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_json_obj(self) -> dict[str, Any]:
@@ -62,7 +73,8 @@ class Genesis:
         return obj | {
             "chain_id": self.chain_id,
             "genesis_time": self.genesis_time,
-            "params": {k: v for k, v in self.params.to_json().items() if k != "chain_id"},
+            "params": {k: v for k, v in self.params.to_json().items()
+                       if k != "chain_id" and (k not in OPTIONAL_PARAMS or k in self.stated_params)},
             "accounts": [
                 {"address": crypto.encode_address(a.address, "devnet"), "balance": a.balance,
                  "stake": a.stake, "pubkey": a.pubkey.hex()}
@@ -111,7 +123,9 @@ class Genesis:
         test_chain = obj.get("test_chain", False)
         if not isinstance(test_chain, bool):
             raise GenesisError("test_chain: true or false")
-        params = _params(chain_id, obj.get("params", {}), test_chain)
+        raw_params = obj.get("params", {})
+        params = _params(chain_id, raw_params, test_chain)
+        stated = frozenset(raw_params) & OPTIONAL_PARAMS
         raw_accounts = obj.get("accounts")
         if not isinstance(raw_accounts, list) or not raw_accounts:
             raise GenesisError("accounts: a non-empty list is required")
@@ -122,10 +136,12 @@ class Genesis:
                 raise GenesisError(f"accounts[{i}]: duplicate address")
             accounts[acct.address] = acct
         supply = sum(a.balance + a.stake for a in accounts.values())
-        if supply + params.block_reward > U64_MAX:
-            raise GenesisError(f"total supply {supply} leaves no room below 2^64 units for rewards")
+        if supply + params.block_reward > MAX_TOTAL_SUPPLY:
+            raise GenesisError(f"total supply {supply} units (balances + stakes) plus one block reward exceeds "
+                               f"the maximum {MAX_TOTAL_SUPPLY} (int64 max / 8: consensus's total voting power cap)")
+        params = replace(params, genesis_supply=supply)
         genesis = cls(chain_id, gtime, params, tuple(sorted(accounts.values(), key=lambda a: a.address)),
-                      test_chain)
+                      test_chain, stated)
         if not len(genesis.validators()):
             raise GenesisError(f"no account stakes at least min_stake ({params.min_stake} units): no validators")
         return genesis
@@ -159,7 +175,8 @@ class Genesis:
                        extra: tuple[GenesisAccount, ...] = (), test_chain: bool = False, **params: int) -> Genesis:
         gtime = int(time.time() * 1000) if genesis_time is None else genesis_time
         accounts = tuple(GenesisAccount(crypto.address_of(pk), balance, stake, pk) for pk in pubkeys) + extra
-        genesis = cls(chain_id, gtime, ChainParams(chain_id, **params), accounts, test_chain)
+        genesis = cls(chain_id, gtime, ChainParams(chain_id, **params), accounts, test_chain,
+                      frozenset(params) & OPTIONAL_PARAMS)
         return cls.from_obj(genesis.to_json_obj())
 
 
@@ -172,7 +189,7 @@ def _uint(value: Any, name: str) -> int:
 def _params(chain_id: str, raw: Any, test_chain: bool = False) -> ChainParams:
     if not isinstance(raw, dict):
         raise GenesisError("params must be an object")
-    known = {f.name for f in fields(ChainParams)} - {"chain_id"}
+    known = {f.name for f in fields(ChainParams)} - {"chain_id", "genesis_supply"}
     unknown = set(raw) - known
     if unknown:
         raise GenesisError(f"params: unknown key(s): {', '.join(sorted(unknown))}")

@@ -1,14 +1,21 @@
 """Consensus-critical chain parameters, fixed by the genesis file (SPEC §2–§3)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+from timecoin.consensus.proposer import MAX_TOTAL_VOTING_POWER
 from timecoin.crypto import UNITS_PER_TIME
 
 MIN_VALIDATOR_STAKE = 1_000 * UNITS_PER_TIME
 # The account layout counts unbonding entries in 16 bits (ledger/account.py); a chain's cap must fit it.
 UNBONDING_ENTRIES_LAYOUT_MAX = 2**16 - 1
 MAX_UNBONDING_ENTRIES = 32
+# Params added after genesis files already existed: the canonical genesis JSON (and so the hash) has
+# one only when the file states it, so older files keep their hash; absent means the default above.
+OPTIONAL_PARAMS = frozenset({"max_unbonding_entries"})
+# Total supply (balances + stakes + unbonding) is kept at or below CometBFT's MaxTotalVotingPower
+# (int64 max / 8, consensus/proposer.py), so no validator set's total power can exceed it.
+MAX_TOTAL_SUPPLY = MAX_TOTAL_VOTING_POWER
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,14 @@ class ChainParams:
     max_block_txs: int = 1_000
     max_block_bytes: int = 4 * 1024 * 1024
     evidence_max_age: int = 10_000                 # blocks after which evidence is no longer accepted
+    # Not a genesis field: the genesis accounts' total, set by Genesis (0 for params built by hand).
+    # Fees move and slashing burns, so the supply after block h is at most this + h * block_reward,
+    # the bound the transition keeps <= MAX_TOTAL_SUPPLY.
+    genesis_supply: int = field(default=0, compare=False, repr=False)
 
     def to_json(self) -> dict[str, int | str]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "genesis_supply"}
+
+    def supply_bound(self, height: int) -> int:
+        """An upper bound on total supply after block ``height`` (exact if nothing was slashed)."""
+        return self.genesis_supply + height * self.block_reward
