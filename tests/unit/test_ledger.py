@@ -377,19 +377,21 @@ def test_block_reward_and_fees_paid_to_proposer(chain: ChainFactory) -> None:
     assert c.total_supply() == supply + 20 * T
 
 
-def test_block_reward_past_max_total_supply_refused(chain: ChainFactory) -> None:
+def test_block_reward_stops_at_max_total_supply(chain: ChainFactory) -> None:
     """Total supply stays <= MaxTotalVotingPower (int64 max / 8; above it consensus/proposer's
-    check_total_power raises and the chain halts): a block whose reward would cross it is refused."""
+    check_total_power raises): once another reward would cross it, blocks mint nothing (fees still go to the
+    proposer) and the chain goes on."""
     supply = _genesis().params.genesis_supply
     reward = (MAX_TOTAL_VOTING_POWER - supply) // 2 + 1            # block 1 fits, block 2 would not
     c = chain(block_reward=reward)
     assert c.params.genesis_supply == supply == c.total_supply()
     c.run([c.tx(ALICE, TxKind.STAKE, ALICE_BALANCE - T)])
     assert c.total_supply() == supply + reward <= MAX_TOTAL_VOTING_POWER
-    assert c.params.supply_bound(2) > MAX_TOTAL_VOTING_POWER
-    _reject(c, [], Reason.BAD_BLOCK)
-    with pytest.raises(ValidationError, match="total supply"):
-        build_block(c.state, c.params, 2, 0, bytes(32), GENESIS_TIME, V1.address, [])
+    assert c.params.supply_bound(2) > MAX_TOTAL_VOTING_POWER and c.params.reward_at(2) == 0
+    c.run([c.pay(ALICE, BOB, T // 2)])                              # blocks go on; the fee still moves
+    c.run()
+    assert c.total_supply() == supply + reward <= MAX_TOTAL_VOTING_POWER
+    assert c.acct(BOB).balance == T // 2
 
 
 def test_reward_to_a_proposer_with_matured_unbonding(chain: ChainFactory) -> None:

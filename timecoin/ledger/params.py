@@ -44,3 +44,8 @@ class ChainParams:
     def supply_bound(self, height: int) -> int:
         """An upper bound on total supply after block ``height`` (exact if nothing was slashed)."""
         return self.genesis_supply + height * self.block_reward
+
+    def reward_at(self, height: int) -> int:
+        """The reward minted at ``height``: ``block_reward`` while ``supply_bound(height)`` stays within
+        MAX_TOTAL_SUPPLY, then nothing (fees are still paid), so the chain never stops at the cap."""
+        return self.block_reward if self.supply_bound(height) <= MAX_TOTAL_SUPPLY else 0

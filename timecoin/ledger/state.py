@@ -19,9 +19,10 @@ Rules (each tested in tests/unit/test_ledger.py):
   effect at h + 2: set(h+2) = set(h+1) updated with the accounts block h touched.
 * evidence (duplicate votes, verified against the set of its height, at most ``evidence_max_age``
   old): the validator is jailed and ``slash_ppm`` of its stake is burned.
-* supply: a block is refused (BAD_BLOCK) if ``params.supply_bound(height)`` (genesis supply + height *
-  block_reward, an upper bound on total supply) exceeds MAX_TOTAL_SUPPLY, so total stake, and with it
-  every validator set's total power, stays within consensus's MaxTotalVotingPower.
+* supply: the reward of block h is ``params.reward_at(h)``: ``block_reward`` while genesis supply + h *
+  block_reward (an upper bound on total supply) stays within MAX_TOTAL_SUPPLY, then 0 (fees are still
+  paid), so total stake, and with it every validator set's total power, stays within consensus's
+  MaxTotalVotingPower and the chain goes on past the cap.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from timecoin.errors import InvalidSignature, Reason, ValidationError
 from timecoin.ledger import lthash as lt
 from timecoin.ledger.account import EMPTY_ACCOUNT, Account
 from timecoin.ledger.block import BLOCK_VERSION, Block, Evidence, Header, evidence_root, tx_root
-from timecoin.ledger.params import MAX_TOTAL_SUPPLY, ChainParams
+from timecoin.ledger.params import ChainParams
 from timecoin.ledger.result import BlockResult, StateReader
 from timecoin.ledger.tx import ZERO_ADDRESS, Transaction, TxKind
 from timecoin.ledger.validators import Validator, ValidatorSet
@@ -276,12 +277,8 @@ def execute_block(state: StateReader, params: ChainParams, height: int, proposer
             continue
         applied.append(tx)
         budget -= tx.size
-    if params.supply_bound(height) > MAX_TOTAL_SUPPLY:
-        raise ValidationError(Reason.BAD_BLOCK, f"the block reward would take total supply to "
-                              f"{params.supply_bound(height)} units, above the maximum {MAX_TOTAL_SUPPLY} "
-                              "(int64 max / 8: consensus's total voting power cap)")
     reward_to = overlay.get_account(proposer).matured(height)
-    overlay.set_account(proposer, _credit(reward_to, params.block_reward + fees))
+    overlay.set_account(proposer, _credit(reward_to, params.reward_at(height) + fees))
     changes = overlay.changes
     lthash, undo = _accumulate(state, changes)
     return BlockResult(
