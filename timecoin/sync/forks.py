@@ -24,11 +24,12 @@ Three pieces, all talking to peers only through :class:`~timecoin.sync.peer.Sync
     conflicts with a certified block of ours at the same height.
   - Two valid certificates for different blocks at one height (ours and a peer's) prove that >= 1/3 of
     the stake signed twice or broke its lock: evidence is built for every validator that precommitted
-    both blocks in the same round, ``on_evidence`` gets each; validators that signed both in
-    *different* rounds broke their locks (amnesia, which duplicate-vote evidence cannot prove) and are
-    named. Both certificates and the names are appended to ``record_path`` (``CONFLICT_FILE`` in the
-    datadir, beside ``HALTED``), ``on_halt`` stops finalization, and the store is never touched --
-    whatever the peer weights say.
+    both blocks in the same round, ``on_evidence`` gets each; for certificates of *different* rounds
+    the validators that signed both are named as suspects (an "amnesia" conflict: some validators broke
+    the locking rules, but an honest one may also precommit two blocks in two rounds [L36], and
+    precommits alone cannot tell which -- the prevotes would). Both certificates and the names are
+    appended to ``record_path`` (``CONFLICT_FILE`` in the datadir, beside ``HALTED``), ``on_halt`` stops
+    finalization, and the store is never touched -- whatever the peer weights say.
   - Only a node whose *own* block at the fork height has no valid certificate rolls back, and only to
     a branch that has a valid certificate and >= 2/3 of the answering weight, and at most
     ``max_reorg_depth`` blocks; deeper it halts and leaves the store alone for the operator.
@@ -325,8 +326,9 @@ class ForkResolver:
 
         Same round: every validator that precommitted both blocks signed two votes of one (height,
         round, type) -- duplicate-vote :class:`Evidence`, handed to ``on_evidence``. Different rounds:
-        the validators that signed both broke their locks (an *amnesia* fault); no Evidence type proves
-        that, so they are named in the alert and in the record for the operator.
+        someone broke the locking rules (an *amnesia* fault) but precommits cannot prove who (an honest
+        validator may precommit two blocks in two rounds, paper L36); those that signed both are named as
+        suspects in the alert and in the record for the operator, and no Evidence is built.
         """
         evidence: list[Evidence] = []
         amnesia: set[bytes] = set()
@@ -345,7 +347,7 @@ class ForkResolver:
                 amnesia.update(v.validator for v in both)
                 kind = "amnesia"
                 parts.append(f"block {_short(their_hash)} certified in round {cert.round}, ours in round "
-                             f"{our_cert.round}: signed in both rounds (broke their locks, amnesia) by "
+                             f"{our_cert.round}: signed in both rounds (amnesia suspects) by "
                              f"{', '.join(names) or 'none'}")
             theirs_record.append({"block_hash": their_hash.hex(), "round": cert.round, "kind": kind,
                                   "validators": names, "certificate": cert.encoded.hex()})
@@ -354,7 +356,7 @@ class ForkResolver:
         reason = (f"conflicting commit certificates at height {height}: ours for block {_short(our_block.hash)} "
                   f"(round {our_cert.round}) and a peer's {'; '.join(parts)}; {len(evidence)} double-signing "
                   f"validators recorded as evidence"
-                  + (f", {len(amnesia)} validators signed conflicting blocks in different rounds (amnesia)"
+                  + (f", {len(amnesia)} validators signed conflicting blocks in different rounds (amnesia suspects)"
                      if amnesia else "")
                   + "; >= 1/3 of the stake misbehaved, finalization stopped, operator action needed"
                   + (f" (record in {self.record_path})" if self.record_path else ""))
