@@ -112,10 +112,15 @@ def test_one_node_testnet_finalizes_and_stops_on_sigint(tmp_path: Path) -> None:
     log = (tmp_path / "tn" / "node0" / "node.log").read_text()
     assert "Store closed" in log and "Traceback" not in log
     # `--start` alone on the same folder runs the layout again: the chain continues.
+    # The first run went on past `info` until SIGINT: wait for a block the new run made (its node is up, so
+    # the runner has its signal handlers installed before SIGTERM is sent).
+    stopped_at = status(config)
+    assert stopped_at is not None and stopped_at["height"] >= info["height"]
     runner = start_runner("--dir", "tn", "--start", cwd=tmp_path)
     try:
-        again = wait_for_height(config, info["height"] + 1, 20.0, runner)
-        assert again is not None and again["height"] > info["height"], f"{again}; node.log:\n{log_tail(config)}"
+        again = wait_for_height(config, stopped_at["height"] + 1, 20.0, runner)
+        assert again is not None and again["height"] > stopped_at["height"], \
+            f"{again}; node.log:\n{log_tail(config)}"
         assert again["chain_id"] == info["chain_id"]
     finally:
         code, out, err, _ = finish(runner, signal.SIGTERM, 15.0)
