@@ -336,6 +336,18 @@ def test_operator_bans(tmp_path: Path) -> None:
 
 
 # -- rate limit ---------------------------------------------------------------------------------------
+def test_gcra_gives_the_burst_at_once_then_one_token_an_interval() -> None:
+    """The one token-bucket step behind our limits on peers and our pacing towards them."""
+    tat, now, waits = 100.0, 100.0, []
+    for _ in range(5):                           # burst 3 at 60/min: 3 free tokens, then 1 s apart
+        wait, tat = peers.gcra(tat, now, 60, 3)
+        waits.append(wait)
+        now += wait
+    assert waits == [0.0, 0.0, 0.0, 1.0, 1.0]
+    assert peers.gcra(50.0, 100.0, 60, 3) == (0.0, 101.0)    # an idle bucket is full, never "owed" tokens
+    assert peers.gcra(100.0, 100.0, 60, 0)[0] == 0.0          # a burst below 1 still lets one through
+
+
 def test_token_bucket_burst_then_refill_rate() -> None:
     mgr = PeerManager(None, config(rate_limit=100, rate_limit_burst=20))
     assert [mgr.allow_request(A, T0) for _ in range(25)] == [True] * 20 + [False] * 5

@@ -89,6 +89,18 @@ TX_GOSSIP_BURST = 2_000       # txs a peer may relay at once before the rate app
 _SCORE = struct.Struct(">hd")  # score, decay base time
 
 
+
+def gcra(tat: float, now: float, per_minute: float, burst: int) -> tuple[float, float]:
+    """One token bucket step as GCRA (the token bucket's exact equivalent, one float of state).
+
+    ``tat`` is the bucket's theoretical arrival time (``now`` or earlier for a full bucket). Returns
+    (seconds until a token is free, ``tat`` after taking it). Used for the buckets we enforce on peers
+    (:meth:`PeerManager._take`) and for pacing what we send them (``PeerConnection.pace``/``send_tx``).
+    """
+    interval = 60.0 / per_minute
+    wait = max(tat - (max(1, burst) - 1) * interval - now, 0.0)
+    return wait, max(tat, now) + interval
+
 class Event(enum.Enum):
     """Something a peer did that changes its reputation. The value is the name shown in logs and RPC."""
 
@@ -574,17 +586,16 @@ class PeerManager:
 
     def _take(self, buckets: dict[str, float], rate: int, burst: int, peer_id: str, now: float) -> bool:
         self._tick(now)
-        interval = 60.0 / rate                                # seconds per token
-        tolerance = (burst - 1) * interval                    # how far ahead of now the bucket may run
         tat = buckets.get(peer_id)
         if tat is None:
             if len(buckets) >= MAX_BUCKETS:
                 self._prune_buckets(buckets, now)
             tat = now
-        if tat - tolerance > now + RATE_SLACK:
+        wait, taken = gcra(tat, now, rate, burst)
+        if wait > RATE_SLACK:
             buckets[peer_id] = tat
             return False
-        buckets[peer_id] = max(tat, now) + interval
+        buckets[peer_id] = taken
         return True
 
     def _prune_buckets(self, buckets: dict[str, float], now: float) -> None:

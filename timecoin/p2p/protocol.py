@@ -29,7 +29,7 @@ from timecoin import crypto
 from timecoin.errors import DecodeError, Reason, TimecoinError
 from timecoin.p2p.discovery import parse_multiaddr
 from timecoin.p2p.identity import PeerAuthError, peer_public_key
-from timecoin.p2p.peers import TX_GOSSIP_BURST, TX_GOSSIP_RATE
+from timecoin.p2p.peers import TX_GOSSIP_BURST, TX_GOSSIP_RATE, gcra
 from timecoin.wire import messages as m
 from timecoin.wire.framing import FrameDecoder, encode_frame
 
@@ -255,15 +255,16 @@ class PeerConnection(Protocol):
         if self.state != "ready":
             self._tx_queue.clear()
             return
-        rate = TX_GOSSIP_RATE * PACE_FRACTION / 60.0
-        burst = max(1, int(TX_GOSSIP_BURST * PACE_FRACTION))
+        peers = self.service.peers            # the peer's budget, assumed configured like ours
+        tx_rate, tx_burst = (peers.tx_rate, peers.tx_burst) if peers is not None else (TX_GOSSIP_RATE, TX_GOSSIP_BURST)
+        rate, burst = tx_rate * PACE_FRACTION, max(1, int(tx_burst * PACE_FRACTION))
         now = self.clock.seconds()
         while self._tx_queue:
-            earliest = max(self._tx_tat - (burst - 1) / rate, now)
-            if earliest > now:
-                self._tx_flush = self.clock.callLater(earliest - now, self._flush_txs)
+            wait, taken = gcra(self._tx_tat, now, rate, burst)
+            if wait > 0:
+                self._tx_flush = self.clock.callLater(wait, self._flush_txs)
                 return
-            self._tx_tat = max(self._tx_tat, now) + 1 / rate
+            self._tx_tat = taken
             self.send_payload(self._tx_queue.popleft())
 
     @property
@@ -298,12 +299,9 @@ class PeerConnection(Protocol):
         syncing hard is slowed down instead of refused and charged.
         """
         cfg = self.service.config
-        rate = cfg.rate_limit * PACE_FRACTION / 60.0
-        burst = max(1, cfg.rate_limit_burst - PACE_BURST_MARGIN)
-        now = self.clock.seconds()
-        earliest = max(self._pace_tat - (burst - 1) / rate, now)
-        self._pace_tat = max(self._pace_tat, now) + 1 / rate
-        return earliest - now
+        wait, self._pace_tat = gcra(self._pace_tat, self.clock.seconds(), cfg.rate_limit * PACE_FRACTION,
+                                    cfg.rate_limit_burst - PACE_BURST_MARGIN)
+        return wait
 
     def _send_request(self, rid: int, msg_type: m.MsgType, body: Any) -> None:
         if rid in self._requests and self.state == "ready":
