@@ -269,6 +269,24 @@ def test_a_false_fork_suspicion_is_charged_and_suspicions_are_rate_limited_per_p
     close_peers(peers)
 
 
+def test_suspicions_with_nothing_to_check_spend_no_window(tmp_path: Path, spec: ChainSpec, honest: ChainBuilder,
+                                                          stops: list[Running]) -> None:
+    """An announcement above our tip, or of our own hash, is no suspicion: it must not use up the peer's
+    window and so hide a real one (a fork the sync run reports right after)."""
+    prefill(tmp_path, honest)
+    peers = copies(honest, tmp_path, 1)
+    node = Running(tmp_path, spec, peers)
+    stops.append(node)
+    node.sync.fork_suspected("h0", TIP + 1, b"\x07" * 32)               # above our tip
+    node.sync.fork_suspected("h0", 35, node.store.block_hash_at(35))     # our own block
+    node.clock.advance(0)
+    assert peers[0].hash_requests == [] and peers[0].penalties == []
+    node.sync.fork_suspected("h0", 35, b"\x05" * 32)                    # a real one, at once: checked
+    node.clock.advance(0)
+    assert peers[0].hash_requests and peers[0].penalties == [Event.STALE_DATA]
+    close_peers(peers)
+
+
 def test_fork_suspected_during_a_cycle_waits_for_it(tmp_path: Path, spec: ChainSpec, honest: ChainBuilder,
                                                     stops: list[Running]) -> None:
     prefill(tmp_path, honest)

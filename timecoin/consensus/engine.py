@@ -275,8 +275,9 @@ class Engine:
         cannot fill the buffer with junk or forge another validator's share of it), are deduplicated, and
         are capped per sender: ``MAX_BUFFERED_PER_KIND`` per (round, type) — an honest validator sends
         one, the second may be an equivocation worth turning into evidence once the height starts — and
-        ``MAX_BUFFERED_ROUNDS`` rounds. Refusals raise ValidationError (NOT_VALIDATOR, BAD_SIGNATURE,
-        DUPLICATE, RATE_LIMITED for over the cap, WRONG_ROUND, WRONG_HEIGHT). Messages of the height just
+        ``MAX_BUFFERED_ROUNDS`` rounds (a newer round evicts the sender's oldest). Refusals raise
+        ValidationError (NOT_VALIDATOR, BAD_SIGNATURE, WRONG_ROUND, WRONG_HEIGHT; DUPLICATE for a copy and
+        for anything over a cap, which blames no relay). Messages of the height just
         decided (step COMMITTED, before the next height starts) are dropped silently.
         """
         if msg.height == self.height and self.step != Step.COMMITTED:
@@ -307,10 +308,11 @@ class Engine:
             msg.verify_signature(val.pubkey, self.app.chain_id)
         except InvalidSignature:
             raise ValidationError(Reason.BAD_SIGNATURE, "next-height message signature does not verify") from None
-        if msg.round not in rounds and len(rounds) >= MAX_BUFFERED_ROUNDS:
-            self._evict_next_round(sender, min(rounds))       # keep the sender's newest rounds
-        if len(self._next_height_msgs) >= MAX_BUFFERED_NEXT_HEIGHT:
+        evict = msg.round not in rounds and len(rounds) >= MAX_BUFFERED_ROUNDS
+        if not evict and len(self._next_height_msgs) >= MAX_BUFFERED_NEXT_HEIGHT:
             raise ValidationError(Reason.DUPLICATE, "the next-height buffer is full")
+        if evict:
+            self._evict_next_round(sender, min(rounds))       # keep the sender's newest rounds (frees room)
         self._next_seen.add(ident)
         self._next_per_key[key] = self._next_per_key.get(key, 0) + 1
         self._next_rounds.setdefault(sender, set()).add(msg.round)

@@ -124,6 +124,10 @@ class SyncCoordinator(service.Service):
         """
         if not self.running:
             return
+        store = self.node.store
+        ours = store.block_hash_at(height) if store is not None and 0 < height <= store.tip_height() else None
+        if ours is None or ours == bytes(block_hash):
+            return                   # above our tip or agreeing: nothing to check, and no window spent on it
         now = self.reactor.seconds()
         last = self._suspected_at.get(peer_id)
         if last is not None and now - last < FORK_SUSPECT_INTERVAL:

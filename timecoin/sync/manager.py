@@ -21,10 +21,10 @@ One sync run:
 5. **Applied in order, one LMDB write transaction per ``batch`` blocks** (``apply``): the consecutive
    chunks that have arrived are applied together, up to ``batch`` blocks. A block that fails
    verification is charged to its server, which is left out of the run. A block whose parent is not
-   our tip is checked for its certificate first: a forged one is charged ``forged_certificate`` to its
-   server (left out of the run); a certified one means the peers' chain differs from ours below it:
-   ``on_fork`` is told and the run ends. A batch refused because consensus committed a height
-   meanwhile re-plans the window; re-plans are not failed attempts (bounded apart, ``MAX_REPLANS``).
+   our tip means the peers' chain differs from ours below it: ``on_fork`` is told and the run ends (its
+   certificate is judged by the fork search at the fork point, where both chains share a validator
+   set). A batch refused because consensus committed a height meanwhile re-plans the window; re-plans
+   are not failed attempts (bounded apart, ``MAX_REPLANS``).
 
 Requests we cancel ourselves (a window ended while others were in flight) are never charged.
 
@@ -461,17 +461,14 @@ class StateSyncManager:
             return _Outcome.STOP
         bad_index = min(applied, len(items) - 1)
         bad = items[bad_index][0]
-        if reason is Reason.WRONG_HEIGHT and self.tip_height() == bad.height - 1 and self.verify is not None:
-            # Our side did not move: the certificate first. An uncertified block is junk, not a fork.
-            why = self.verify(*items[bad_index])
-            if why is not None:
-                culprit = self._peer(backers, owners[bad_index])
-                self._charge(culprit, Event.FORGED_CERTIFICATE, f"served block {bad.height}: {why}")
-                excluded.add(culprit.peer_id)
-                return _Outcome.FAILED
         if reason is Reason.WRONG_HEIGHT:
             if applied == 0 and self.tip_height() == bad.height - 1:
-                # Voted and certified, its parent is not our tip: their chain differs from ours below.
+                # Voted, and its parent is not our tip: their chain differs from ours below. Its certificate
+                # is not judged here: our validator set for its height comes from *our* chain, which may
+                # differ from theirs (stake changes after the fork point), so an honest peer's valid
+                # certificate can fail under it. The fork search verifies at the fork point, where both
+                # chains share the set, and charges a forged branch there (forks.py); suspicions are
+                # rate-limited per peer, and a false one costs stale_data (coordinator.fork_suspected).
                 self.log.warn("Sync: block {h} from {peer} builds on {parent}, not on our tip: fork suspected",
                               h=bad.height, peer=owners[bad_index], parent=bad.header.prev_hash.hex()[:16])
                 self._fork = True
