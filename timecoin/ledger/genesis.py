@@ -11,12 +11,13 @@ Format (amounts in units, 1 TIME = 10^8 units; ``genesis_time`` in ms since the 
 for tests may go lower (down to 1 unit) only if the file says so with ``"test_chain": true`` at the top
 level; that field is part of the hash when present (and absent from the canonical JSON when false, so
 ordinary genesis files hash as before). ``params.max_unbonding_entries`` is between 1 and 65,535; like
-``test_chain`` it is in the canonical JSON only when the file states it (absent: the default cap, 32), so
-genesis files written before it existed keep their hash. Total supply (balances + stakes) plus one
+``test_chain`` it is in the canonical JSON only when its value differs from the default (32; absent
+means the default), so genesis files written before it existed keep their hash, and stating the default
+changes nothing. Total supply (balances + stakes) plus one
 block reward must not exceed MAX_TOTAL_SUPPLY (int64 max / 8 units, consensus's MaxTotalVotingPower).
 
 The genesis hash is SHA-256 of the canonical JSON (keys sorted, no whitespace, accounts ordered by
-address, every param explicit except the optional ones not stated), so two files that mean the same
+address, every param explicit except optional ones at their default), so two files that mean the same
 thing have the same hash. Block 1's
 ``prev_hash`` is the genesis hash; "height 0" has no block.
 """
@@ -43,6 +44,8 @@ from timecoin.ledger.params import (
 from timecoin.ledger.state import is_validator
 from timecoin.ledger.validators import Validator, ValidatorSet
 
+_PARAM_DEFAULTS = {f.name: f.default for f in fields(ChainParams)}   # optional params at these are not hashed
+
 U64_MAX = 2**64 - 1
 
 
@@ -65,7 +68,6 @@ class Genesis:
     params: ChainParams
     accounts: tuple[GenesisAccount, ...]
     test_chain: bool = False          # allows params.min_stake below 1,000 TIME (tests only)
-    stated_params: frozenset[str] = frozenset()   # the OPTIONAL_PARAMS the file states (hashed only then)
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_json_obj(self) -> dict[str, Any]:
@@ -74,7 +76,7 @@ class Genesis:
             "chain_id": self.chain_id,
             "genesis_time": self.genesis_time,
             "params": {k: v for k, v in self.params.to_json().items()
-                       if k != "chain_id" and (k not in OPTIONAL_PARAMS or k in self.stated_params)},
+                       if k != "chain_id" and (k not in OPTIONAL_PARAMS or v != _PARAM_DEFAULTS[k])},
             "accounts": [
                 {"address": crypto.encode_address(a.address, "devnet"), "balance": a.balance,
                  "stake": a.stake, "pubkey": a.pubkey.hex()}
@@ -125,7 +127,6 @@ class Genesis:
             raise GenesisError("test_chain: true or false")
         raw_params = obj.get("params", {})
         params = _params(chain_id, raw_params, test_chain)
-        stated = frozenset(raw_params) & OPTIONAL_PARAMS
         raw_accounts = obj.get("accounts")
         if not isinstance(raw_accounts, list) or not raw_accounts:
             raise GenesisError("accounts: a non-empty list is required")
@@ -141,7 +142,7 @@ class Genesis:
                                f"the maximum {MAX_TOTAL_SUPPLY} (int64 max / 8: consensus's total voting power cap)")
         params = replace(params, genesis_supply=supply)
         genesis = cls(chain_id, gtime, params, tuple(sorted(accounts.values(), key=lambda a: a.address)),
-                      test_chain, stated)
+                      test_chain)
         if not len(genesis.validators()):
             raise GenesisError(f"no account stakes at least min_stake ({params.min_stake} units): no validators")
         return genesis
@@ -175,8 +176,7 @@ class Genesis:
                        extra: tuple[GenesisAccount, ...] = (), test_chain: bool = False, **params: int) -> Genesis:
         gtime = int(time.time() * 1000) if genesis_time is None else genesis_time
         accounts = tuple(GenesisAccount(crypto.address_of(pk), balance, stake, pk) for pk in pubkeys) + extra
-        genesis = cls(chain_id, gtime, ChainParams(chain_id, **params), accounts, test_chain,
-                      frozenset(params) & OPTIONAL_PARAMS)
+        genesis = cls(chain_id, gtime, ChainParams(chain_id, **params), accounts, test_chain)
         return cls.from_obj(genesis.to_json_obj())
 
 

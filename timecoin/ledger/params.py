@@ -11,7 +11,7 @@ MIN_VALIDATOR_STAKE = 1_000 * UNITS_PER_TIME
 UNBONDING_ENTRIES_LAYOUT_MAX = 2**16 - 1
 MAX_UNBONDING_ENTRIES = 32
 # Params added after genesis files already existed: the canonical genesis JSON (and so the hash) has
-# one only when the file states it, so older files keep their hash; absent means the default above.
+# one only at a value other than its default, so older files keep their hash; absent means the default.
 OPTIONAL_PARAMS = frozenset({"max_unbonding_entries"})
 # Total supply (balances + stakes + unbonding) is kept at or below CometBFT's MaxTotalVotingPower
 # (int64 max / 8, consensus/proposer.py), so no validator set's total power can exceed it.
