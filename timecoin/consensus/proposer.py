@@ -18,13 +18,12 @@ Bit-exact with CometBFT in integer arithmetic (no floats: powers above 2^53 woul
 """
 from __future__ import annotations
 
-from timecoin.ledger.validators import ValidatorSet
+from timecoin.ledger.validators import MAX_TOTAL_VOTING_POWER, ValidatorSet
 
 Priorities = dict[bytes, int]
 
 INT64_MAX = (1 << 63) - 1
 INT64_MIN = -(1 << 63)
-MAX_TOTAL_VOTING_POWER = INT64_MAX // 8       # CometBFT types.MaxTotalVotingPower
 PRIORITY_WINDOW_SIZE_FACTOR = 2               # CometBFT types.PriorityWindowSizeFactor
 
 

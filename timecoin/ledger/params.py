@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from timecoin.consensus.proposer import MAX_TOTAL_VOTING_POWER
 from timecoin.crypto import UNITS_PER_TIME
+from timecoin.ledger.validators import MAX_TOTAL_VOTING_POWER
 
 MIN_VALIDATOR_STAKE = 1_000 * UNITS_PER_TIME
 # The account layout counts unbonding entries in 16 bits (ledger/account.py); a chain's cap must fit it.

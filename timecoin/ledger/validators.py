@@ -14,6 +14,10 @@ from construct import Int16ub, Int64ub, PrefixedArray, Struct
 
 from timecoin.wire.messages import Address, Codec, PubKey
 
+# CometBFT's types.MaxTotalVotingPower (int64 max / 8): the proposer-priority arithmetic needs total power
+# within it (consensus/proposer.py), so the ledger keeps total supply, hence any set's power, below it.
+MAX_TOTAL_VOTING_POWER = ((1 << 63) - 1) // 8
+
 ValidatorLayout = Struct("address" / Address, "pubkey" / PubKey, "power" / Int64ub)
 VALIDATOR_SET = Codec("ValidatorSet", Struct("validators" / PrefixedArray(Int16ub, ValidatorLayout)))
 
