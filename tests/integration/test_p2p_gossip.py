@@ -60,6 +60,12 @@ def known(node: Node, ids: set[bytes]) -> set[bytes]:
     return {txid for txid in ids if txid in chain or txid in node.mempool}
 
 
+async def line_up(middle: Any) -> None:
+    """Wait until the middle node of a three-node line holds both its connections, ready."""
+    await wait_for(lambda: len(middle.p2p.connections) == 2
+                   and all(c.state == "ready" for c in middle.p2p.connections.values()), 15.0, "line up")
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_burst_of_200_relayed_txs_costs_no_reputation_and_every_tx_arrives(tmp_path: Path) -> None:
     net, funded = funded_net(tmp_path, senders=4)
@@ -68,8 +74,7 @@ async def test_a_burst_of_200_relayed_txs_costs_no_reputation_and_every_tx_arriv
         validator, sender, far = net.nodes
         net.connect(1, [0])                  # sender - validator - far: the validator relays the burst
         net.connect(2, [0])
-        await wait_for(lambda: len(validator.p2p.connections) == 2
-                       and all(c.state == "ready" for c in validator.p2p.connections.values()), 15.0, "line up")
+        await line_up(validator)
         txs = transfers(net.genesis, funded, per_sender=50)
         assert len(txs) == 200 > validator.config.rate_limit_burst
         for tx in txs:
@@ -255,8 +260,7 @@ async def test_txs_are_processed_and_relayed_once_along_a_line(tmp_path: Path) -
         validator, sender, far = net.nodes
         net.connect(1, [0])
         net.connect(2, [0])
-        await wait_for(lambda: len(validator.p2p.connections) == 2
-                       and all(c.state == "ready" for c in validator.p2p.connections.values()), 15.0, "line up")
+        await line_up(validator)
         txs = transfers(net.genesis, funded, per_sender=5)
         for tx in txs:
             sender.mempool.add(tx)
@@ -291,8 +295,7 @@ async def test_votes_and_proposals_are_processed_and_relayed_once_along_a_line(t
         v, a, b = net.nodes
         net.connect(1, [0])
         net.connect(2, [1])
-        await wait_for(lambda: len(a.p2p.connections) == 2
-                       and all(c.state == "ready" for c in a.p2p.connections.values()), 15.0, "line up")
+        await line_up(a)
         h = v.store.tip_height()
         await wait_for(lambda: b.store.tip_height() >= h + 5, 20.0, "b follows through a")
         await v.stopService()                                # no new messages; let the last ones land

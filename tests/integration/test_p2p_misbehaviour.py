@@ -286,6 +286,14 @@ async def test_good_deliveries_raise_a_score_slowly_capped_per_window(tmp_path: 
         await net.stop()
 
 
+def relay_conflicting_prevotes(net: Net, target: Any, equivocator: Any, relay: Any) -> None:
+    """Through ``relay``, two prevotes ``equivocator`` signed for one (height, round) of ``target``: nil and a block."""
+    engine, chain = target.consensus.engine, net.genesis.chain_id
+    for block_hash in (NIL_HASH, b"\x07" * 32):
+        vote = Vote(VoteType.PREVOTE, engine.height, engine.round, block_hash, equivocator.address)
+        relay.send(m.MsgType.VOTE, vote.signed(equivocator, chain).to_wire())
+
+
 @pytest_twisted.ensureDeferred
 async def test_equivocation_is_charged_to_the_validators_own_peer_not_to_the_relay(tmp_path: Path) -> None:
     # Two validators in the genesis; only node0 runs. The other validator's key connects as a raw peer
@@ -301,13 +309,7 @@ async def test_equivocation_is_charged_to_the_validators_own_peer_not_to_the_rel
         assert target.p2p.connections[equivocator.peer_id].is_validator
         relay_key = make_keys(1, seed=16)[0]
         relay = await connect_ready(relay_key, target)
-        engine = target.consensus.engine
-        height, round_ = engine.height, engine.round
-        chain = net.genesis.chain_id
-        a = Vote(VoteType.PREVOTE, height, round_, NIL_HASH, equivocator.address).signed(equivocator, chain)
-        b = Vote(VoteType.PREVOTE, height, round_, b"\x07" * 32, equivocator.address).signed(equivocator, chain)
-        relay.send(m.MsgType.VOTE, a.to_wire())
-        relay.send(m.MsgType.VOTE, b.to_wire())
+        relay_conflicting_prevotes(net, target, equivocator, relay)
         await wait_for(lambda: bad.lost.called, 5.0, "the equivocator's connection dropped")
         assert score(target, equivocator) == DELTAS[Event.EQUIVOCATION] and banned(target, equivocator)
         assert Reason.BANNED in bad.rejects()
@@ -329,11 +331,7 @@ async def test_equivocation_by_a_validator_not_connected_bans_its_peer_id_for_wh
         equivocator = net.keys[1]
         relay_key = make_keys(1, seed=18)[0]
         relay = await connect_ready(relay_key, target)
-        engine = target.consensus.engine
-        chain = net.genesis.chain_id
-        for block_hash in (NIL_HASH, b"\x08" * 32):
-            vote = Vote(VoteType.PREVOTE, engine.height, engine.round, block_hash, equivocator.address)
-            relay.send(m.MsgType.VOTE, vote.signed(equivocator, chain).to_wire())
+        relay_conflicting_prevotes(net, target, equivocator, relay)
         await wait_for(lambda: banned(target, equivocator), 5.0, "the equivocator's PeerID banned")
         assert score(target, relay_key) > 0 and not banned(target, relay_key)
         late = await connect(equivocator, target)
