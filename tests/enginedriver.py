@@ -41,7 +41,8 @@ class EngineDriver:
     def block(self, round_: int, ts_ms: int | None = None) -> Block:
         """A fresh block of height 1 built by the proposer of ``round_`` (distinct per round and time)."""
         node = self.net.node_of(self.proposers[round_])
-        return node.app.propose(1, round_, ts_ms if ts_ms is not None else 1000 * (round_ + 1))
+        # By default stamped at the driver's clock (+ round, so blocks differ): timely when delivered soon after.
+        return node.app.propose(1, round_, ts_ms if ts_ms is not None else int(self.t * 1000) + 1 + round_)
 
     def proposal(self, round_: int, pol_round: int = -1, block: Block | None = None) -> Proposal:
         node = self.net.node_of(self.proposers[round_])
