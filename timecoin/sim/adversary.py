@@ -44,6 +44,7 @@ class SimConfig:
     byzantine: int = 1
     heights: int = 3
     powers: tuple[int, ...] | None = None
+    relay: bool = True            # the keyless relay may be drawn (off: to isolate other findings)
 
     @property
     def power_list(self) -> tuple[int, ...]:
@@ -60,12 +61,14 @@ class SimConfig:
 
     def to_json(self) -> dict[str, object]:
         return {"nodes": self.nodes, "byzantine": self.byzantine, "heights": self.heights,
-                "powers": list(self.power_list), "control": self.control}
+                "powers": list(self.power_list), "control": self.control, "relay": self.relay}
 
     def argv(self) -> str:
         s = f"--nodes {self.nodes} --byzantine {self.byzantine} --heights {self.heights}"
         if self.powers:
             s += " --powers " + ",".join(map(str, self.powers))
+        if not self.relay:
+            s += " --no-relay"
         return s
 
 
@@ -121,16 +124,20 @@ def run_seed(seed: int, config: SimConfig, timeouts: eng.Timeouts = TIMEOUTS) ->
         world.adversaries.append(LockSplitter(world, rng))
     else:
         world.adversaries.append(Byzantine(world, rng, {i: Behaviour.draw(rng) for i in sorted(byzantine)}))
-    if rng.random() < 0.3:
+    if rng.random() < 0.3 and config.relay:
         world.adversaries.append(KeylessRelay(world, rng, rng.uniform(0.2, 0.8)))
     target = config.heights
     deadline = net.gst + config.liveness_bound()
-    world.start()
-    world.run(lambda: min(node.height for node in world.honest) >= target, deadline, MAX_EVENTS)
+    crash: list[Violation] = []
+    try:
+        world.start()
+        world.run(lambda: min(node.height for node in world.honest) >= target, deadline, MAX_EVENTS)
+    except Exception as exc:            # a crash of the code under test is a finding, reported like one
+        crash.append(Violation("crash", f"{type(exc).__name__}: {exc}"))
     history = History(genesis, {node.index: node.chain() for node in world.honest},
                       {node.index: node.signed for node in world.honest},
                       {node.index: node.height for node in world.honest})
-    violations = check_safety(history)
+    violations = crash + check_safety(history)
     if not config.control:
         bound = f"{config.liveness_bound():.1f}s after GST"
         if world.clock.events >= MAX_EVENTS:
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--heights", type=int, default=3)
     ap.add_argument("--powers", type=str, default="", help="comma-separated voting powers, one per node")
+    ap.add_argument("--no-relay", action="store_true", help="never draw the keyless relay")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--verbose", action="store_true", help="print every run's result (JSON lines)")
     args = ap.parse_args(argv)
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--powers needs one power per node")
     if not 0 <= args.byzantine <= args.nodes or args.nodes < 1 or args.seeds < 0 or args.heights < 1:
         ap.error("need 1 <= nodes, 0 <= byzantine <= nodes, seeds >= 0, heights >= 1")
-    config = SimConfig(args.nodes, args.byzantine, args.heights, powers)
+    config = SimConfig(args.nodes, args.byzantine, args.heights, powers, relay=not args.no_relay)
     summary = Summary(config, args.start)
     began = time.perf_counter()
     for seed in range(args.start, args.start + args.seeds):

@@ -187,7 +187,7 @@ class LockSplitter:
         p: Proposal | None = None
         mode = self.plan(h, r).byz_proposal if self.before_gst() else "repropose"
         if mode == "repropose":
-            p = self._repropose(byz, h, r)
+            p = self._repropose(view, byz, h, r)
         if p is None:
             store, params = view.store, self.world.genesis.params
             prev_ts = store.get_block(h - 1).header.timestamp if h > 1 else self.world.genesis.genesis_time
@@ -200,9 +200,9 @@ class LockSplitter:
         for dst in self.world.honest:
             self.world.send(byz, dst, p, lossless=True)
 
-    def _repropose(self, byz: Node, h: int, r: int) -> Proposal | None:
+    def _repropose(self, view: Node, byz: Node, h: int, r: int) -> Proposal | None:
         """Re-propose a value that had a polka in an older round (the newest such round, or a random one)."""
-        vs = self.world.honest[0].app.validator_set(h)
+        vs = view.app.validator_set(h)
         options = []
         for (hh, rr, value), voters in self.prevoters.items():
             if (hh == h and rr < r and value in self.blocks and value != NIL_HASH
