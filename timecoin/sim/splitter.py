@@ -91,17 +91,34 @@ class LockSplitter:
 
     # -- plans -----------------------------------------------------------------------------------
     def plan(self, height: int, round_: int) -> RoundPlan:
+        """The round's plan, drawn on first use. Three kinds: ``random`` (any audience and committer),
+        ``lock`` (a polka for a few, no decision: locks diverge) and ``commit`` (the honest nodes still
+        free to prevote the round's value see its polka, one of them decides: a decision that nodes
+        locked elsewhere did not see, which a broken lock rule then contradicts)."""
         key = (height, round_)
         p = self.plans.get(key)
         if p is None:
-            rng = self.rng
-            audience = frozenset(i for i in self.honest_ids if rng.random() < 0.5)
+            rng, honest = self.rng, self.honest_ids
+            kind = rng.choice(("random", "random", "lock", "commit", "commit"))
             committer = None
-            if rng.random() < 0.6:
-                committer = rng.choice(sorted(audience) if audience and rng.random() < 0.8 else self.honest_ids)
-            p = self.plans[key] = RoundPlan(audience, committer, rng.random() < 0.15,
+            if kind == "lock":
+                audience = frozenset(rng.sample(honest, rng.randint(1, max(1, len(honest) - 1))))
+            elif kind == "commit":
+                audience = frozenset(self._free(height))
+                committer = rng.choice(sorted(audience)) if audience else None
+            else:
+                audience = frozenset(i for i in honest if rng.random() < 0.5)
+                if rng.random() < 0.6:
+                    committer = rng.choice(sorted(audience) if audience and rng.random() < 0.8 else honest)
+            p = self.plans[key] = RoundPlan(audience, committer, kind != "commit" and rng.random() < 0.15,
                                             rng.choice(("fresh", "fresh", "repropose")))
         return p
+
+    def _free(self, height: int) -> list[int]:
+        """Honest nodes at ``height`` holding no lock (they prevote any valid fresh value)."""
+        return [n.index for n in self.world.honest
+                if n.engine.height == height and n.engine.step != Step.COMMITTED
+                and getattr(n.engine, "locked_round", -1) == -1]
 
     def before_gst(self) -> bool:
         return not self.world.after_gst()
