@@ -80,6 +80,10 @@ def make_certificate() -> dict[str, Any]:
     return {"height": 42, "round": 1, "block_hash": block_hash(), "signatures": sigs}
 
 
+def make_vote_quorum() -> dict[str, Any]:
+    return {"type": 2, **make_certificate()}
+
+
 def make_proposal_sign_bytes() -> dict[str, Any]:
     return {"height": 42, "round": 1, "pol_round": -1, "block_hash": block_hash(), "proposer": KEY_A.address}
 
@@ -129,6 +133,7 @@ MESSAGE_VALUES: dict[MsgType, tuple[Any, int]] = {
     MsgType.EVIDENCE: (make_evidence(), 0),
     MsgType.NEW_BLOCK: ({"height": 42, "hash": block_hash()}, 0),
     MsgType.REJECT: ({"reason": int(Reason.RATE_LIMITED), "message": "rate limited: 100/min ✓"}, 0xFFFFFFFF),
+    MsgType.VOTE_QUORUM: (make_vote_quorum(), 0),
 }
 
 # Layouts that are not a message body of their own (the others are checked against the envelopes).
@@ -244,6 +249,13 @@ GOLDEN_MESSAGES: dict[MsgType, str] = {
     ),
     MsgType.REJECT: _hex(
         "11ffffffff0014001972617465206c696d697465643a203130302f6d696e20e29c93",
+    ),
+    MsgType.VOTE_QUORUM: _hex(
+        "120000000002000000000000002a000000015f744c7af3e51ddf8a594790a6f3717a1c885feac92ab98df450ed430860",
+        "82fe00023dd807f5cd073f457f359652fe4862220236708e9578828c5722406f57319a6dab1fea4f099edb8b9d7af5e9",
+        "b47ec2c28f5cd76c1e67e0a281052a4427b4e7b3a1cec3b6cd2c480c1b91b77ebc8313f6c59f1da9c3dc7973823ce8c1",
+        "e361d4be96aab85fde4f552b123c4433279d681a37789422d0255d07d44f6ecda857110e3c712d06afdac5ad3c6175a0",
+        "2a6694e1a47889ded7a1db23456dcb2ebc7b1209308add230c54bbf0",
     ),
 }
 GOLDEN_LAYOUTS: dict[str, str] = {

@@ -265,6 +265,54 @@ class CommitCertificate:
                 for a, s in self.signatures]
 
 
+@dataclass(frozen=True)
+class QuorumProof:
+    """More than 2/3 of a round's votes of one kind for one value (nil included), as (validator, signature).
+
+    A node that holds such a quorum sends it to peers at its height (vote propagation, SPEC §4): the proof
+    carries its own justification, so a receiver needs to trust nobody -- it checks every signature and the
+    power itself, and may then count votes it had refused for want of room (an equivocator's vote for the
+    value). Same shape as a :class:`CommitCertificate` plus the vote type.
+    """
+
+    type: VoteType
+    height: int
+    round: int
+    block_hash: bytes
+    signatures: tuple[tuple[bytes, bytes], ...] = field(default=())   # (validator address, signature)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": int(self.type), "height": self.height, "round": self.round, "block_hash": self.block_hash,
+                "signatures": [{"validator": a, "signature": s} for a, s in self.signatures]}
+
+    @classmethod
+    def from_wire(cls, c: Any) -> QuorumProof:
+        try:
+            vtype = VoteType(c["type"])
+        except ValueError:
+            raise DecodeError(f"unknown vote type {c['type']}") from None
+        return cls(vtype, c["height"], c["round"], c["block_hash"],
+                   tuple((s["validator"], s["signature"]) for s in c["signatures"]))
+
+    @classmethod
+    def decode(cls, data: bytes) -> QuorumProof:
+        return cls.from_wire(messages.VOTE_QUORUM.decode(data))
+
+    @cached_property
+    def encoded(self) -> bytes:
+        return messages.VOTE_QUORUM.encode(self.to_wire())
+
+    @classmethod
+    def from_votes(cls, votes: list[Vote]) -> QuorumProof:
+        """From votes of one (height, round, type, value), in canonical (ascending validator) order."""
+        first = votes[0]
+        return cls(first.type, first.height, first.round, first.block_hash,
+                   tuple(sorted((v.validator, v.signature) for v in votes)))
+
+    def votes(self) -> list[Vote]:
+        return [Vote(self.type, self.height, self.round, self.block_hash, a, s) for a, s in self.signatures]
+
+
 def verify_certificate(block: Block, cert: CommitCertificate, validators: ValidatorSet,
                        chain_id: str) -> None:
     """Check that ``cert`` finalizes ``block`` under ``validators`` (the set of its height).

@@ -162,6 +162,17 @@ Proposal = Struct(
     "signature" / Signature,
 )
 
+# >2/3 of a round's votes of one kind for one value (nil included), sent by a node that holds them to
+# peers at its height, so every honest node ends up with the quorum any honest node saw (SPEC §4, vote
+# propagation). Each vote is rebuilt from the fields here plus one (validator, signature) pair.
+VoteQuorum = Struct(
+    "type" / Int8ub,            # 1 prevote, 2 precommit
+    "height" / Height,
+    "round" / Round,
+    "block_hash" / Hash,        # all zero = nil
+    "signatures" / PrefixedArray(Int16ub, CommitSig),
+)
+
 CertifiedBlock = Struct(
     "block" / Block,
     "certificate" / CommitCertificate,
@@ -188,6 +199,7 @@ class MsgType(enum.IntEnum):
     EVIDENCE = 15
     NEW_BLOCK = 16
     REJECT = 17
+    VOTE_QUORUM = 18
 
 
 Hello = Struct(
@@ -264,6 +276,7 @@ BODIES: dict[MsgType, Construct] = {
     MsgType.EVIDENCE: Evidence,
     MsgType.NEW_BLOCK: NewBlock,
     MsgType.REJECT: Reject,
+    MsgType.VOTE_QUORUM: VoteQuorum,
 }
 
 # Request messages count against the per-peer rate limit (SPEC §5).
@@ -323,6 +336,7 @@ BLOCK = _codec("Block")
 COMMIT_CERTIFICATE = _codec("CommitCertificate")
 PROPOSAL_SIGN_BYTES = _codec("ProposalSignBytes")
 PROPOSAL = _codec("Proposal")
+VOTE_QUORUM = _codec("VoteQuorum")
 CERTIFIED_BLOCK = _codec("CertifiedBlock")
 ENVELOPE = _codec("Envelope")
 
@@ -330,7 +344,8 @@ ENVELOPE = _codec("Envelope")
 LAYOUTS: dict[str, Construct] = {
     "Tx": Tx, "Vote": Vote, "Evidence": Evidence, "Header": Header, "Block": Block,
     "CommitSig": CommitSig, "CommitCertificate": CommitCertificate,
-    "ProposalSignBytes": ProposalSignBytes, "Proposal": Proposal, "CertifiedBlock": CertifiedBlock,
+    "ProposalSignBytes": ProposalSignBytes, "Proposal": Proposal, "VoteQuorum": VoteQuorum,
+    "CertifiedBlock": CertifiedBlock,
     "Hello": Hello, "Ping": Ping, "Empty": Empty, "Status": Status, "Peers": Peers,
     "GetBlocks": GetBlocks, "Blocks": Blocks, "BlockHashes": BlockHashes, "NewBlock": NewBlock,
     "Reject": Reject, "Envelope": Envelope,
