@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             print(json.dumps(result.to_json(), sort_keys=True))
     elapsed = time.perf_counter() - began
-    print(json.dumps(summary.to_json(), sort_keys=True, indent=1) if args.json else summary.text())
+    print(json.dumps(summary.to_json(), sort_keys=True) if args.json else summary.text())
     print(f"{summary.runs} runs in {elapsed:.1f}s ({summary.runs / max(elapsed, 1e-9):.1f} seeds/s)", file=sys.stderr)
     return 1 if summary.failing else 0
 

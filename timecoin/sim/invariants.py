@@ -63,7 +63,7 @@ def check_validity(history: History) -> list[Violation]:
     done: set[tuple[bytes, ...]] = set()
     genesis = history.genesis
     for node, chain in sorted(history.chains.items()):
-        ident = tuple(b.hash for b, _ in chain)
+        ident = tuple(b.encoded + c.encoded for b, c in chain)     # bodies too: one hash may hide two
         if ident in done:
             continue
         done.add(ident)
