@@ -108,6 +108,17 @@ def _draw_net(rng: random.Random, n: int, chaotic: bool) -> NetConfig:
                      duplicate=rng.choice((0.0, 0.1)), partitions=tuple(parts))
 
 
+def _draw_skews(rng: random.Random, n: int, byzantine: set[int], precision: float) -> list[float]:
+    """Clock offsets: at most one honest node off, by up to +-precision (so honest clocks stay within
+    precision of each other, the timeliness rule's assumption); a Byzantine clock may be off by twice that."""
+    skews = [rng.uniform(-2 * precision, 2 * precision) if i in byzantine and rng.random() < 0.5 else 0.0
+             for i in range(n)]
+    if rng.random() < 0.4:
+        honest = [i for i in range(n) if i not in byzantine]
+        skews[rng.choice(honest)] = rng.uniform(-precision, precision)
+    return skews
+
+
 def run_seed(seed: int, config: SimConfig, timeouts: eng.Timeouts = TIMEOUTS) -> SimResult:
     """One run: draw the world from ``seed``, run it, check every invariant."""
     rng = random.Random(seed)
@@ -115,8 +126,7 @@ def run_seed(seed: int, config: SimConfig, timeouts: eng.Timeouts = TIMEOUTS) ->
     byzantine = set(range(n - f, n))
     mode = "splitter" if f and rng.random() < 0.65 else "behaviours"
     net = _draw_net(rng, n, chaotic=mode == "behaviours")
-    precision = getattr(timeouts, "precision", 0.05)
-    skews = [rng.uniform(-precision, precision) if rng.random() < 0.3 else 0.0 for _ in range(n)]
+    skews = _draw_skews(rng, n, byzantine, timeouts.precision)
     genesis = make_genesis(n, config.power_list)
     world = World(genesis, byzantine, skews, timeouts, net, rng, GOSSIP_INTERVAL, SYNC_AFTER,
                   inert_byzantine=mode == "splitter")

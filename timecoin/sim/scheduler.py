@@ -6,6 +6,12 @@ after GST runs the two healing mechanisms every real node has:
 * gossip: every ``gossip_interval`` each honest node offers each peer the messages of the peer's
   current height it holds and the peer does not (its own and those it accepted: correct nodes relay,
   as the paper assumes and CometBFT's gossip routines do);
+* quorum proofs: every ``QUORUM_EVERY`` ticks each honest node sends each peer at its height the > 2/3
+  quorums its engine holds (``Engine.quorums()``: how a vote a peer refused once, e.g. over a
+  per-validator cap, still reaches it), each proof once per peer;
+* block fetch: an engine holding > 2/3 precommits for a block it lacks asks for it (``FetchBlock``); the
+  world serves it from a voter that holds it (``Engine.block_by_hash`` or its store) after a network
+  delay, retrying each tick while the node is still at that height;
 * block sync: a node that has been at a height for ``sync_after`` (counted from GST at the earliest)
   while a peer already committed it takes the block and its commit certificate from the peer,
   verified with ``verify_certificate`` against its own validator set.
@@ -20,16 +26,34 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from timecoin.consensus import engine as eng
 from timecoin.errors import Reason, ValidationError
-from timecoin.ledger.block import Block, CommitCertificate, Proposal, Vote, verify_certificate
+from timecoin.ledger.block import Block, CommitCertificate, Proposal, QuorumProof, Vote, verify_certificate
 from timecoin.ledger.genesis import Genesis
 from timecoin.sim.network import NetConfig, Network
 from timecoin.sim.world import START_TIME, Clock, Node, make_node, message_id
 
 MAX_HELD = 5_000              # copies an adversary may hold back at once (older ones are dropped)
+QUORUM_EVERY = 5              # ticks between quorum-proof rounds of gossip
+
+
+@dataclass(frozen=True)
+class BlockReply:
+    """A block served for a ``FetchBlock``, in flight to the node that asked."""
+
+    block: Block
+
+    @property
+    def height(self) -> int:
+        return self.block.height
+
+    @cached_property
+    def encoded(self) -> bytes:
+        return b"fetched" + self.block.encoded
 
 
 class Adversary(Protocol):
@@ -67,9 +91,14 @@ class World:
         self.stats: Counter[str] = Counter()
         self.held: list[tuple[Node, object]] = []
         self._cursor: dict[tuple[int, int, int], int] = {}
+        self._quorums_sent: set[tuple[int, int, bytes]] = set()
+        self._ticks = 0
+        self.fetches: list[tuple[Node, eng.FetchBlock]] = []
         self._handlers: dict[type, Callable[[Node, object, float], list[eng.Action]]] = {
             Proposal: lambda node, m, t: node.engine.on_proposal(m, t),  # type: ignore[arg-type]
             Vote: lambda node, m, t: node.engine.on_vote(m, t),  # type: ignore[arg-type]
+            QuorumProof: lambda node, m, t: node.engine.on_quorum(m, t),  # type: ignore[arg-type]
+            BlockReply: lambda node, m, t: node.engine.on_block(m.block, t),  # type: ignore[attr-defined]
         }
 
     # -- time ------------------------------------------------------------------------------------
@@ -125,8 +154,26 @@ class World:
                 adv.observe(node)
 
     def _other_action(self, node: Node, action: object) -> None:
-        """Actions newer engines add (e.g. fetching a block by hash); unknown ones are counted."""
+        """Fetch a block by hash; an action this world does not know is counted (and visible in stats)."""
+        if isinstance(action, eng.FetchBlock):
+            self.stats["fetch"] += 1
+            self.fetches.append((node, action))
+            self._serve(node, action)
+            return
         self.stats[f"action_{type(action).__name__}"] += 1
+
+    def _serve(self, node: Node, fb: eng.FetchBlock) -> None:
+        """Send ``node`` the block of ``fb`` from the first voter that holds it (engine or store)."""
+        for address in fb.voters:
+            src = self.by_address.get(address)
+            if src is None or src is node or not self.running(src):
+                continue
+            block = src.engine.block_by_hash(fb.block_hash) if src.engine.height == fb.height else None
+            if block is None and src.store.block_hash_at(fb.height) == fb.block_hash:
+                block = src.store.get_block(fb.height)
+            if block is not None:
+                self.send(src, node, BlockReply(block))
+                return
 
     def _emit(self, node: Node, msg: Proposal | Vote) -> None:
         """What ``node``'s engine broadcast leaves the node as: all of it (honest), or the adversary's version."""
@@ -210,9 +257,10 @@ class World:
                     adv.observe(dst)
             return
         self.stats["delivered"] += 1
-        height = getattr(msg, "height", None)
-        if height is not None:
-            dst.keep(msg, height)
+        if isinstance(msg, Proposal | Vote):
+            dst.keep(msg, msg.height)                 # what gossip relays; proofs and blocks travel their own way
+        else:
+            dst.has.add(message_id(msg))
         self.perform(dst, actions)
 
     # -- healing: release, gossip, sync ----------------------------------------------------------
@@ -221,8 +269,16 @@ class World:
             held, self.held = self.held, []
             for dst, msg in held:
                 self.deliver(dst, msg)
+        self._ticks += 1
+        if self.fetches:
+            self.fetches = [(n, fb) for n, fb in self.fetches
+                            if n.engine.height == fb.height and n.engine.step != eng.Step.COMMITTED]
+            for n, fb in self.fetches:
+                self._serve(n, fb)
         if self.after_gst():
             self._gossip()
+            if self._ticks % QUORUM_EVERY == 0:
+                self._gossip_quorums()
             self._sync()
         self.clock.at(self.gossip_interval, self._tick)
 
@@ -241,6 +297,23 @@ class World:
                         self.stats["gossiped"] += 1
                         self.send(src, dst, msg)
                 self._cursor[key] = len(msgs)
+
+    def _gossip_quorums(self) -> None:
+        """Each honest node sends each peer at its height the > 2/3 quorums it holds, each proof once."""
+        for src in self.honest:
+            if src.engine.step == eng.Step.COMMITTED:
+                continue
+            proofs = src.engine.quorums()
+            for dst in self.nodes:
+                if dst is src or not self.running(dst) or dst.engine.height != src.engine.height:
+                    continue
+                for q in proofs:
+                    key = (src.index, dst.index, message_id(q))
+                    if key in self._quorums_sent or message_id(q) in dst.has:
+                        continue
+                    self._quorums_sent.add(key)
+                    self.stats["quorum_proofs"] += 1
+                    self.send(src, dst, q)
 
     def _sync(self) -> None:
         since = max(self.gst, 0.0)

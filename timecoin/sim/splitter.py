@@ -24,6 +24,7 @@ node with a broken lock rule finishes a conflicting decision, and when liveness 
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,11 +55,13 @@ def completes_quorum(votes: HeightVotes, vote: Vote) -> bool:
     seen = votes.seen.get(vote.round)
     probe = votes.get(vote.round, vote.type)
     if real is not None:
-        probe.votes = dict(real.votes)
-        probe.power_by_hash = dict(real.power_by_hash)
-        probe.power = real.power
-        probe.by_hash = {h: dict(d) for h, d in real.by_hash.items()}
-        probe.pending = {k: list(v) for k, v in real.pending.items()}
+        for f in dataclasses.fields(real):          # containers copied two levels deep, the rest shared
+            value = getattr(real, f.name)
+            if isinstance(value, dict):
+                value = {k: v.copy() if isinstance(v, dict | list | set) else v for k, v in value.items()}
+            elif isinstance(value, list | set):
+                value = value.copy()
+            setattr(probe, f.name, value)
     votes.seen[vote.round] = set(seen or ())
     try:
         before = probe.quorum_for(vote.block_hash)
