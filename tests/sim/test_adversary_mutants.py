@@ -91,12 +91,12 @@ STAKED = SimConfig(4, 2, 3, powers=(3, 3, 1, 1))      # 2 of 4 validators Byzant
 
 # mutant, config, seeds (found by the scheduler), the violation kind the mutant must show on each
 MUTANTS = [
-    (lock_ignored_fresh, FOUR, (12, 25, 60)),
-    (old_pol_accepted, FOUR, (32, 186, 187)),
-    (quorum_two_thirds, THREE, (1, 4, 7)),
-    (precommit_on_prevote_timeout, FOUR, (3, 4, 5)),
-    (lock_ignored_pol, FOUR, (32, 186, 207)),
-    (count_not_stake, STAKED, (1, 4, 5)),
+    (lock_ignored_fresh, FOUR, (3, 4, 12)),
+    (old_pol_accepted, FOUR, (32, 117, 186)),
+    (quorum_two_thirds, THREE, (3, 4, 5)),
+    (precommit_on_prevote_timeout, FOUR, (3, 10, 13)),
+    (lock_ignored_pol, FOUR, (193, 197, 235)),
+    (count_not_stake, STAKED, (3, 4, 8)),
 ]
 
 
