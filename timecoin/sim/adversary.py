@@ -83,6 +83,7 @@ class SimResult:
     rounds: dict[int, int]                    # height -> highest commit round among honest nodes
     stats: dict[str, int] = field(default_factory=dict)
     end_time: float = 0.0
+    after_gst: float | None = None            # seconds from GST until every honest node held the target height
 
     @property
     def ok(self) -> bool:
@@ -91,7 +92,8 @@ class SimResult:
     def to_json(self) -> dict[str, object]:
         return {"seed": self.seed, "config": self.config.to_json(), "mode": self.mode, "net": self.net.to_json(),
                 "violations": [v.to_json() for v in self.violations], "heights": self.heights,
-                "rounds": self.rounds, "stats": self.stats, "end_time": round(self.end_time, 6)}
+                "rounds": self.rounds, "stats": self.stats, "end_time": round(self.end_time, 6),
+                "after_gst": None if self.after_gst is None else round(self.after_gst, 6)}
 
 
 def _draw_net(rng: random.Random, n: int, chaotic: bool) -> NetConfig:
@@ -160,8 +162,10 @@ def run_seed(seed: int, config: SimConfig, timeouts: eng.Timeouts = TIMEOUTS) ->
     stats = Counter(world.stats) + Counter(world.network.stats)
     stats["events"] = world.clock.events
     stats["synced"] = sum(len(node.synced) for node in world.honest)
+    reached = min(history.heights.values()) >= target
     return SimResult(seed, config, mode, net, violations, history.heights, dict(sorted(rounds.items())),
-                     dict(sorted(stats.items())), world.clock.now)
+                     dict(sorted(stats.items())), world.clock.now,
+                     max(0.0, world.clock.now - net.gst) if reached else None)
 
 
 @dataclass
@@ -173,12 +177,15 @@ class Summary:
     failing: list[int] = field(default_factory=list)
     modes: Counter[str] = field(default_factory=Counter)
     max_round: int = 0
+    max_after_gst: float = 0.0
     first_detail: str = ""
 
     def add(self, result: SimResult) -> None:
         self.runs += 1
         self.modes[result.mode] += 1
         self.max_round = max([self.max_round, *result.rounds.values()])
+        if result.after_gst is not None:
+            self.max_after_gst = max(self.max_after_gst, result.after_gst)
         if result.violations:
             if not self.failing:
                 self.first_detail = result.violations[0].detail
@@ -196,14 +203,16 @@ class Summary:
                 "violations": dict(sorted(self.by_kind.items())), "failing_seeds": self.failing[:50],
                 "first_failing_seed": self.failing[0] if self.failing else None,
                 "first_violation": self.first_detail or None, "replay": self.replay_command(),
-                "modes": dict(sorted(self.modes.items())), "max_commit_round": self.max_round}
+                "modes": dict(sorted(self.modes.items())), "max_commit_round": self.max_round,
+                "max_seconds_after_gst": round(self.max_after_gst, 6), "liveness_bound": self.config.liveness_bound()}
 
     def text(self) -> str:
         control = " (control: Byzantine power >= 1/3)" if self.config.control else ""
         lines = [f"config: {self.config.argv()}{control}",
                  f"runs: {self.runs} (seeds {self.start}..{self.start + self.runs - 1}), modes "
                  + ", ".join(f"{k} {v}" for k, v in sorted(self.modes.items())),
-                 f"highest commit round: {self.max_round}"]
+                 f"highest commit round: {self.max_round}; slowest run reached height {self.config.heights} "
+                 f"{self.max_after_gst:.3f}s after GST (bound {self.config.liveness_bound():.1f}s)"]
         if not self.failing:
             lines.append("violations: none")
         else:
