@@ -4,6 +4,9 @@ bad history."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -41,13 +44,13 @@ def _assert_clean(config: SimConfig, seeds: range) -> list[adversary.SimResult]:
 
 
 def test_four_nodes_one_byzantine_fixed_seeds() -> None:
-    results = _assert_clean(FOUR_ONE, range(0, 40))
+    results = _assert_clean(FOUR_ONE, range(0, 80))
     assert sum(r.stats.get("evidence", 0) for r in results) > 0        # equivocations were caught
     assert sum(r.stats.get("relay_forged", 0) for r in results) > 0    # the keyless relay ran
 
 
 def test_seven_nodes_two_byzantine_fixed_seeds() -> None:
-    _assert_clean(SEVEN_TWO, range(0, 10))
+    _assert_clean(SEVEN_TWO, range(0, 20))
 
 
 def test_same_seed_same_run_byte_for_byte() -> None:
@@ -64,6 +67,20 @@ def test_cli_summary_is_deterministic(capsys: pytest.CaptureFixture[str]) -> Non
     assert outs[0] == outs[1]
     summary = json.loads(outs[0])
     assert summary["runs"] == 3 and summary["violations"] == {} and summary["replay"] is None
+
+
+def test_same_run_in_processes_with_different_hash_seeds() -> None:
+    """No set or dict order leaks into a run: two interpreters with different hash seeds agree."""
+    outs = []
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        proc = subprocess.run([sys.executable, "-m", "timecoin.sim.adversary", "--seeds", "1", "--start", "10",
+                               "--verbose", "--json"], capture_output=True, text=True, env=env, timeout=60,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        assert proc.returncode == 0, proc.stderr
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1]
+    assert json.loads(outs[0].splitlines()[0])["seed"] == 10
 
 
 def test_control_reports_a_fork_and_exits_one(capsys: pytest.CaptureFixture[str]) -> None:
