@@ -47,6 +47,8 @@ def test_four_nodes_one_byzantine_fixed_seeds() -> None:
     results = _assert_clean(FOUR_ONE, range(0, 80))
     assert sum(r.stats.get("evidence", 0) for r in results) > 0        # equivocations were caught
     assert sum(r.stats.get("relay_forged", 0) for r in results) > 0    # the keyless relay ran
+    for healing in ("held", "gossiped", "quorum_proofs", "fetch"):      # the splitter held copies back; the
+        assert sum(r.stats.get(healing, 0) for r in results) > 0, healing  # post-GST mechanisms all ran
 
 
 def test_seven_nodes_two_byzantine_fixed_seeds() -> None:
