@@ -444,6 +444,8 @@ class Engine:
         sender = msg.proposer if isinstance(msg, Proposal) else msg.validator
         kind = 0 if isinstance(msg, Proposal) else int(msg.type)
         ident = (b"P" + msg.signature + msg.block.hash) if isinstance(msg, Proposal) else b"V" + msg.encoded
+        if isinstance(msg, Proposal):              # as on_proposal: a swapped body never takes the slot
+            self.app.check_body(msg.block)
         if ident in self._next_seen:
             raise ValidationError(Reason.DUPLICATE, "next-height message already buffered")
         nxt = self.app.validator_set(self.height + 1)     # known a height ahead (set changes apply at h+2)
