@@ -546,3 +546,33 @@ def test_the_power_of_a_non_validator_is_zero() -> None:
     d = EngineDriver()
     assert d.engine.validators.power_of(b"\x00" * 20) == 0
     assert d.engine.validators.power_of(d.me.address) > 0
+
+
+# -- round 0 waits until time(h-1) + block_interval, no longer ---------------------------------------------
+@pytest.mark.parametrize(("now", "parent", "wait"), [(100.0, 99.5, 0.5), (100.0, 50.0, 0.0), (100.0, 100.0, 1.0)])
+def test_round_0_waits_until_the_parent_time_plus_the_block_interval(now: float, parent: float, wait: float) -> None:
+    """SPEC §4: the round-0 proposer waits until time(h-1) + block_interval (at most block_interval by the
+    local clock): half the interval left -> 0.5 s; the parent long past -> 0 (propose at once); the parent
+    just now -> the whole interval. The propose timeout of round 0 counts from the end of that wait [L21].
+    Values exact in binary. Kills ``_start_round`` 17, 18."""
+    t = eng.Timeouts(block_interval=1.0)
+    net = SimNet(1, timeouts=t)
+    out = net.nodes[0].engine.start_height(1, now, parent)
+    sched = {a.kind: a.delay for a in out if isinstance(a, eng.ScheduleTimeout)}
+    assert sched == {eng.TimeoutKind.BLOCK_INTERVAL: wait, eng.TimeoutKind.PROPOSE: wait + t.propose}
+
+
+# -- [L49–L54] the decision ---------------------------------------------------------------------------------
+def test_a_precommit_quorum_for_a_missing_block_fetches_it_by_height_round_and_hash_then_decides() -> None:
+    """> 2/3 precommits of round 0 for a block we never got: one FetchBlock naming the height, the round
+    whose precommits we hold, the hash and its voters (engine ``FetchBlock``); when the block comes, it is
+    decided and is decision_p[h_p] [L51]. Kills ``_step_once`` 26, 27, 38."""
+    d = EngineDriver()
+    a, b, c = d.others
+    d.propose(d.proposal(0))
+    missing = _other_block(d, 0, 4242)
+    out = d.votes(PC, 0, missing.hash, [a, b, c])
+    assert [x for x in out if isinstance(x, eng.FetchBlock)] == [
+        eng.FetchBlock(1, 0, missing.hash, tuple(sorted(x.address for x in (a, b, c))))]
+    [commit] = d.commits(d.engine.on_block(missing, d._tick()))
+    assert commit.block == missing and d.engine.decision == missing
