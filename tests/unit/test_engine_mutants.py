@@ -397,7 +397,8 @@ def test_a_quorum_proof_counts_an_equivocators_vote_nobody_else_backed_yet_and_r
 def test_evicting_a_senders_oldest_next_height_round_drops_all_of_it_and_nothing_else() -> None:
     """``MAX_BUFFERED_ROUNDS`` next-height rounds per sender; a newer round evicts the sender's oldest whole
     (its proposal too), and every other cap stays as it was: the sender's kept rounds and other senders'
-    counts in the evicted round (``_defer``). Kills ``_evict_next_round`` 2, 10, 12, 13, 14."""
+    counts in the evicted round (``_defer``). Kills ``_evict_next_round`` 2, 10, 12, 13 (for an evicted round 1
+    or 2), 14."""
     d = EngineDriver()
     net, e = d.net, d.engine
     r0 = next(r for r in range(1, 20) if d.me.app.proposer(2, r) != d.me.address)
@@ -415,11 +416,14 @@ def test_evicting_a_senders_oldest_next_height_round_drops_all_of_it_and_nothing
     for r in kept:
         assert e.on_vote(v(a, PC, r), 0.01) == []
     assert e.on_vote(v(a, PC, r0 + 1, b"\x02" * 32), 0.01) == []                 # a's round r0+1 precommits: at cap
+    assert e.on_vote(v(a, PRE, r0 + 1), 0.01) == []
+    assert e.on_vote(v(a, PRE, r0 + 1, b"\x02" * 32), 0.01) == []                # and its prevotes
     assert e.on_vote(v(a, PRE, r0 + eng.MAX_BUFFERED_ROUNDS), 0.01) == []        # evicts a's round r0
     a_msgs = [m for m in e.buffered_next_height if (m.proposer if isinstance(m, Proposal) else m.validator)
               == a.address]
     assert prop not in e.buffered_next_height and {m.round for m in a_msgs} == {*kept, r0 + eng.MAX_BUFFERED_ROUNDS}
     assert _reason(e.on_vote, v(a, PC, r0 + 1, b"\x03" * 32), 0.01) == Reason.DUPLICATE
+    assert _reason(e.on_vote, v(a, PRE, r0 + 1, b"\x03" * 32), 0.01) == Reason.DUPLICATE
     assert _reason(e.on_vote, v(b, PRE, r0, b"\x04" * 32), 0.01) == Reason.DUPLICATE
 
 
@@ -447,7 +451,8 @@ def test_a_refused_prevote_schedules_the_prevote_timeout_once_with_its_duration(
     """The guard refuses our prevote of round 1 (it signed another round-1 prevote before a crash): the
     engine schedules the prevote timeout (prevote duration, round 1) [L34 would, on 2f+1 prevotes we may
     now never see]; when 2f+1 prevotes then arrive, [L34] ("for the first time") does not schedule it again,
-    and likewise for the precommit timeout [L47]. Kills ``_refused`` 5, 15 and 22."""
+    and likewise for the precommit timeout [L47]. Each with its own step's duration. Kills ``_refused`` 5, 15
+    and 22, ``_step_once`` 128."""
     t = eng.Timeouts(prevote=0.5, prevote_delta=0.01, precommit=0.7, precommit_delta=0.02)
     d = EngineDriver()
     d.engine.timeouts = t
@@ -467,8 +472,8 @@ def test_a_refused_prevote_schedules_the_prevote_timeout_once_with_its_duration(
     assert d.my_votes(d.propose(p2)) == [d.mine(PRE, 2, p2.block.hash)]
     assert d.me.signer.sign_vote(Vote(PC, 1, 2, b"\x07" * 32, d.me.address)) is not None
     out = d.votes(PRE, 2, NIL, [a, b, c])
-    assert [x for x in out if isinstance(x, eng.ScheduleTimeout) and x.kind == eng.TimeoutKind.PRECOMMIT] == [
-        eng.ScheduleTimeout(1, 2, eng.TimeoutKind.PRECOMMIT, 0.74)]
+    assert [x for x in out if isinstance(x, eng.ScheduleTimeout)] == [          # [L34], then the refusal's
+        eng.ScheduleTimeout(1, 2, eng.TimeoutKind.PREVOTE, 0.52), eng.ScheduleTimeout(1, 2, eng.TimeoutKind.PRECOMMIT, 0.74)]
     out = d.votes(PC, 2, NIL, [a, b, c])
     assert not [x for x in out if isinstance(x, eng.ScheduleTimeout) and x.kind == eng.TimeoutKind.PRECOMMIT]
 
@@ -576,3 +581,104 @@ def test_a_precommit_quorum_for_a_missing_block_fetches_it_by_height_round_and_h
         eng.FetchBlock(1, 0, missing.hash, tuple(sorted(x.address for x in (a, b, c))))]
     [commit] = d.commits(d.engine.on_block(missing, d._tick()))
     assert commit.block == missing and d.engine.decision == missing
+
+
+# -- every enabled rule fires on the input that enables it ------------------------------------------------
+def test_L28_then_L36_a_proof_of_lock_proposal_arriving_last_is_prevoted_locked_and_precommitted_at_once() -> None:
+    """Round 1's prevotes for v (> 2/3) are here before round 1's proposal of v with pol_round 0 (round 0's
+    polka). On the proposal: prevote v [L28], and with that the polka of round 1 is complete in the prevote
+    step: lock and precommit v [L36-L41], all on that one input (the rules are "upon", not "on the next
+    message"). Kills ``_step_once`` 113."""
+    d = EngineDriver()
+    a, b, c = d.others
+    d.next_round()                                              # round 0 ends with nothing from us
+    v = d.block(0)
+    d.votes(PRE, 0, v.hash, [a, b, c])                          # round 0's polka for v (the proof of lock)
+    d.votes(PRE, 1, v.hash, [a, b, c])                          # round 1's prevotes, early
+    assert d.engine.round == 1 and d.engine.step == PROPOSE_STEP
+    out = d.propose(d.proposal(1, pol_round=0, block=v))
+    assert d.my_votes(out) == [d.mine(PRE, 1, v.hash), d.mine(PC, 1, v.hash)]
+    assert d.locked == (v.hash, 1)
+
+
+def test_L44_then_L47_our_nil_precommit_completing_the_precommit_quorum_schedules_the_timeout_at_once() -> None:
+    """Two nil precommits are here; > 2/3 nil prevotes make us precommit nil [L44], which completes > 2/3
+    precommits: the precommit timeout [L47] is scheduled on that same input. Kills ``_step_once`` 168."""
+    d = EngineDriver()
+    a, b, c = d.others
+    d.votes(PC, 0, NIL, [a, b])
+    d.timeout(eng.TimeoutKind.PROPOSE)                          # we prevote nil
+    out = d.votes(PRE, 0, NIL, [a, b])
+    assert d.my_votes(out) == [d.mine(PC, 0, NIL)]
+    assert [x.kind for x in out if isinstance(x, eng.ScheduleTimeout)] == [
+        eng.TimeoutKind.PREVOTE, eng.TimeoutKind.PRECOMMIT]
+
+
+# -- the next height's messages, applied when it starts --------------------------------------------------
+def _decide_height_1(d: EngineDriver) -> eng.CommitBlock:
+    p0 = d.proposal(0)
+    d.propose(p0)
+    d.votes(PRE, 0, p0.block.hash, d.others)
+    [commit] = d.commits(d.votes(PC, 0, p0.block.hash, d.others))
+    for x in d.net.nodes:
+        x.app.commit(commit.block, commit.certificate)
+    return commit
+
+
+def test_a_buffered_next_height_proposal_is_judged_timely_as_of_its_arrival_and_the_round_still_starts() -> None:
+    """A height-2 proposal stamped 1000 s arrives at 1000.05 s, while we still finish height 1: timely on
+    arrival. Height 2 starts at 1003 s (3 s later: untimely by then): we prevote it (SPEC §4: judged once, on
+    arrival), and round 0's propose timeout is still scheduled [L21]. Kills ``start_height`` 37, 41, 44, 49,
+    50."""
+    d = EngineDriver()
+    commit = _decide_height_1(d)
+    proposer = d.net.node_of(d.me.app.proposer(2, 0))
+    assert proposer is not d.me
+    block = proposer.app.propose(2, 0, 1_000_000)
+    p = Proposal(2, 0, -1, proposer.address, block).signed(proposer.key, d.net.chain_id)
+    assert d.engine.on_proposal(p, 1000.05) == []
+    out = d.engine.start_height(2, 1003.0, commit.block.header.timestamp / 1000)
+    assert d.my_votes(out) == [Vote(PRE, 2, 0, block.hash, d.me.address).signed(d.me.key, d.net.chain_id)]
+    assert [x.kind for x in out if isinstance(x, eng.ScheduleTimeout)][0] == eng.TimeoutKind.PROPOSE
+
+
+def test_a_buffered_message_refused_when_its_height_starts_does_not_drop_the_ones_after_it() -> None:
+    """Buffered height-2 messages are checked in full when height 2 starts: a proposal from a validator that
+    is not round 0's proposer is refused then, and the votes buffered after it still count. Kills
+    ``start_height`` 57."""
+    d = EngineDriver()
+    net = d.net
+    imposter = next(x for x in net.nodes if x.address != d.me.app.proposer(2, 0) and x is not d.me)
+    bad = Proposal(2, 0, -1, imposter.address, d.block(0)).signed(imposter.key, net.chain_id)
+    assert d.engine.on_proposal(bad, 0.01) == []
+    late = Vote(PRE, 2, 0, NIL, imposter.address).signed(imposter.key, net.chain_id)
+    assert d.engine.on_vote(late, 0.01) == []
+    commit = _decide_height_1(d)
+    d.engine.start_height(2, d._tick(), commit.block.header.timestamp / 1000)
+    assert d.engine.proposals == {}
+    assert d.engine.votes.get(0, PRE).votes.get(imposter.address) == late
+
+
+# -- QuorumProof refusals carry their reasons ----------------------------------------------------------------
+def test_quorum_proofs_too_far_ahead_or_for_a_third_value_of_a_set_are_refused_with_their_reasons() -> None:
+    """``on_quorum``: a proof more than ``MAX_ROUND_AHEAD`` rounds ahead is WRONG_ROUND; once a vote set has
+    ``MAX_JUSTIFIED`` justified values, a proof for a third is DUPLICATE (bounded memory; only > 1/3 of
+    equivocating power could even sign it). Kills ``on_quorum`` 15, 17, 80, 82."""
+    d = EngineDriver()
+    far = [d.vote(x, PRE, eng.MAX_ROUND_AHEAD + 1, NIL) for x in d.others]
+    assert _reason(d.engine.on_quorum, QuorumProof.from_votes(far), 0.01) == Reason.WRONG_ROUND
+    assert MAX_JUSTIFIED == 2
+    for value in (NIL, b"\x01" * 32):
+        d.engine.on_quorum(QuorumProof.from_votes([d.vote(x, PRE, 5, value) for x in d.others]), d._tick())
+    third = QuorumProof.from_votes([d.vote(x, PRE, 5, b"\x02" * 32) for x in d.others])
+    assert _reason(d.engine.on_quorum, third, 0.02) == Reason.DUPLICATE
+
+
+# -- validator sets (ledger/validators.py) -------------------------------------------------------------
+def test_a_validator_set_holds_every_validator_with_positive_power_and_none_without() -> None:
+    """``ValidatorSet``: who may vote is whoever has power > 0 -- power 1 (the smallest) included, power 0
+    excluded. Kills ``ValidatorSet.__init__`` 6, 7."""
+    from timecoin.ledger.validators import Validator, ValidatorSet
+    vs = ValidatorSet([Validator(b"\x01" * 20, b"\x02" * 33, 1), Validator(b"\x03" * 20, b"\x04" * 33, 0)])
+    assert b"\x01" * 20 in vs and b"\x03" * 20 not in vs
+    assert len(vs) == 1 and vs.total_power == 1
