@@ -473,7 +473,8 @@ def test_a_refused_prevote_schedules_the_prevote_timeout_once_with_its_duration(
     assert d.me.signer.sign_vote(Vote(PC, 1, 2, b"\x07" * 32, d.me.address)) is not None
     out = d.votes(PRE, 2, NIL, [a, b, c])
     assert [x for x in out if isinstance(x, eng.ScheduleTimeout)] == [          # [L34], then the refusal's
-        eng.ScheduleTimeout(1, 2, eng.TimeoutKind.PREVOTE, 0.52), eng.ScheduleTimeout(1, 2, eng.TimeoutKind.PRECOMMIT, 0.74)]
+        eng.ScheduleTimeout(1, 2, eng.TimeoutKind.PREVOTE, 0.52),
+        eng.ScheduleTimeout(1, 2, eng.TimeoutKind.PRECOMMIT, 0.74)]
     out = d.votes(PC, 2, NIL, [a, b, c])
     assert not [x for x in out if isinstance(x, eng.ScheduleTimeout) and x.kind == eng.TimeoutKind.PRECOMMIT]
 
