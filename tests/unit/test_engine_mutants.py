@@ -111,7 +111,8 @@ def test_a_timeout_of_another_height_or_after_the_decision_does_nothing() -> Non
 
 def test_a_stale_propose_or_prevote_timeout_of_an_earlier_round_does_nothing() -> None:
     """Round 1 has started; round 0's propose and prevote timeouts fire late (the service does not cancel
-    timers). [L57]/[L61] require ``r = round_p``: no nil vote in round 1. Kills ``on_timeout`` 11, 27."""
+    timers). [L57]/[L61] require ``r = round_p``: no nil vote in round 1. Kills ``on_timeout`` 27 (``or``
+    for ``and`` in [L61]) and the same mutant of [L57]."""
     d = EngineDriver()
     d.next_round()
     assert (d.engine.round, d.engine.step) == (1, PROPOSE_STEP)
@@ -683,3 +684,19 @@ def test_a_validator_set_holds_every_validator_with_positive_power_and_none_with
     vs = ValidatorSet([Validator(b"\x01" * 20, b"\x02" * 33, 1), Validator(b"\x03" * 20, b"\x04" * 33, 0)])
     assert b"\x01" * 20 in vs and b"\x03" * 20 not in vs
     assert len(vs) == 1 and vs.total_power == 1
+
+
+def test_a_stale_block_interval_timeout_never_makes_us_propose_in_another_round() -> None:
+    """We propose round 0, after the block interval. Before that timer fires, > 1/3 of the power is seen in
+    round 1 and we move there [L55] (someone else proposes round 1). The round-0 timer then fires: it
+    belongs to round 0 and we are not round 1's proposer, so nothing is proposed [L14: only
+    proposer(h_p, round_p) proposes]. Kills ``on_timeout`` 11."""
+    probe = EngineDriver()
+    p0_addr, p1_addr = probe.proposers[0], probe.proposers[1]
+    assert p0_addr != p1_addr
+    d = EngineDriver(me=probe.net.node_of(p0_addr).index)
+    assert any(isinstance(x, eng.ScheduleTimeout) and x.kind == eng.TimeoutKind.BLOCK_INTERVAL for x in d.actions)
+    d.votes(PRE, 1, NIL, [x for x in d.others if x.address != p1_addr][:2])
+    assert (d.engine.round, d.engine.step) == (1, PROPOSE_STEP)
+    assert d.proposals(d.timeout(eng.TimeoutKind.BLOCK_INTERVAL, 0)) == []
+    assert d.engine.proposals == {}
