@@ -700,3 +700,19 @@ def test_a_stale_block_interval_timeout_never_makes_us_propose_in_another_round(
     assert (d.engine.round, d.engine.step) == (1, PROPOSE_STEP)
     assert d.proposals(d.timeout(eng.TimeoutKind.BLOCK_INTERVAL, 0)) == []
     assert d.engine.proposals == {}
+
+
+def test_a_refused_precommit_after_the_precommit_timeout_was_scheduled_schedules_nothing_more() -> None:
+    """> 2/3 precommits (others') already scheduled round 0's precommit timeout [L47]; our own nil precommit
+    is then refused by the guard: the timeout is already set, so nothing more is scheduled ([L47]: "for the
+    first time"; one precommit timeout a round). Kills ``_refused`` 19."""
+    d = EngineDriver()
+    a, b, c = d.others
+    p0 = d.proposal(0)
+    d.propose(p0)
+    out = d.votes(PC, 0, NIL, [a, b, c])
+    assert [x.kind for x in out if isinstance(x, eng.ScheduleTimeout)] == [eng.TimeoutKind.PRECOMMIT]
+    assert d.me.signer.sign_vote(Vote(PC, 1, 0, b"\x07" * 32, d.me.address)) is not None
+    out = d.timeout(eng.TimeoutKind.PREVOTE)
+    assert d.my_votes(out) == [] and d.engine.step == PRECOMMIT_STEP
+    assert [x for x in out if isinstance(x, eng.ScheduleTimeout)] == []
