@@ -1,0 +1,73 @@
+"""Consensus gossip under Byzantine relays and validators (issue 10), over real TLS on 127.0.0.1.
+
+The networks here use a weighted genesis: two running validators (node0, node1) hold > 2/3 of the power
+between them, and a third validator key -- held by the test, never run as a node -- has a small stake
+(< 1/3: its messages alone never make a node skip rounds). The test signs with that key to play a
+validator one height ahead, or a Byzantine one; raw peers (tests.integration.test_p2p_misbehaviour)
+deliver what it signs.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest_twisted
+
+from tests.integration.test_p2p_misbehaviour import connect_ready
+from tests.p2pnet import Net, make_keys, wait_for
+from timecoin import crypto
+from timecoin.ledger.block import NIL_HASH, Vote, VoteType
+from timecoin.ledger.genesis import Genesis, GenesisAccount
+from timecoin.ledger.params import ChainParams
+from timecoin.p2p.gossip import message_id
+from timecoin.p2p.service import ENVELOPE_HEADER
+from timecoin.wire import messages as m
+
+CHAIN = "timecoin-byzantine-test"
+BIG = 10_000 * crypto.UNITS_PER_TIME
+SMALL = 1_000 * crypto.UNITS_PER_TIME
+
+
+def weighted_net(tmp_path: Path, seed: int, **extra: str) -> tuple[Net, crypto.PrivateKey]:
+    """node0 and node1 (stake BIG each, > 2/3 together) and a third validator key (stake SMALL) not run."""
+    keys = make_keys(3, seed=seed)
+    accounts = tuple(GenesisAccount(k.address, 1_000_000 * crypto.UNITS_PER_TIME, stake, k.public_key)
+                     for k, stake in zip(keys, (BIG, BIG, SMALL), strict=True))
+    genesis = Genesis(CHAIN, int(time.time() * 1000), ChainParams(CHAIN), accounts)
+    genesis = Genesis.from_obj(genesis.to_json_obj())
+    return Net(tmp_path, 2, genesis=genesis, keys=keys[:2], **extra), keys[2]
+
+
+def vote_id(vote: Vote) -> bytes:
+    return message_id(m.MsgType.VOTE, m.encode_message(m.MsgType.VOTE, vote.to_wire())[ENVELOPE_HEADER:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_next_height_vote_does_not_stop_the_current_heights_gossip(tmp_path: Path) -> None:
+    # Hole 6. node0 starts alone: it prevotes at height 1 and waits (its power alone is no quorum). A
+    # relay delivers a validly signed vote of height 2 (the small validator's). Then node1 starts and
+    # connects: it never saw node0's height-1 messages, which only the gossip archive can bring it.
+    # Before the fix the height-2 vote replaced node0's archive, so node1 never got them and, each
+    # waiting for the other's vote of a step it had already passed, both stalled at height 1 for good.
+    net, small = weighted_net(tmp_path, seed=60)
+    node0, node1 = net.nodes
+    try:
+        node0.startService()
+        await wait_for(lambda: node0.p2p.listen_addr, 5.0, "node0 listening")
+        engine = node0.consensus.engine
+        await wait_for(lambda: node0.key.address in engine.votes.get(0, VoteType.PREVOTE).votes, 10.0,
+                       "node0's prevote of height 1")
+        own_prevote = engine.votes.get(0, VoteType.PREVOTE).votes[node0.key.address]
+        relay = await connect_ready(make_keys(1, seed=61)[0], node0)
+        ahead = Vote(VoteType.PREVOTE, 2, 0, NIL_HASH, small.address).signed(small, CHAIN)
+        relay.send(m.MsgType.VOTE, ahead.to_wire())
+        await wait_for(lambda: vote_id(ahead) in node0.p2p.seen, 5.0, "the height-2 vote taken")
+        assert node0.store.tip_height() == 0 and engine.height == 1
+
+        node1.startService()
+        await wait_for(lambda: node1.p2p.listen_addr, 5.0, "node1 listening")
+        net.connect(1, [0])
+        await wait_for(lambda: vote_id(own_prevote) in node1.p2p.seen, 10.0, "node0's height-1 prevote re-offered")
+        await wait_for(lambda: min(net.heights()) >= 2, 15.0, "both past height 1")
+    finally:
+        await net.stop()
