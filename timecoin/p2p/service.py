@@ -544,7 +544,7 @@ class P2PService(service.Service):
         self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
         if msg_type == m.MsgType.PROPOSAL and len(self._first_proposal) < MAX_FIRST_PROPOSALS:
             self._first_proposal.setdefault(msg.block.hash, conn.peer_id)
-        self.archive.add(height, mid, msg_type, payload)
+        self._archive(height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=conn)
 
     def _on_evidence(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
@@ -640,8 +640,19 @@ class P2PService(service.Service):
         if isinstance(msg, Evidence):
             self.charge_equivocator(msg)       # consensus found (or accepted) new evidence: blame its signer
         if msg_type in (m.MsgType.PROPOSAL, m.MsgType.VOTE):
-            self.archive.add(msg.height, mid, msg_type, payload)
+            self._archive(msg.height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=None)
+
+    def _archive(self, height: int, mid: bytes, msg_type: m.MsgType, payload: bytes) -> None:
+        """Archive a consensus message for gossip, the archive following the height consensus is deciding.
+
+        A message of the next height (any validator may be one step ahead) is kept apart and never
+        replaces the current height's messages: those are offered until we decide the height (hole 6).
+        """
+        engine_height = self.node.consensus.engine.height
+        if self.archive.height != engine_height:
+            self.archive.reset(engine_height)
+        self.archive.add(height, mid, msg_type, payload)
 
     def _relay(self, msg_type: m.MsgType, mid: bytes, payload: bytes, exclude: PeerConnection | None) -> None:
         conns = [c for c in self.connections.values() if c.state == "ready" and c is not exclude]
