@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 
-from tests.integration.test_p2p_misbehaviour import connect_ready
+from tests.integration.test_p2p_misbehaviour import RawPeer, connect_ready
 from tests.p2pnet import Net, make_keys, wait_for
 from timecoin import crypto
 from timecoin.ledger.block import NIL_HASH, Vote, VoteType
 from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.ledger.params import ChainParams
+from timecoin.node import Node
 from timecoin.p2p.gossip import message_id
 from timecoin.p2p.service import ENVELOPE_HEADER
 from timecoin.wire import messages as m
@@ -69,5 +71,56 @@ async def test_a_next_height_vote_does_not_stop_the_current_heights_gossip(tmp_p
         net.connect(1, [0])
         await wait_for(lambda: vote_id(own_prevote) in node1.p2p.seen, 10.0, "node0's height-1 prevote re-offered")
         await wait_for(lambda: min(net.heights()) >= 2, 15.0, "both past height 1")
+    finally:
+        await net.stop()
+
+
+def mirror(relay: RawPeer, node: Node, key: crypto.PrivateKey, height: int) -> None:
+    """Through ``relay``, ``key`` votes as ``node`` does at ``height``: together they finish that height."""
+    def on_message(msg_type: m.MsgType, rid: int, body: Any) -> None:
+        if msg_type != m.MsgType.VOTE:
+            return
+        v = Vote.from_wire(body)
+        if v.validator == node.key.address and v.height == height:
+            relay.send(m.MsgType.VOTE, Vote(v.type, v.height, v.round, v.block_hash, key.address)
+                       .signed(key, CHAIN).to_wire())
+    relay.on_message = on_message
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_next_height_vote_refused_for_a_cap_is_not_poisoned_in_the_seen_cache(tmp_path: Path) -> None:
+    # The engine refuses next-height messages over a per-sender cap with DUPLICATE. The vote itself may be
+    # valid and needed once that height starts: it must not enter the seen-cache, or every honest relay of
+    # it is dropped for good. node0 runs alone at height 1; the small validator's prevotes of height 2,
+    # rounds 1..4, fill its round cap, so its (valid) round-0 prevote is refused for now.
+    net, small = weighted_net(tmp_path, seed=62)
+    node0 = net.nodes[0]
+    try:
+        node0.startService()
+        await wait_for(lambda: node0.p2p.listen_addr, 5.0, "node0 listening")
+        relay_key = make_keys(1, seed=63)[0]
+        relay = await connect_ready(relay_key, node0)
+        conn = node0.p2p.connections[relay_key.peer_id]
+        ahead = [Vote(VoteType.PREVOTE, 2, r, NIL_HASH, small.address).signed(small, CHAIN) for r in (1, 2, 3, 4)]
+        capped = Vote(VoteType.PREVOTE, 2, 0, NIL_HASH, small.address).signed(small, CHAIN)
+        for vote in [*ahead, capped]:
+            relay.send(m.MsgType.VOTE, vote.to_wire())
+        await wait_for(lambda: conn.messages_in >= 6, 5.0, "the five votes handled")
+        assert all(vote_id(v) in node0.p2p.seen for v in ahead)
+        assert vote_id(capped) not in node0.p2p.seen             # refused for a cap: not poisoned
+        dups = node0.p2p.duplicates[m.MsgType.VOTE]
+        relay.send(m.MsgType.VOTE, ahead[0].to_wire())           # a real copy: dropped at the seen-cache
+        await wait_for(lambda: conn.messages_in >= 7, 5.0, "the copy handled")
+        assert node0.p2p.duplicates[m.MsgType.VOTE] == dups + 1
+
+        # The node-1 key (never run here) votes as node0 does at height 1: height 1 is decided, node0 starts
+        # height 2 (and waits there). The refused vote, relayed again, now counts.
+        mirror(relay, node0, net.keys[1], 1)
+        engine = node0.consensus.engine
+        await wait_for(lambda: engine.height == 2, 15.0, "node0 at height 2")
+        relay.send(m.MsgType.VOTE, capped.to_wire())
+        await wait_for(lambda: vote_id(capped) in node0.p2p.seen, 5.0, "the refused vote reconsidered")
+        assert engine.height == 2
+        assert engine.votes.get(0, VoteType.PREVOTE).votes.get(small.address) == capped
     finally:
         await net.stop()
