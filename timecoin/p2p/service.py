@@ -49,6 +49,7 @@ ENVELOPE_HEADER = 5                # type (1) + request id (4): what a message i
 MAX_PENDING_INBOUND = 64           # inbound connections still in TLS/identity at once (before any TLS work)
 MAX_PENDING_PER_IP = 8             # of those, from one IP address
 MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered for VALID_BLOCK credit
+MAX_CAPPED = 10_000                # next-height messages refused for a per-sender cap, remembered per height
 
 RESPONSES = frozenset({m.MsgType.STATUS, m.MsgType.PEERS, m.MsgType.BLOCKS, m.MsgType.BLOCK_HASHES})
 # get_* requests and pings share the request bucket. Transactions (in m.REQUESTS) have their own gossip
@@ -108,6 +109,8 @@ class P2PService(service.Service):
         self.duplicates: collections.Counter[m.MsgType] = collections.Counter()  # seen-cache hits, by type
         self.accepted: collections.Counter[m.MsgType] = collections.Counter()    # new valid messages from peers
         self._first_proposal: dict[bytes, str] = {}          # block hash -> PeerID that delivered it first
+        self._capped: dict[bytes, None] = {}                 # next-height messages refused for a cap (not seen)
+        self._capped_height = -1                             # ... while the engine is at this height
         self.archive = HeightArchive()
         self.listening_port: Any = None
         self.listen_addr = ""
@@ -513,6 +516,9 @@ class P2PService(service.Service):
             self.duplicates[msg_type] += 1
             return
         consensus = self.node.consensus
+        if mid in self._capped and self._capped_height == consensus.engine.height:
+            self.duplicates[msg_type] += 1           # refused for a cap at this height: the answer is the same
+            return
         try:
             msg = Proposal.from_wire(body) if msg_type == m.MsgType.PROPOSAL else Vote.from_wire(body)
         except (DecodeError, ValueError):
@@ -532,6 +538,13 @@ class P2PService(service.Service):
             else:
                 consensus.receive_vote(msg)
         except ValidationError as exc:
+            if exc.reason == Reason.DUPLICATE and height == engine_height + 1:
+                # Over one of the engine's per-sender caps for the next height (a plain copy of a buffered
+                # message was stopped at the seen-cache above). The message may be valid and needed once that
+                # height starts, so it must not enter the seen-cache (every relay of it would be dropped for
+                # good); it is remembered until our height changes, which is when the answer can change.
+                self._remember_capped(mid, engine_height)
+                return
             self.seen.add(mid)
             if exc.reason not in (Reason.DUPLICATE, Reason.WRONG_HEIGHT):
                 self.log.info("Refused {kind} from {peer}: {why}", kind=msg_type.name.lower(), peer=conn.peer_id,
@@ -546,6 +559,13 @@ class P2PService(service.Service):
             self._first_proposal.setdefault(msg.block.hash, conn.peer_id)
         self._archive(height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=conn)
+
+    def _remember_capped(self, mid: bytes, engine_height: int) -> None:
+        if self._capped_height != engine_height:
+            self._capped, self._capped_height = {}, engine_height
+        if len(self._capped) >= MAX_CAPPED:
+            del self._capped[next(iter(self._capped))]       # the oldest: at worst it is judged again (cheaply)
+        self._capped[mid] = None
 
     def _on_evidence(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         mid = message_id(m.MsgType.EVIDENCE, payload[ENVELOPE_HEADER:])
