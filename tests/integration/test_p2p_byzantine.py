@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.integration.test_p2p_misbehaviour import RawPeer, connect_ready
-from tests.p2pnet import Net, make_keys, wait_for
+from tests.integration.test_p2p_misbehaviour import RawPeer, banned, connect_ready, score
+from tests.p2pnet import Net, make_keys, sleep, wait_for
 from timecoin import crypto
-from timecoin.ledger.block import NIL_HASH, Vote, VoteType
+from timecoin.ledger.block import NIL_HASH, QuorumProof, Vote, VoteType
 from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.ledger.params import ChainParams
 from timecoin.node import Node
 from timecoin.p2p.gossip import message_id
+from timecoin.p2p.peers import DELTAS, Event
 from timecoin.p2p.service import ENVELOPE_HEADER
 from timecoin.wire import messages as m
 
@@ -75,13 +76,14 @@ async def test_a_next_height_vote_does_not_stop_the_current_heights_gossip(tmp_p
         await net.stop()
 
 
-def mirror(relay: RawPeer, node: Node, key: crypto.PrivateKey, height: int) -> None:
-    """Through ``relay``, ``key`` votes as ``node`` does at ``height``: together they finish that height."""
+def mirror(relay: RawPeer, node: Node, key: crypto.PrivateKey, height: int,
+           kinds: tuple[VoteType, ...] = (VoteType.PREVOTE, VoteType.PRECOMMIT)) -> None:
+    """Through ``relay``, ``key`` votes (``kinds``) as ``node`` does at ``height``: together they finish it."""
     def on_message(msg_type: m.MsgType, rid: int, body: Any) -> None:
         if msg_type != m.MsgType.VOTE:
             return
         v = Vote.from_wire(body)
-        if v.validator == node.key.address and v.height == height:
+        if v.validator == node.key.address and v.height == height and v.type in kinds:
             relay.send(m.MsgType.VOTE, Vote(v.type, v.height, v.round, v.block_hash, key.address)
                        .signed(key, CHAIN).to_wire())
     relay.on_message = on_message
@@ -122,5 +124,84 @@ async def test_a_next_height_vote_refused_for_a_cap_is_not_poisoned_in_the_seen_
         await wait_for(lambda: vote_id(capped) in node0.p2p.seen, 5.0, "the refused vote reconsidered")
         assert engine.height == 2
         assert engine.votes.get(0, VoteType.PREVOTE).votes.get(small.address) == capped
+    finally:
+        await net.stop()
+
+
+def quorums_received(peer: RawPeer) -> list[QuorumProof]:
+    return [QuorumProof.from_wire(body) for t, body in peer.messages if t == m.MsgType.VOTE_QUORUM]
+
+
+@pytest_twisted.ensureDeferred
+async def test_quorum_proofs_go_once_to_peers_at_our_height_and_a_forged_one_costs_its_sender(tmp_path: Path) -> None:
+    # node0 runs alone at height 1; the node-1 key prevotes as node0 does (through a relay at height 0, i.e.
+    # at node0's height) but never precommits: node0 holds a prevote quorum and waits there. It sends the
+    # relay a VOTE_QUORUM proving it -- each proof once -- and judges the proofs peers send it.
+    net, small = weighted_net(tmp_path, seed=64)
+    node0 = net.nodes[0]
+    try:
+        node0.startService()
+        await wait_for(lambda: node0.p2p.listen_addr, 5.0, "node0 listening")
+        relay = await connect_ready(make_keys(1, seed=65)[0], node0)
+        mirror(relay, node0, net.keys[1], 1, kinds=(VoteType.PREVOTE,))
+        await wait_for(lambda: quorums_received(relay), 10.0, "a quorum proof sent to the relay")
+        proof = quorums_received(relay)[0]
+        assert (proof.type, proof.height) == (VoteType.PREVOTE, 1)
+        vs = node0.store.validator_set(1)
+        for vote in proof.votes():
+            vote.verify_signature(vs.by_address[vote.validator].pubkey, CHAIN)
+        assert vs.quorum(sum(vs.power_of(v.validator) for v in proof.votes()))
+        await sleep(0.5)                                         # five gossip ticks: nothing is sent twice
+        sent = quorums_received(relay)
+        assert len({q.encoded for q in sent}) == len(sent)
+        assert node0.store.tip_height() == 0
+
+        # A copy of node0's own proof from another peer is free; a forged one is its sender's provable fault.
+        echo_key, forger_key = make_keys(2, seed=66)
+        echo = await connect_ready(echo_key, node0)
+        echo.send(m.MsgType.VOTE_QUORUM, proof.to_wire())
+        forger = await connect_ready(forger_key, node0)
+        round_ = node0.consensus.engine.round + 1
+        forged = QuorumProof(VoteType.PREVOTE, 1, round_, NIL_HASH,
+                             tuple(sorted((k.address, b"\x01" * 64) for k in (*net.keys, small))))
+        forger.send(m.MsgType.VOTE_QUORUM, forged.to_wire())
+        await wait_for(lambda: score(node0, forger_key) < 0, 5.0, "the forged proof judged")
+        assert score(node0, forger_key) == DELTAS[Event.INVALID_SIGNATURE] and banned(node0, forger_key)
+        await wait_for(lambda: node0.p2p.connections[echo_key.peer_id].messages_in >= 2, 5.0, "the copy handled")
+        assert score(node0, echo_key) == 0 and not banned(node0, echo_key)
+    finally:
+        await net.stop()
+
+
+def drop_at(node: Node, height: int) -> None:
+    """A test hook on ``node``'s input: it never receives a proposal of ``height``, nor an announcement of a
+    block at or above it (so sync is not told to catch up; sync_interval keeps its loop out of the test)."""
+    handle = node.p2p.handle
+
+    def filtered(conn: Any, msg_type: m.MsgType, rid: int, body: Any, payload: bytes) -> None:
+        if msg_type == m.MsgType.PROPOSAL and body.height == height:
+            return
+        if msg_type == m.MsgType.NEW_BLOCK and body.height >= height:
+            return
+        handle(conn, msg_type, rid, body, payload)
+    node.p2p.handle = filtered
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_with_a_precommit_quorum_for_a_block_it_lacks_fetches_it_from_the_voters(tmp_path: Path) -> None:
+    # Four equal validators, all running. node3 never receives height H's proposal (a test hook drops it),
+    # yet sees > 2/3 precommits for it: it must fetch the block by hash from the voters and commit it at
+    # once, not after the SyncCoordinator's loop (60 s here) or never.
+    net = Net(tmp_path, 4, seed=67, sync_interval="60")
+    try:
+        await net.start()
+        await wait_for(lambda: min(net.heights()) >= 1, 20.0, "the four running")
+        late = net.nodes[3]
+        target = late.consensus.engine.height + 2
+        drop_at(late, target)
+        await wait_for(lambda: net.nodes[0].store.tip_height() >= target, 20.0, f"height {target} decided")
+        await wait_for(lambda: late.store.tip_height() >= target, 5.0, f"node3 has block {target}")
+        assert late.store.block_hash_at(target) == net.nodes[0].store.block_hash_at(target)
+        await wait_for(lambda: min(net.heights()) >= target + 2, 20.0, "all four keep going")
     finally:
         await net.stop()
