@@ -20,7 +20,16 @@ from timecoin import crypto
 from timecoin.consensus import engine as eng
 from timecoin.consensus.votes import MAX_PENDING_CONFLICTS, VoteSet
 from timecoin.errors import Reason, ValidationError
-from timecoin.ledger.block import NIL_HASH, Block, Evidence, Proposal, Vote, VoteType, verify_certificate
+from timecoin.ledger.block import (
+    NIL_HASH,
+    Block,
+    Evidence,
+    Proposal,
+    QuorumProof,
+    Vote,
+    VoteType,
+    verify_certificate,
+)
 
 H = 12     # heights per chaos run: enough for every proposer to lead several times, still well under a second
 
@@ -398,7 +407,7 @@ class Driver:
 
     def proposal(self, round_: int, pol_round: int = -1, block: Block | None = None) -> Proposal:
         node = self.net.node_of(self.proposers[round_])
-        block = block or node.app.propose(1, round_, 1000 * (round_ + 1))
+        block = block or node.app.propose(1, round_, round_ + 1)     # ms: timely at the times the tests use
         return Proposal(1, round_, pol_round, node.address, block).signed(node.key, self.net.chain_id)
 
     def vote(self, node: SimNode, vtype: VoteType, round_: int, block_hash: bytes, height: int = 1) -> Vote:
@@ -413,6 +422,16 @@ class Driver:
                 self.engine.on_proposal(msg, 0.0)
             else:
                 self.engine.on_vote(msg, 0.0)
+        return exc.value.reason
+
+    def refused_block(self, block: Block) -> Reason:
+        with pytest.raises(ValidationError) as exc:
+            self.engine.on_block(block, 0.0)
+        return exc.value.reason
+
+    def refused_quorum(self, proof: QuorumProof) -> Reason:
+        with pytest.raises(ValidationError) as exc:
+            self.engine.on_quorum(proof, 0.0)
         return exc.value.reason
 
 

@@ -16,7 +16,7 @@ from timecoin.errors import Reason, ValidationError
 from timecoin.ledger.block import Block, CommitCertificate, Evidence
 from timecoin.ledger.params import ChainParams
 from timecoin.ledger.result import BlockResult
-from timecoin.ledger.state import build_block, validate_block
+from timecoin.ledger.state import build_block, check_block_body, validate_block
 from timecoin.ledger.tx import Transaction
 from timecoin.ledger.validators import ValidatorSet
 
@@ -96,7 +96,20 @@ class ChainApp:
         return (acct is not None and not acct.jailed and ev.height < height
                 and height - ev.height <= self.params.evidence_max_age)
 
+    def check_body(self, block: Block) -> None:
+        """ValidationError unless the body matches the header's roots and the size caps (see
+        :func:`~timecoin.ledger.state.check_block_body`)."""
+        check_block_body(self.params, block)
+
     def validate(self, block: Block) -> bool:
+        """Full validation. The execution result is cached by hash, but only for the body that was
+        executed: a header we know never vouches for another body (the roots are checked every time)."""
+        try:
+            check_block_body(self.params, block)
+        except ValidationError as exc:
+            self.log.info("Block {hash} has a body its header does not commit to: {why}",
+                          hash=block.hash.hex()[:16], why=str(exc))
+            return False
         if block.hash in self._results:
             return True
         if block.header.timestamp > self.now_ms() + MAX_CLOCK_DRIFT_MS:

@@ -116,6 +116,8 @@ class ConsensusApp(Protocol):
 
     def propose(self, height: int, round_: int, timestamp_ms: int) -> Block: ...
 
+    def check_body(self, block: Block) -> None: ...
+
     def validate(self, block: Block) -> bool: ...
 
 
@@ -195,6 +197,9 @@ class Engine:
             raise ValidationError(Reason.NOT_VALIDATOR, "not the proposer of that round")
         if p.block.height != self.height:
             raise ValidationError(Reason.BAD_BLOCK, "proposed block is for another height")
+        # The signature covers the header only: a body that is not the header's (or breaks the caps) is a
+        # relay's doing, refused before anything is stored, cached or relayed (SPEC §4 proposal integrity).
+        self.app.check_body(p.block)
         prior = self.proposals.get(p.round)
         if prior is not None:
             if prior.signature == p.signature and prior.block.hash == p.block.hash:

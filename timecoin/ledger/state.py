@@ -302,6 +302,20 @@ def build_block(state: StateReader, params: ChainParams, height: int, round_: in
     return Block(header, result.applied, result.evidence), result
 
 
+def check_block_body(params: ChainParams, block: Block) -> None:
+    """The body is the one the header commits to (tx and evidence roots) and within the size caps.
+
+    Stateless and cheap next to execution: the engine runs it on every proposal before storing it, so a
+    relay that swaps a signed header's body is refused (and charged) at once, and one block hash always
+    means one body (SPEC §4 "Proposal integrity").
+    """
+    if len(block.txs) > params.max_block_txs:
+        raise ValidationError(Reason.BLOCK_TOO_LARGE, f"{len(block.txs)} txs > max_block_txs {params.max_block_txs}")
+    if block.size > params.max_block_bytes:
+        raise ValidationError(Reason.BLOCK_TOO_LARGE, f"{block.size} bytes > {params.max_block_bytes}")
+    block.check_roots()
+
+
 def validate_block(state: StateReader, params: ChainParams, block: Block, prev_hash: bytes,
                    prev_timestamp: int) -> BlockResult:
     """Full validation of a proposed or synced block on top of ``state``; returns its result."""
@@ -319,9 +333,7 @@ def validate_block(state: StateReader, params: ChainParams, block: Block, prev_h
         raise ValidationError(Reason.BAD_BLOCK, "validators_hash does not match the set of this height")
     if h.proposer not in validators:
         raise ValidationError(Reason.NOT_VALIDATOR, "proposer is not a validator at this height")
-    if block.size > params.max_block_bytes:
-        raise ValidationError(Reason.BLOCK_TOO_LARGE, f"{block.size} bytes > {params.max_block_bytes}")
-    block.check_roots()
+    check_block_body(params, block)
     result = execute_block(state, params, h.height, h.proposer, block.txs, block.evidence)
     if result.state_root != h.state_root:
         raise ValidationError(Reason.BAD_BLOCK, "state_root does not match the executed state")
