@@ -9,17 +9,20 @@ deliver what it signs.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from twisted.internet import reactor
 
 from tests.integration.test_p2p_misbehaviour import RawPeer, banned, connect_ready, score
 from tests.p2pnet import Net, make_keys, sleep, wait_for
 from timecoin import crypto
-from timecoin.ledger.block import NIL_HASH, QuorumProof, Vote, VoteType
+from timecoin.ledger.block import NIL_HASH, Proposal, QuorumProof, Vote, VoteType
 from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.ledger.params import ChainParams
+from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.node import Node
 from timecoin.p2p.gossip import message_id
 from timecoin.p2p.peers import DELTAS, Event
@@ -43,6 +46,10 @@ def weighted_net(tmp_path: Path, seed: int, **extra: str) -> tuple[Net, crypto.P
 
 def vote_id(vote: Vote) -> bytes:
     return message_id(m.MsgType.VOTE, m.encode_message(m.MsgType.VOTE, vote.to_wire())[ENVELOPE_HEADER:])
+
+
+def proposal_id(p: Proposal) -> bytes:
+    return message_id(m.MsgType.PROPOSAL, m.encode_message(m.MsgType.PROPOSAL, p.to_wire())[ENVELOPE_HEADER:])
 
 
 @pytest_twisted.ensureDeferred
@@ -203,5 +210,69 @@ async def test_a_node_with_a_precommit_quorum_for_a_block_it_lacks_fetches_it_fr
         await wait_for(lambda: late.store.tip_height() >= target, 5.0, f"node3 has block {target}")
         assert late.store.block_hash_at(target) == net.nodes[0].store.block_hash_at(target)
         await wait_for(lambda: min(net.heights()) >= target + 2, 20.0, "all four keep going")
+    finally:
+        await net.stop()
+
+
+def hold_back(node: Node, msg_type: m.MsgType, delay: float, unless_from: str) -> None:
+    """A test hook on ``node``'s input: ``msg_type`` from any peer but ``unless_from`` is handled ``delay``
+    seconds late (asynchrony: the relay's copy arrives first)."""
+    handle = node.p2p.handle
+
+    def held(conn: Any, t: m.MsgType, rid: int, body: Any, payload: bytes) -> None:
+        if t == msg_type and conn.peer_id != unless_from:
+            reactor.callLater(delay, handle, conn, t, rid, body, payload)
+            return
+        handle(conn, t, rid, body, payload)
+    node.p2p.handle = held
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keyless_relay_that_alters_a_proposals_body_is_refused_and_charged(tmp_path: Path) -> None:
+    # Hole 1, network level. Three equal validators. A keyless relay hears every proposal from node0 and
+    # node2 and hands node1 a copy with another body (one tx added: the signed header, and so the proposal
+    # signature, is unchanged) before the genuine one, which node1 gets 0.3 s late. node1 must refuse the
+    # altered body (BAD_BLOCK: the relay is charged invalid_block and banned), never store or relay it,
+    # still take the genuine proposal, and the chain must keep finalizing.
+    net = Net(tmp_path, 3, seed=68)
+    relay_key = make_keys(1, seed=69)[0]
+    payer = net.keys[2]
+    try:
+        await net.start()
+        await wait_for(lambda: min(net.heights()) >= 1, 20.0, "the three running")
+        node0, node1, node2 = net.nodes
+        hold_back(node1, m.MsgType.PROPOSAL, 0.3, unless_from=relay_key.peer_id)
+        taps = [await connect_ready(relay_key, n) for n in (node0, node2)]
+        to1 = await connect_ready(relay_key, node1)
+        genuine: list[Proposal] = []
+        altered: list[Proposal] = []
+
+        def on_message(msg_type: m.MsgType, rid: int, body: Any) -> None:
+            if msg_type != m.MsgType.PROPOSAL or to1.lost.called:
+                return
+            p = Proposal.from_wire(body)
+            if any(g.signature == p.signature for g in genuine):
+                return
+            tx = Transaction.create(payer, TxKind.TRANSFER, net.genesis.chain_id, 0, 10_000, 5, relay_key.address)
+            bad = replace(p, block=replace(p.block, txs=(tx,)))
+            genuine.append(p)
+            altered.append(bad)
+            to1.send(m.MsgType.PROPOSAL, bad.to_wire())
+        for tap in taps:
+            tap.on_message = on_message
+
+        await wait_for(lambda: score(node1, relay_key) < 0, 20.0, "an altered proposal judged")
+        assert score(node1, relay_key) == DELTAS[Event.INVALID_BLOCK] and banned(node1, relay_key)
+        first = altered[0]
+        h = first.height
+        await wait_for(lambda: min(net.heights()) >= h + 2, 20.0, "the chain keeps finalizing")
+        assert proposal_id(genuine[0]) in node1.p2p.seen              # the genuine one was handled, later
+        for n in net.nodes:
+            block = n.store.get_blocks(h, 1)[0][0]
+            assert block.hash == node0.store.block_hash_at(h) and block.txs == ()
+        # The altered bodies went nowhere: node1 relayed none of them to anyone (the taps hear every frame).
+        bad_ids = {proposal_id(p) for p in altered}
+        relayed = [Proposal.from_wire(body) for tap in taps for t, body in tap.messages if t == m.MsgType.PROPOSAL]
+        assert not bad_ids & {proposal_id(p) for p in relayed}
     finally:
         await net.stop()
