@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from tests.integration.test_p2p_misbehaviour import RawPeer, banned, connect_ready, score
 from tests.p2pnet import Net, make_keys, sleep, wait_for
 from timecoin import crypto
+from timecoin.consensus.votes import MAX_PENDING_CONFLICTS
 from timecoin.ledger.block import NIL_HASH, Proposal, QuorumProof, Vote, VoteType
 from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.ledger.params import ChainParams
@@ -274,5 +275,92 @@ async def test_a_keyless_relay_that_alters_a_proposals_body_is_refused_and_charg
         bad_ids = {proposal_id(p) for p in altered}
         relayed = [Proposal.from_wire(body) for tap in taps for t, body in tap.messages if t == m.MsgType.PROPOSAL]
         assert not bad_ids & {proposal_id(p) for p in relayed}
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_polka_hidden_by_an_equivocators_junk_votes_reaches_every_node(tmp_path: Path) -> None:
+    # Hole 2, network level. Four equal validators: a, b, c run, z is Byzantine (the test signs for it).
+    # At the first round-0 proposal B of a height >= H0 (proposer a): z sends a its real prevote for B;
+    # through a keyless relay it first sends b and c MAX_PENDING_CONFLICTS + 2 junk conflicting prevotes,
+    # then the real one, which their caps drop; and two junk prevotes of the next height before its real
+    # next-height prevote. b gets B 0.2 s late (after z's votes), c 1 s late (after its propose timeout:
+    # it prevotes nil). So only a sees the polka {a, b, z} and locks B; b and c never do, and z is silent
+    # from then on. a prevotes nil on any other block and its re-proposal of B needs the round-0 polka b
+    # and c lack: without vote propagation the chain halts for good. With it, a's VOTE_QUORUM brings b and
+    # c the polka, B is decided, and the three keep finalizing.
+    keys = make_keys(4, seed=70)
+    z = keys[3]
+    net = Net(tmp_path, 3, keys=keys[:3], genesis=Genesis.for_validators([k.public_key for k in keys], CHAIN))
+    chain = net.genesis.chain_id
+    relay_key = make_keys(1, seed=71)[0]
+    state: dict[str, Any] = {"h": None, "done": False}
+    try:
+        await net.start()
+        await wait_for(lambda: min(net.heights()) >= 1, 20.0, "the three running")
+        h0 = max(n.consensus.engine.height for n in net.nodes) + 1
+        by_address = {n.key.address: i for i, n in enumerate(net.nodes)}
+
+        def roles(proposer: bytes) -> tuple[int, int, int]:
+            a = by_address[proposer]
+            b, c = (i for i in range(3) if i != a)
+            return a, b, c
+
+        def hold(i: int) -> None:
+            node = net.nodes[i]
+            handle = node.p2p.handle
+
+            def held(conn: Any, t: m.MsgType, rid: int, body: Any, payload: bytes) -> None:
+                if t == m.MsgType.PROPOSAL and body.round == 0 and body.height >= h0 and state["h"] in (None,
+                                                                                                        body.height):
+                    state["h"] = body.height
+                    _, b, c = roles(body.proposer)
+                    if i in (b, c):
+                        reactor.callLater(0.2 if i == b else 1.0, handle, conn, t, rid, body, payload)
+                        return
+                handle(conn, t, rid, body, payload)
+            node.p2p.handle = held
+        for i in range(3):
+            hold(i)
+        zpeers = [await connect_ready(z, n) for n in net.nodes]
+        relays = [await connect_ready(relay_key, n) for n in net.nodes]
+        cap = MAX_PENDING_CONFLICTS + 2
+        sent: dict[str, Any] = {}
+
+        def on_message(msg_type: m.MsgType, rid: int, body: Any) -> None:
+            if msg_type != m.MsgType.PROPOSAL or state["done"] or body.round != 0 or body.height < h0:
+                return
+            if state["h"] not in (None, body.height):
+                return
+            state["h"], state["done"] = body.height, True
+            p = Proposal.from_wire(body)
+            a, b, c = roles(p.proposer)
+            h = p.height
+            real = Vote(VoteType.PREVOTE, h, 0, p.block.hash, z.address).signed(z, chain)
+            junk = [Vote(VoteType.PREVOTE, h, 0, bytes([i + 1, k + 1]) * 16, z.address).signed(z, chain)
+                    for i in range(2) for k in range(cap)]
+            nxt_junk = [Vote(VoteType.PREVOTE, h + 1, 0, bytes([9, k + 1]) * 16, z.address).signed(z, chain)
+                        for k in range(2)]
+            nxt_real = Vote(VoteType.PREVOTE, h + 1, 0, NIL_HASH, z.address).signed(z, chain)
+            sent.update(block=p.block, real=real, nxt_real=nxt_real, b=b, c=c)
+            zpeers[a].send(m.MsgType.VOTE, real.to_wire())
+            zpeers[a].send(m.MsgType.VOTE, nxt_real.to_wire())
+            for n, i in enumerate((b, c)):
+                for v in [*junk[n * cap:(n + 1) * cap], real, *nxt_junk, nxt_real]:
+                    relays[i].send(m.MsgType.VOTE, v.to_wire())
+        for zp in zpeers:
+            zp.on_message = on_message
+
+        await wait_for(lambda: "block" in sent, 20.0, "z's votes sent")
+        h, b, c = sent["block"].height, sent["b"], sent["c"]
+        # b and c refused z's real next-height vote for a cap: it stays out of their seen-caches.
+        await wait_for(lambda: all(vote_id(sent["nxt_real"]) not in net.nodes[i].p2p.seen and
+                                   net.nodes[i].p2p.connections[relay_key.peer_id].messages_in >= cap + 5
+                                   for i in (b, c)), 5.0, "z's votes handled by b and c")
+        await wait_for(lambda: min(net.heights()) >= h, 30.0, f"height {h} decided by all three")
+        assert {n.store.block_hash_at(h) for n in net.nodes} == {sent["block"].hash}
+        assert all(net.nodes[i].p2p.accepted[m.MsgType.VOTE_QUORUM] >= 1 for i in (b, c))
+        await wait_for(lambda: min(net.heights()) >= h + 3, 20.0, "the three keep finalizing")
     finally:
         await net.stop()
