@@ -94,6 +94,8 @@ def mirror(relay: RawPeer, node: Node, key: crypto.PrivateKey, height: int,
         if v.validator == node.key.address and v.height == height and v.type in kinds:
             relay.send(m.MsgType.VOTE, Vote(v.type, v.height, v.round, v.block_hash, key.address)
                        .signed(key, CHAIN).to_wire())
+    for msg_type, body in list(relay.messages):         # what the node sent before the hook was set
+        on_message(msg_type, 0, body)
     relay.on_message = on_message
 
 
