@@ -12,8 +12,9 @@ in well under a second. Every run is bounded by an event count and a simulated-t
 Gossip: the engine never re-sends. Like CometBFT's gossip routines (which send a peer what it lacks for
 the peer's height), ``gossip_interval`` makes every node periodically offer each peer the messages of the
 peer's current height that the peer does not have: its own and those it accepted from others (the paper
-assumes correct nodes relay what they receive). That is what makes liveness hold despite drops and
-byzantine senders that show different messages to different nodes; without it a lost message is lost.
+assumes correct nodes relay what they receive), and the QuorumProofs it holds at that height (each once
+per peer), as the P2P layer does. That is what makes liveness hold despite drops and byzantine senders
+that show different messages to different nodes; without it a lost message is lost.
 
 Block sync: with ``sync_after``, a node that has spent that long at a height some peer has already
 committed takes the block and its commit certificate from the peer (verified against its own validator
@@ -41,7 +42,16 @@ from timecoin.consensus.app import ChainApp
 from timecoin.consensus.privval import KeyValue, PrivValidator
 from timecoin.consensus.wal import WalKind, WriteAheadLog
 from timecoin.errors import Reason, ValidationError
-from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, Vote, VoteType, verify_certificate
+from timecoin.ledger.block import (
+    Block,
+    CommitCertificate,
+    Evidence,
+    Proposal,
+    QuorumProof,
+    Vote,
+    VoteType,
+    verify_certificate,
+)
 from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.memstore import MemoryStore
 
@@ -52,6 +62,7 @@ STAKE_UNIT = 1_000 * crypto.UNITS_PER_TIME     # power 1 = the minimum validator
 FAST = eng.Timeouts(block_interval=0.0)
 
 Message = Proposal | Vote
+Sendable = Proposal | Vote | QuorumProof
 
 
 def make_keys(n: int, label: str = "simnet") -> list[crypto.PrivateKey]:
@@ -134,6 +145,7 @@ class SimNet:
         self.filters: list[Callable[[int, int, Message], bool]] = []
         self.hooks: list[Callable[[SimNode, Message], list[Message]]] = []
         self.stats: Counter[str] = Counter()
+        self._proofs_sent: set[tuple[int, int, bytes]] = set()     # (src, dst, proof bytes) already offered
         self.nodes = [self._make_node(i, k) for i, k in enumerate(self.keys)]
 
     # -- construction ------------------------------------------------------------------------------
@@ -229,6 +241,32 @@ class SimNet:
                 node.app.add_evidence(action.evidence)
             elif isinstance(action, eng.CommitBlock):
                 queue.extend(self._commit(node, action))
+            elif isinstance(action, eng.FetchBlock):
+                self._fetch(node, action)
+
+    def _fetch(self, node: SimNode, a: eng.FetchBlock) -> None:
+        """Ask the voters for the block (what the P2P layer does): the first voter that holds it at this
+        height (in its engine, or already committed) answers after a network delay."""
+        self.stats["fetches"] += 1
+        for voter in (self.node_of(v) for v in a.voters):
+            if voter is node or not voter.online or voter.mute:
+                continue
+            block = (voter.engine.block_by_hash(a.block_hash) if voter.engine.height == a.height
+                     else voter.commits.get(a.height))
+            if block is not None and block.hash == a.block_hash:
+                self.at(self.rng.uniform(*self.latency), lambda b=block: self._deliver_block(node, b))
+                return
+
+    def _deliver_block(self, node: SimNode, block: Block) -> None:
+        if not node.online or node.engine.height != block.height:
+            return
+        try:
+            actions = node.engine.on_block(block, self.now)
+        except ValidationError as exc:
+            node.rejects[exc.reason] += 1
+            return
+        self.stats["fetched"] += 1
+        self.perform(node, actions)
 
     def _schedule_timeout(self, node: SimNode, a: eng.ScheduleTimeout) -> None:
         key = (a.height, a.round, int(a.kind))
@@ -284,7 +322,7 @@ class SimNet:
             if dst is not src:
                 self.send(src, dst, msg)
 
-    def send(self, src: SimNode, dst: SimNode, msg: Message) -> None:
+    def send(self, src: SimNode, dst: SimNode, msg: Sendable) -> None:
         """One copy from ``src`` to ``dst``: filtered, maybe dropped, maybe duplicated, randomly delayed."""
         self.stats["sent"] += 1
         if src.mute or not src.online or not all(f(src.index, dst.index, msg) for f in self.filters):
@@ -298,10 +336,12 @@ class SimNet:
         for _ in range(copies):
             self.at(self.rng.uniform(*self.latency), lambda: self.deliver(dst, msg))
 
-    def deliver(self, dst: SimNode, msg: Message) -> list[eng.Action] | None:
+    def deliver(self, dst: SimNode, msg: Sendable) -> list[eng.Action] | None:
         """Hand ``msg`` to ``dst``'s engine now; a refusal is counted by reason (and returns None)."""
         if not dst.online:
             return None
+        if isinstance(msg, QuorumProof):
+            return self._deliver_proof(dst, msg)
         if dst.wal is not None:
             dst.wal.append(WalKind.PROPOSAL if isinstance(msg, Proposal) else WalKind.VOTE, msg.encoded)
         try:
@@ -317,6 +357,18 @@ class SimNet:
             return None
         self.stats["delivered"] += 1
         self._keep(dst, msg)
+        self.perform(dst, actions)
+        return actions
+
+    def _deliver_proof(self, dst: SimNode, proof: QuorumProof) -> list[eng.Action] | None:
+        if dst.wal is not None:
+            dst.wal.append(WalKind.QUORUM, proof.encoded)
+        try:
+            actions = dst.engine.on_quorum(proof, self.now)
+        except ValidationError as exc:
+            dst.rejects[exc.reason] += 1
+            return None
+        self.stats["proofs"] += 1
         self.perform(dst, actions)
         return actions
 
@@ -346,6 +398,12 @@ class SimNet:
                 for msg in src.archive.get(dst.engine.height, ()):
                     if msg.signature not in dst.has:
                         self.send(src, dst, msg)
+                if src.engine.height == dst.engine.height:
+                    for proof in src.engine.quorums():
+                        key = (src.index, dst.index, proof.encoded)
+                        if key not in self._proofs_sent:
+                            self._proofs_sent.add(key)
+                            self.send(src, dst, proof)
         self.at(self._tick, self._gossip)
 
     # -- faults ------------------------------------------------------------------------------------
@@ -384,12 +442,21 @@ class SimNet:
                         count += 1
                         self.perform(node, node.engine.on_timeout(h, r, eng.TimeoutKind(k), self.now))
                     continue
+                if rec.kind == WalKind.QUORUM:
+                    proof = QuorumProof.decode(rec.data)
+                    if proof.height == height:
+                        count += 1
+                        try:
+                            self.perform(node, node.engine.on_quorum(proof, self.now))
+                        except ValidationError as exc:
+                            node.rejects[exc.reason] += 1
+                    continue
                 msg: Message = Proposal.decode(rec.data) if rec.kind == WalKind.PROPOSAL else Vote.decode(rec.data)
                 if msg.height != height:
                     continue
                 count += 1
                 try:
-                    actions = (node.engine.on_proposal(msg, self.now) if isinstance(msg, Proposal)
+                    actions = (node.engine.on_proposal(msg, self.now, timely=True) if isinstance(msg, Proposal)
                                else node.engine.on_vote(msg, self.now))
                 except ValidationError as exc:
                     node.rejects[exc.reason] += 1

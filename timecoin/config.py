@@ -197,7 +197,14 @@ KEYS: tuple[Key, ...] = (
     Key("max_reorg_depth", _int_range(0, 1_000_000), 1000,
         "Deepest rollback a fork resolution may do; a deeper fork halts block application for the operator."),
     Key("block_interval", _SECONDS, _per_network(1.0, 60.0, 600.0),
-        "Seconds between blocks: the proposer of h+1 waits until time(h) + block_interval (0 allowed)."),
+        "Seconds between blocks: the proposer of h+1 waits until time(h) + block_interval, never longer than "
+        "block_interval by its own clock (0 allowed)."),
+    Key("precision", _TIMEOUT, _per_network(0.05, 0.5, 0.5),
+        "Clock bound between honest validators (proposer-based timestamps): a fresh proposal stamped more than "
+        "this after our clock is untimely and gets a nil prevote."),
+    Key("message_delay", _TIMEOUT, _per_network(0.2, 2.0, 2.0),
+        "Largest delay of a proposal on the network: a fresh proposal received later than its timestamp + "
+        "message_delay + precision is untimely and gets a nil prevote."),
     Key("timeout_propose", _TIMEOUT, _per_network(0.04, 3.0, 30.0), "Propose-step timeout, round 0 (> 0)."),
     Key("timeout_propose_delta", _TIMEOUT, _per_network(0.001, 0.5, 5.0),
         "Added to timeout_propose per round (> 0: timeouts grow each round, which liveness needs)."),
@@ -249,6 +256,8 @@ class NodeConfig:
     sync_redundancy: int
     max_reorg_depth: int
     block_interval: float
+    precision: float
+    message_delay: float
     timeout_propose: float
     timeout_propose_delta: float
     timeout_prevote: float

@@ -160,8 +160,9 @@ def test_equivocation_becomes_evidence_and_jails_the_validator(n: int) -> None:
     assert byz.address in node.store.validator_set(h_ev)
 
 
-def test_equivocating_vote_is_not_counted_and_yields_evidence() -> None:
-    """Direct: the second, different vote is reported (EvidenceFound), never tallied."""
+def test_equivocating_vote_for_an_unbacked_value_waits_and_yields_evidence() -> None:
+    """Direct: the second, different vote is reported (EvidenceFound); its value, which no first vote backs
+    and no quorum proof justified, is not tallied (it waits in the bounded pending list, votes.py)."""
     d = Driver()
     net, node = d.net, d.me
     bad = d.others[0].key
@@ -256,28 +257,6 @@ def test_decision_on_an_equivocating_proposers_other_block() -> None:
     assert [a.block for a in out if isinstance(a, eng.CommitBlock)] == [decided.block]
 
 
-def test_only_one_other_proposal_per_round_is_kept() -> None:
-    d = Driver()
-    e = d.engine
-    proposer = d.net.node_of(d.proposers[0])
-    first, second, third = (Proposal(1, 0, -1, proposer.address, proposer.app.propose(1, 0, ts)).signed(
-        proposer.key, d.net.chain_id) for ts in (1111, 2222, 3333))
-    e.on_proposal(first, 0.01)
-    assert d.refused(second) == Reason.DUPLICATE
-    assert d.refused(third) == Reason.DUPLICATE
-    assert d.refused(replace(third, signature=bytes(64))) == Reason.DUPLICATE
-    out: list[eng.Action] = []
-    for x in d.others:
-        out += e.on_vote(d.vote(x, VoteType.PRECOMMIT, 0, third.block.hash), 0.02)
-    assert not any(isinstance(a, eng.CommitBlock) for a in out)   # third's block was never kept
-    assert e.step != eng.Step.COMMITTED
-    # a forged "other" proposal (bad signature) is refused as such and not kept
-    d2 = Driver()
-    d2.engine.on_proposal(first, 0.01)
-    assert d2.refused(replace(second, signature=bytes(64))) == Reason.BAD_SIGNATURE
-    assert d2.engine._other_blocks == {}
-
-
 @pytest.mark.parametrize(("n", "silent"), [(4, 2), (7, 3)])
 def test_more_than_one_third_silent_finalizes_nothing_then_recovers(n: int, silent: int) -> None:
     net = SimNet(n, seed=6, latency=(0.001, 0.01), gossip_interval=0.1)
@@ -333,14 +312,6 @@ def test_timeouts_escalate_per_round() -> None:
     assert ends[-1] - ends[-2] > ends[1] - ends[0] + 0.02
 
 
-def test_timeouts_for_step_table() -> None:
-    t = eng.Timeouts(propose=3.0, propose_delta=0.5, prevote=1.0, prevote_delta=0.5, precommit=1.0,
-                     precommit_delta=0.25)
-    assert [t.for_step(eng.TimeoutKind.PROPOSE, r) for r in range(3)] == [3.0, 3.5, 4.0]
-    assert [t.for_step(eng.TimeoutKind.PREVOTE, r) for r in range(3)] == [1.0, 1.5, 2.0]
-    assert [t.for_step(eng.TimeoutKind.PRECOMMIT, r) for r in range(3)] == [1.0, 1.25, 1.5]
-
-
 @pytest.mark.parametrize(("n", "byzantine"), [(4, 1), (7, 2)])
 @pytest.mark.parametrize("seed", [1, 2, 9])
 def test_byzantine_split_brain_proposers_and_voters(n: int, byzantine: int, seed: int) -> None:
@@ -368,7 +339,8 @@ def test_byzantine_split_brain_proposers_and_voters(n: int, byzantine: int, seed
         return [alt]
 
     net.hooks.append(two_faced)
-    net.filters.append(lambda src, dst, m: src not in byz or ((m.signature in alternative) == (dst in group_b)))
+    net.filters.append(lambda src, dst, m: src not in byz or (     # byzantine nodes offer no quorum proofs
+        not isinstance(m, QuorumProof) and (m.signature in alternative) == (dst in group_b)))
     net.start()
     assert net.run_until_height(H, nodes=[net.nodes[i] for i in correct], max_time=60.0, max_events=200_000), \
         f"correct nodes stuck at {[net.nodes[i].height for i in correct]}"
@@ -433,67 +405,6 @@ class Driver:
         with pytest.raises(ValidationError) as exc:
             self.engine.on_quorum(proof, 0.0)
         return exc.value.reason
-
-
-def test_locking_rules() -> None:
-    """[L36] lock on a polka; [L22] a locked node prevotes nil for another fresh block; [L28] it prevotes a
-    re-proposal that carries a proof-of-lock; and the lock survives rounds until then."""
-    d = Driver()
-    e, pre, pc = d.engine, VoteType.PREVOTE, VoteType.PRECOMMIT
-    p0 = d.proposal(0)
-    assert d.my_votes(e.on_proposal(p0, 0.01)) == [d.vote(d.me, pre, 0, p0.block.hash)]
-    out: list[eng.Action] = []
-    for x in d.others[:2]:                                   # with ours: 3 of 4 prevotes for p0 -> polka
-        out += e.on_vote(d.vote(x, pre, 0, p0.block.hash), 0.02)
-    assert d.my_votes(out) == [d.vote(d.me, pc, 0, p0.block.hash)]
-    assert e.locked_value == p0.block and e.locked_round == 0
-    for x in d.others:                                       # the others precommit nil: no decision
-        e.on_vote(d.vote(x, pc, 0, NIL_HASH), 0.03)
-    e.on_timeout(1, 0, eng.TimeoutKind.PRECOMMIT, 0.05)
-    assert (e.round, e.step) == (1, eng.Step.PROPOSE)
-    p1 = d.proposal(1)                                       # a different, fresh block
-    assert p1.block.hash != p0.block.hash
-    assert d.my_votes(e.on_proposal(p1, 0.06)) == [d.vote(d.me, pre, 1, NIL_HASH)]
-    for x in d.others:
-        e.on_vote(d.vote(x, pre, 1, NIL_HASH), 0.07)
-    for x in d.others:
-        e.on_vote(d.vote(x, pc, 1, NIL_HASH), 0.08)
-    e.on_timeout(1, 1, eng.TimeoutKind.PRECOMMIT, 0.1)
-    assert e.round == 2 and e.locked_round == 0
-    # round 2 re-proposes p0's block with pol_round 0 (the polka of round 0 is known): prevote it
-    p2 = d.proposal(2, pol_round=0, block=p0.block)
-    assert d.my_votes(e.on_proposal(p2, 0.11)) == [d.vote(d.me, pre, 2, p0.block.hash)]
-    for x in d.others[:2]:
-        e.on_vote(d.vote(x, pre, 2, p0.block.hash), 0.12)
-    out = []
-    for x in d.others[:2]:
-        out += e.on_vote(d.vote(x, pc, 2, p0.block.hash), 0.13)
-    commits = [a for a in out if isinstance(a, eng.CommitBlock)]
-    assert len(commits) == 1 and commits[0].block == p0.block and commits[0].certificate.round == 2
-    assert e.step == eng.Step.COMMITTED
-
-
-def test_decision_from_precommits_of_a_later_round() -> None:
-    """[L49] a proposal plus > 2/3 precommits of any round decide (we were still in round 0)."""
-    d = Driver()
-    e = d.engine
-    p1 = d.proposal(1)
-    assert e.on_proposal(p1, 0.01) == []                     # kept for round 1, no vote in round 0
-    out: list[eng.Action] = []
-    for x in d.others:
-        out += e.on_vote(d.vote(x, VoteType.PRECOMMIT, 1, p1.block.hash), 0.02)
-    commits = [a for a in out if isinstance(a, eng.CommitBlock)]
-    assert [c.block for c in commits] == [p1.block]
-
-
-def test_round_skip_on_one_third_of_power_in_a_higher_round() -> None:
-    """[L55] messages from > 1/3 of power in round 3 move us straight to round 3."""
-    d = Driver()
-    e = d.engine
-    e.on_vote(d.vote(d.others[0], VoteType.PREVOTE, 3, NIL_HASH), 0.01)
-    assert e.round == 0                                      # 1 of 4 is not > 1/3
-    e.on_vote(d.vote(d.others[1], VoteType.PREVOTE, 3, NIL_HASH), 0.02)
-    assert e.round == 3
 
 
 def test_refusals_carry_the_right_reason() -> None:
@@ -581,13 +492,6 @@ def test_observer_engine_follows_without_signing() -> None:
     assert [a.block for a in out if isinstance(a, eng.CommitBlock)] == [block]
 
 
-def test_keys_are_deterministic() -> None:
-    """The harness's keys must match across processes (the crash tests rely on it)."""
-    assert make_keys(2)[1].address == make_keys(2)[1].address
-    assert make_keys(1)[0].address != make_keys(1, "other")[0].address
-    assert isinstance(make_keys(1)[0], crypto.PrivateKey)
-
-
 # -- next-height buffer, block interval 0, refused signatures ----------------------------------------------
 def test_next_height_buffer_checks_sender_and_signature_dedupes_and_caps_per_sender() -> None:
     """Before any height-2 check could run, a peer could fill the buffer with 10,000 junk messages. Now only
@@ -623,7 +527,7 @@ def test_next_height_buffer_checks_sender_and_signature_dedupes_and_caps_per_sen
     other = d.vote(b, pre, 0, NIL_HASH, height=2)
     assert e.on_vote(other, 0.0) == []
     assert len(e._next_height_msgs) == eng.MAX_BUFFERED_ROUNDS + 1       # a: its newest rounds; b: one
-    assert other in e._next_height_msgs and first not in e._next_height_msgs    # a's round 0 was evicted
+    assert other in e.buffered_next_height and first not in e.buffered_next_height    # a's round 0 was evicted
 
 
 def test_round_0_proposer_goes_through_a_zero_block_interval_timeout() -> None:

@@ -349,3 +349,29 @@ def test_a_polka_hidden_from_some_nodes_by_conflicting_votes_still_reaches_them(
     net.assert_agreement()
     b0 = next(m for m in a.signed if isinstance(m, Proposal) and (m.height, m.round) == (1, 0)).block
     assert {x.commits[1].hash for x in honest} == {b0.hash}      # a's lock held: only B could be decided
+
+
+def test_next_height_proposal_with_altered_body_is_refused_before_it_is_buffered() -> None:
+    """Hole 1 through the next-height buffer: an altered body buffered first would make the genuine proposal
+    (same signature, same header hash) a "duplicate" and be refused itself when the height starts."""
+    d = Driver()
+    e = d.engine
+    p0 = d.proposal(0)
+    e.on_proposal(p0, 0.01)
+    for x in d.others:
+        e.on_vote(d.vote(x, PRE, 0, p0.block.hash), 0.02)
+    out: list[eng.Action] = []
+    for x in d.others:
+        out += e.on_vote(d.vote(x, PC, 0, p0.block.hash), 0.03)
+    commit = _commits(out)[0]
+    for x in d.net.nodes:
+        x.app.commit(commit.block, commit.certificate)
+    # we are still at height 1 (the service has not started height 2): height 2's proposal arrives early
+    proposer = d.net.node_of(d.me.app.proposer(2, 0))
+    b2 = proposer.app.propose(2, 0, commit.block.header.timestamp + 1)
+    genuine = Proposal(2, 0, -1, proposer.address, b2).signed(proposer.key, d.net.chain_id)
+    with pytest.raises(ValidationError) as exc:              # e is still at height 1 (decided)
+        e.on_proposal(_altered(genuine, d), 0.04)
+    assert exc.value.reason == Reason.BAD_BLOCK
+    assert e.on_proposal(genuine, 0.04) == []                 # buffered
+    assert genuine in e.buffered_next_height

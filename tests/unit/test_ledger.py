@@ -739,7 +739,7 @@ def test_genesis_header_fields_are_what_validate_block_checks(chain: ChainFactor
     """Sanity: a hand-built header with the right fields validates, proving the checks above are not vacuous."""
     c = chain()
     result = c.execute([])
-    header = Header(height=1, round=0, prev_hash=c.genesis.hash, timestamp=GENESIS_TIME, proposer=V1.address,
+    header = Header(height=1, round=0, prev_hash=c.genesis.hash, timestamp=GENESIS_TIME + 1, proposer=V1.address,
                     tx_root=tx_root(()), state_root=result.state_root,
                     validators_hash=c.state.validator_set(1).hash, evidence_root=evidence_root(()))
     assert _validate(c, Block(header)).state_root == result.state_root

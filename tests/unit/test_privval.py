@@ -243,7 +243,7 @@ class Hand:
 
     def proposal(self, round_: int, timestamp_ms: int | None = None) -> Proposal:
         node = self.net.node_of(self.proposers[round_])
-        block = node.app.propose(1, round_, timestamp_ms or 1000 * (round_ + 1))
+        block = node.app.propose(1, round_, timestamp_ms or round_ + 1)     # ms: timely at the simulated times used
         return Proposal(1, round_, -1, node.address, block).signed(node.key, self.net.chain_id)
 
     def vote(self, node: SimNode, vtype: VoteType, round_: int, block_hash: bytes) -> Vote:

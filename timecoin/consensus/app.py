@@ -21,7 +21,6 @@ from timecoin.ledger.tx import Transaction
 from timecoin.ledger.validators import ValidatorSet
 
 PRIORITIES_DB = "priorities"
-MAX_CLOCK_DRIFT_MS = 10_000       # a proposed block's timestamp may be at most this far in our future
 
 
 class ChainApp:
@@ -86,7 +85,7 @@ class ChainApp:
         evidence = [e for e in self.pending_evidence.values()
                     if self._admissible(e, height)][:16]
         block, result = build_block(self.chain, self.params, height, round_, self.chain.tip_hash(),
-                                    max(timestamp_ms, self.prev_block_time_ms()), self.address,
+                                    max(timestamp_ms, self.prev_block_time_ms() + 1), self.address,
                                     self.candidates(), evidence, max_txs=self.max_block_txs)
         self._results[block.hash] = result
         return block
@@ -112,9 +111,6 @@ class ChainApp:
             return False
         if block.hash in self._results:
             return True
-        if block.header.timestamp > self.now_ms() + MAX_CLOCK_DRIFT_MS:
-            self.log.info("Block {hash} is from the future", hash=block.hash.hex()[:16])
-            return False
         try:
             result = validate_block(self.chain, self.params, block, self.chain.tip_hash(), self.prev_block_time_ms())
         except ValidationError as exc:

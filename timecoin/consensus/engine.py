@@ -22,6 +22,30 @@ set is known a height ahead: set changes apply at h+2), signature checked, dedup
 
 Quorums are stake-weighted and strict (> 2/3 of total power, integer arithmetic); the paper's
 ``2f + 1`` is read as "> 2/3 of power" and ``f + 1`` as "> 1/3 of power".
+
+Against Byzantine peers and relays (SPEC §4; docs/consensus.md has the threat table):
+
+* Proposal integrity: the proposal signature covers the header hash only, so the body is checked against
+  the header's roots and the size caps (``app.check_body``) before a proposal is stored, voted on or
+  relayed. One block hash is one body everywhere, so caching validity per hash is sound.
+* Block time (proposer-based timestamps, as CometBFT): a *fresh* proposal (``pol_round = -1``) is timely
+  if ``ts - precision <= receive time <= ts + message_delay + precision``, judged once, on arrival, and
+  an untimely one gets a nil prevote [L22]. A re-proposal with a proof of lock [L28] is never judged by
+  its time: > 2/3 of the network already found it acceptable. Timeliness is not a property of the block,
+  so it never enters the validity cache, which only holds verdicts that cannot change within a height.
+  The clock assumption: honest validators' clocks are within ``precision`` of each other, and a proposal
+  reaches them within ``message_delay``. Beyond that, safety still holds (time is never used for safety);
+  what suffers is liveness of the skewed node's own proposals (others prevote nil on them, so they cost a
+  round) and its votes on others' fresh proposals (nil). The wait before a height's round 0 is at most
+  ``block_interval`` by the local clock, whatever timestamp the parent's proposer chose.
+* Equivocating proposer: the first proposal of a round is the one voted on; other proposals' blocks are
+  kept when votes name them ([L36] and [L49] match any proposal of the round), at most
+  ``MAX_UNBACKED_PER_ROUND`` a round otherwise. Holding > 2/3 precommits for a block we lack emits
+  :class:`FetchBlock`: the voters held it, and it comes back through :meth:`Engine.on_block` (or as a
+  certified block).
+* Vote propagation: :meth:`Engine.quorums` / :meth:`Engine.on_quorum` exchange self-verifying
+  :class:`~timecoin.ledger.block.QuorumProof` objects, so a vote a node dropped for want of room still reaches
+  it when it matters (the reasoning is in ``votes.py``).
 """
 from __future__ import annotations
 
@@ -31,13 +55,23 @@ from typing import Protocol
 
 from timecoin.consensus.votes import HeightVotes
 from timecoin.errors import InvalidSignature, Reason, ValidationError
-from timecoin.ledger.block import NIL_HASH, Block, CommitCertificate, Evidence, Proposal, Vote, VoteType
+from timecoin.ledger.block import (
+    NIL_HASH,
+    Block,
+    CommitCertificate,
+    Evidence,
+    Proposal,
+    QuorumProof,
+    Vote,
+    VoteType,
+)
 from timecoin.ledger.validators import ValidatorSet
 
 MAX_ROUND_AHEAD = 100          # votes/proposals further ahead than this are refused (memory bound)
 MAX_BUFFERED_NEXT_HEIGHT = 10_000    # backstop; the per-sender caps below bind first for any real set
 MAX_BUFFERED_PER_KIND = 2      # per (sender, round, type) of the next height: the message and one conflicting
 MAX_BUFFERED_ROUNDS = 4        # distinct next-height rounds buffered per sender
+MAX_UNBACKED_PER_ROUND = 2     # an equivocating proposer's other blocks kept per round before a vote names them
 
 
 class Step(enum.IntEnum):
@@ -65,6 +99,14 @@ class Timeouts:
     precommit: float = 0.01
     precommit_delta: float = 0.001
     block_interval: float = 1.0
+    # Proposer-based timestamps (SPEC §4 "Block time"): a fresh proposal is timely when
+    # ts - precision <= receive time <= ts + message_delay + precision. Devnet/test values.
+    precision: float = 0.05
+    message_delay: float = 0.2
+
+    def timely(self, timestamp: float, received: float) -> bool:
+        """Is a fresh proposal stamped ``timestamp`` timely when received at ``received`` (seconds)?"""
+        return timestamp - self.precision <= received <= timestamp + self.message_delay + self.precision
 
     def for_step(self, kind: TimeoutKind, round_: int) -> float:
         if kind == TimeoutKind.PROPOSE:
@@ -104,7 +146,19 @@ class EvidenceFound:
     evidence: Evidence
 
 
-Action = BroadcastProposal | BroadcastVote | ScheduleTimeout | CommitBlock | EvidenceFound
+@dataclass(frozen=True)
+class FetchBlock:
+    """We hold > 2/3 precommits for a block we never received: get it by hash from the validators that
+    precommitted it (they held it to vote), then hand it to :meth:`Engine.on_block` (or commit it with its
+    certificate, which is what those votes are)."""
+
+    height: int
+    round: int
+    block_hash: bytes
+    voters: tuple[bytes, ...]
+
+
+Action = BroadcastProposal | BroadcastVote | ScheduleTimeout | CommitBlock | EvidenceFound | FetchBlock
 
 
 class ConsensusApp(Protocol):
@@ -140,7 +194,7 @@ class Engine:
         self.round = 0
         self.step = Step.COMMITTED
         self.now = 0.0
-        self._next_height_msgs: list[Proposal | Vote] = []
+        self._next_height_msgs: list[tuple[Proposal | Vote, float]] = []   # with the time each arrived
         self._next_seen: set[bytes] = set()                          # dedupe of the buffer
         self._next_per_key: dict[tuple[bytes, int, int], int] = {}   # (sender, round, type) -> count
         self._next_rounds: dict[bytes, set[int]] = {}                # sender -> buffered rounds
@@ -157,8 +211,15 @@ class Engine:
         self.valid_value: Block | None = None      # [L8]
         self.valid_round = -1                      # [L9]
         self.decision: Block | None = None         # [L5]
-        self.proposals: dict[int, Proposal] = {}
-        self._other_blocks: dict[int, Block] = {}    # per round, the block of a conflicting second proposal
+        self.proposals: dict[int, Proposal] = {}     # the first proposal of each round: the one voted on
+        self._timely: dict[int, bool] = {}           # per round: was its fresh proposal timely when it arrived
+        # Blocks of this height we hold, by hash: every round's first proposal, and blocks some vote names
+        # (an equivocating proposer's others, blocks fetched by hash). Bounded by the votes' own bounds.
+        self._blocks: dict[bytes, Block] = {}
+        # An equivocating proposer's other blocks that no vote names yet: at most MAX_UNBACKED_PER_ROUND a
+        # round (newest kept). A decided block evicted here is fetched by hash instead (FetchBlock).
+        self._unbacked: dict[int, dict[bytes, Block]] = {}
+        self._fetching: set[bytes] = set()
         self.votes = HeightVotes(self.validators)
         self._valid_cache: dict[bytes, bool] = {}
         self._prevote_timeout_done: set[int] = set()
@@ -169,11 +230,15 @@ class Engine:
         self._process(out)                         # our own proposal, when we propose at once
         buffered, self._next_height_msgs = self._next_height_msgs, []
         self._next_seen, self._next_per_key, self._next_rounds = set(), {}, {}
-        for msg in buffered:
+        for msg, arrived in buffered:
             if msg.height != height:
                 continue
             try:
-                out += self.on_proposal(msg, now) if isinstance(msg, Proposal) else self.on_vote(msg, now)
+                if isinstance(msg, Proposal):         # judged timely or not as of its arrival, not of now
+                    out += self.on_proposal(msg, now, timely=self.timeouts.timely(msg.block.header.timestamp / 1000,
+                                                                                 arrived))
+                else:
+                    out += self.on_vote(msg, now)
             except ValidationError:
                 continue
         return out
@@ -183,10 +248,15 @@ class Engine:
         return self.signer is not None and self.signer.address in self.validators
 
     # -- inputs ----------------------------------------------------------------------------------
-    def on_proposal(self, p: Proposal, now: float) -> list[Action]:
-        """A proposal from the network. Raises ValidationError(reason) if it must be refused."""
+    def on_proposal(self, p: Proposal, now: float, timely: bool | None = None) -> list[Action]:
+        """A proposal from the network. Raises ValidationError(reason) if it must be refused.
+
+        ``now`` is its receive time, which judges a fresh proposal's timeliness (SPEC §4), once, here;
+        ``timely`` overrides that judgement (WAL replay: it was judged when it first arrived, and what we
+        signed then is bound by the guard anyway).
+        """
         self.now = max(self.now, now)
-        if self._defer(p):
+        if self._defer(p, now):
             return []
         if p.round > self.round + MAX_ROUND_AHEAD:
             raise ValidationError(Reason.WRONG_ROUND, f"round {p.round} too far ahead of {self.round}")
@@ -202,36 +272,113 @@ class Engine:
         self.app.check_body(p.block)
         prior = self.proposals.get(p.round)
         if prior is not None:
-            if prior.signature == p.signature and prior.block.hash == p.block.hash:
+            if p.block.hash == prior.block.hash or self.block_by_hash(p.block.hash) is not None:
                 raise ValidationError(Reason.DUPLICATE, "proposal already received")
-            # An equivocating proposer: only the first proposal is voted on, but the paper's decision rule
-            # [L49] matches any proposal of the round, so keep one other block (bounded) in case the rest
-            # of the network decides it.
-            if p.round not in self._other_blocks and p.block.hash != prior.block.hash:
-                try:
-                    p.verify_signature(self.validators.by_address[p.proposer].pubkey, self.app.chain_id)
-                except InvalidSignature:
-                    raise ValidationError(Reason.BAD_SIGNATURE, "proposal signature does not verify") from None
-                self._other_blocks[p.round] = p.block
-                out: list[Action] = []
-                self._process(out)
-                if out:
-                    return out
+            # An equivocating proposer: only the first proposal is voted on, but the paper's rules [L36],
+            # [L49] match any proposal of the round, so keep its block if votes name it (bounded otherwise).
+            self._verify_proposal(p)
+            self._keep_other(p.round, p.block)
+            out: list[Action] = []
+            self._process(out)
+            if out:
+                return out
             raise ValidationError(Reason.DUPLICATE, "a different proposal for this round was received first")
-        try:
-            p.verify_signature(self.validators.by_address[p.proposer].pubkey, self.app.chain_id)
-        except InvalidSignature:
-            raise ValidationError(Reason.BAD_SIGNATURE, "proposal signature does not verify") from None
+        self._verify_proposal(p)
         self.proposals[p.round] = p
+        self._blocks[p.block.hash] = p.block
+        if p.pol_round == -1:
+            self._timely[p.round] = (timely if timely is not None
+                                     else self.timeouts.timely(p.block.header.timestamp / 1000, now))
         self.votes.mark_seen(p.round, p.proposer)
         out: list[Action] = []
         self._process(out)
         return out
 
+    def on_block(self, block: Block, now: float) -> list[Action]:
+        """A block fetched by hash after :class:`FetchBlock`. Kept only if a vote of this height names it and
+        its body matches its header; raises ValidationError otherwise (BAD_BLOCK, DUPLICATE, WRONG_HEIGHT)."""
+        self.now = max(self.now, now)
+        if block.height != self.height or self.step == Step.COMMITTED:
+            raise ValidationError(Reason.WRONG_HEIGHT, f"block {block.height}, we are deciding {self.height}")
+        if self.block_by_hash(block.hash) is not None:
+            raise ValidationError(Reason.DUPLICATE, "block already held")
+        if not self._voted_for(block.hash):
+            raise ValidationError(Reason.BAD_BLOCK, "no vote of this height names that block (not requested)")
+        self.app.check_body(block)
+        self._blocks[block.hash] = block
+        out: list[Action] = []
+        self._process(out)
+        return out
+
+    def on_quorum(self, q: QuorumProof, now: float) -> list[Action]:
+        """A peer's proof that > 2/3 of a round voted one value (vote propagation, see votes.py).
+
+        Checked in full before anything counts: current height, every signer a distinct validator in
+        ascending order, their power > 2/3, every signature valid (signatures already verified are cached).
+        Then the value is justified in its vote set and every vote of the proof is added. Raises
+        ValidationError: WRONG_HEIGHT/WRONG_ROUND (no blame), NOT_VALIDATOR, BAD_CERTIFICATE, BAD_SIGNATURE
+        (the sender built a bad proof), DUPLICATE (nothing new, or the set's justified values are full).
+        """
+        self.now = max(self.now, now)
+        if q.height != self.height or self.step == Step.COMMITTED:
+            raise ValidationError(Reason.WRONG_HEIGHT, f"quorum of height {q.height}, we are at {self.height}")
+        if q.round > self.round + MAX_ROUND_AHEAD:
+            raise ValidationError(Reason.WRONG_ROUND, f"round {q.round} too far ahead of {self.round}")
+        votes = q.votes()
+        power, prev = 0, b""
+        for vote in votes:
+            if vote.validator <= prev:
+                raise ValidationError(Reason.BAD_CERTIFICATE, "signers not in strictly ascending order")
+            prev = vote.validator
+            val = self.validators.by_address.get(vote.validator)
+            if val is None:
+                raise ValidationError(Reason.NOT_VALIDATOR, "a signer is not a validator of this height")
+            power += val.power
+        if not self.validators.quorum(power):
+            raise ValidationError(Reason.BAD_CERTIFICATE, "the signers do not hold > 2/3 of the power")
+        vs = self.votes.get(q.round, q.type)
+        counted = vs.by_hash.get(q.block_hash, {})
+        if all(vote.validator in counted for vote in votes):
+            raise ValidationError(Reason.DUPLICATE, "every vote of that quorum is already counted")
+        for vote in votes:
+            try:
+                vote.verify_signature(self.validators.by_address[vote.validator].pubkey, self.app.chain_id)
+            except InvalidSignature:
+                raise ValidationError(Reason.BAD_SIGNATURE, "a vote of the quorum does not verify") from None
+        if not vs.justify(q.block_hash):
+            raise ValidationError(Reason.DUPLICATE, "enough values of that round are justified already")
+        out: list[Action] = []
+        for vote in votes:
+            result = self.votes.add(vote)
+            if isinstance(result, Evidence):
+                out.append(EvidenceFound(result))
+        self._promote(q.block_hash)
+        self._process(out)
+        return out
+
+    def quorums(self) -> list[QuorumProof]:
+        """The > 2/3 quorums we hold at this height (prevotes and precommits, nil included), as proofs for
+        peers at our height: sent periodically by the gossip layer, they make sure every honest node ends up
+        with the quorums any honest node saw."""
+        if self.step == Step.COMMITTED:
+            return []
+        return [QuorumProof.from_votes(vs.votes_for(value))
+                for (_, _), vs in sorted(self.votes.sets.items()) for value in vs.quorums()]
+
+    def block_by_hash(self, block_hash: bytes) -> Block | None:
+        """A block of the current height we hold (to serve a peer's fetch, or to decide)."""
+        block = self._blocks.get(block_hash)
+        if block is None:
+            for slot in self._unbacked.values():
+                block = slot.get(block_hash)
+                if block is not None:
+                    break
+        return block
+
     def on_vote(self, v: Vote, now: float) -> list[Action]:
         """A vote from the network. Raises ValidationError(reason) if it must be refused."""
         self.now = max(self.now, now)
-        if self._defer(v):
+        if self._defer(v, now):
             return []
         if v.round > self.round + MAX_ROUND_AHEAD:
             raise ValidationError(Reason.WRONG_ROUND, f"round {v.round} too far ahead of {self.round}")
@@ -248,6 +395,7 @@ class Engine:
             raise ValidationError(Reason.DUPLICATE, "vote already received")
         if isinstance(result, Evidence):
             out.append(EvidenceFound(result))      # and go on: the vote may count toward its value (votes.py)
+        self._promote(v.block_hash)
         self._process(out)
         return out
 
@@ -273,7 +421,7 @@ class Engine:
         return out
 
     # -- the algorithm ---------------------------------------------------------------------------
-    def _defer(self, msg: Proposal | Vote) -> bool:
+    def _defer(self, msg: Proposal | Vote, now: float) -> bool:
         """Buffer next-height messages; refuse other heights. True if the message was taken (buffered).
 
         Buffered messages must come from a validator of the next height with a good signature (one peer
@@ -296,6 +444,8 @@ class Engine:
         sender = msg.proposer if isinstance(msg, Proposal) else msg.validator
         kind = 0 if isinstance(msg, Proposal) else int(msg.type)
         ident = (b"P" + msg.signature + msg.block.hash) if isinstance(msg, Proposal) else b"V" + msg.encoded
+        if isinstance(msg, Proposal):              # as on_proposal: a swapped body never takes the slot
+            self.app.check_body(msg.block)
         if ident in self._next_seen:
             raise ValidationError(Reason.DUPLICATE, "next-height message already buffered")
         nxt = self.app.validator_set(self.height + 1)     # known a height ahead (set changes apply at h+2)
@@ -321,7 +471,7 @@ class Engine:
         self._next_seen.add(ident)
         self._next_per_key[key] = self._next_per_key.get(key, 0) + 1
         self._next_rounds.setdefault(sender, set()).add(msg.round)
-        self._next_height_msgs.append(msg)
+        self._next_height_msgs.append((msg, now))
         return True
 
     def _evict_next_round(self, sender: bytes, round_: int) -> None:
@@ -329,15 +479,44 @@ class Engine:
         def of(msg: Proposal | Vote) -> bool:
             who = msg.proposer if isinstance(msg, Proposal) else msg.validator
             return who == sender and msg.round == round_
-        self._next_height_msgs = [msg for msg in self._next_height_msgs if not of(msg)]
+        self._next_height_msgs = [(msg, t) for msg, t in self._next_height_msgs if not of(msg)]
         for key in [k for k in self._next_per_key if k[0] == sender and k[1] == round_]:
             del self._next_per_key[key]
         self._next_rounds[sender].discard(round_)
 
+    def _verify_proposal(self, p: Proposal) -> None:
+        try:
+            p.verify_signature(self.validators.by_address[p.proposer].pubkey, self.app.chain_id)
+        except InvalidSignature:
+            raise ValidationError(Reason.BAD_SIGNATURE, "proposal signature does not verify") from None
+
+    def _voted_for(self, block_hash: bytes) -> bool:
+        return any(block_hash in vs.by_hash for vs in self.votes.sets.values())
+
+    def _keep_other(self, round_: int, block: Block) -> None:
+        """Keep an equivocating proposer's other block: for good if a vote names it, else in a small slot."""
+        if self._voted_for(block.hash):
+            self._blocks[block.hash] = block
+            return
+        slot = self._unbacked.setdefault(round_, {})
+        if len(slot) >= MAX_UNBACKED_PER_ROUND:
+            del slot[next(iter(slot))]             # the oldest: fetched by hash should it be decided after all
+        slot[block.hash] = block
+
+    def _promote(self, block_hash: bytes) -> None:
+        """A vote now names ``block_hash``: a block waiting in an unbacked slot is kept for good."""
+        if block_hash in self._blocks:
+            return
+        for slot in self._unbacked.values():
+            block = slot.pop(block_hash, None)
+            if block is not None:
+                self._blocks[block_hash] = block
+                return
+
     @property
     def buffered_next_height(self) -> tuple[Proposal | Vote, ...]:
         """The next height's messages received early (the service re-logs them after a height's WAL marker)."""
-        return tuple(self._next_height_msgs)
+        return tuple(msg for msg, _ in self._next_height_msgs)
 
     def _valid(self, block: Block) -> bool:
         ok = self._valid_cache.get(block.hash)
@@ -351,7 +530,10 @@ class Engine:
         self.step = Step.PROPOSE                   # [L13]
         wait = 0.0
         if round_ == 0:
-            wait = max(0.0, self.prev_block_time + self.timeouts.block_interval - self.now)
+            # Until time(h-1) + block_interval, but never longer than block_interval from our own clock: the
+            # parent's timestamp is a value its proposer chose (timeliness bounds it only by `precision`).
+            interval = self.timeouts.block_interval
+            wait = min(interval, max(0.0, self.prev_block_time + interval - self.now))
         if self.signer is not None and self.app.proposer(self.height, round_) == self.signer.address:  # [L14]
             if round_ == 0:
                 # Round 0 always waits for the block interval, even a zero one (delay 0): the proposal,
@@ -373,13 +555,15 @@ class Engine:
         if self.valid_value is not None:
             block, pol_round = self.valid_value, self.valid_round
         else:
-            ts = max(int(self.now * 1000), int(self.prev_block_time * 1000))
+            ts = max(int(self.now * 1000), int(self.prev_block_time * 1000) + 1)   # strictly after the parent
             block, pol_round = self.app.propose(self.height, self.round, ts), -1
+            self._timely[self.round] = True
         assert self.signer is not None
         proposal = self.signer.sign_proposal(Proposal(self.height, self.round, pol_round, self.signer.address, block))
         if proposal is None:
             return
         self.proposals[self.round] = proposal
+        self._blocks[block.hash] = block
         self.votes.mark_seen(self.round, proposal.proposer)
         out.append(BroadcastProposal(proposal))
 
@@ -435,13 +619,21 @@ class Engine:
         prevotes = self.votes.get(r, VoteType.PREVOTE)
         precommits = self.votes.get(r, VoteType.PRECOMMIT)
 
-        # [L49–L54] a decision in any round: proposal + > 2/3 precommits for it.
+        # [L49–L54] a decision in any round: proposal + > 2/3 precommits for it. A block we never received
+        # is fetched by hash from its voters (the precommits are its commit certificate).
         for (rr, vtype), vs in list(self.votes.sets.items()):
             if vtype != VoteType.PRECOMMIT:
                 continue
             value = vs.quorum_value()
-            block = self._block_of_round(rr, value) if value is not None else None
-            if block is not None and self._valid(block):
+            if value is None:
+                continue
+            block = self.block_by_hash(value)
+            if block is None:
+                if value not in self._fetching:
+                    self._fetching.add(value)
+                    out.append(FetchBlock(self.height, rr, value, tuple(sorted(vs.by_hash[value]))))
+                continue
+            if self._valid(block):
                 self.decision = block
                 self.step = Step.COMMITTED
                 cert = CommitCertificate.from_votes(vs.votes_for(value))
@@ -456,8 +648,9 @@ class Engine:
 
         if self.step == Step.PROPOSE and prop is not None:
             v = prop.block
-            if prop.pol_round == -1:               # [L22–L27]
-                ok = self._valid(v) and (self.locked_round == -1 or self._is_locked_on(v))
+            if prop.pol_round == -1:               # [L22–L27], and timely on arrival (proposer-based timestamps)
+                ok = (self._timely.get(r, False) and self._valid(v)
+                      and (self.locked_round == -1 or self._is_locked_on(v)))
                 self._vote(VoteType.PREVOTE, v.hash if ok else NIL_HASH, out)
                 self.step = Step.PREVOTE
                 return True
@@ -474,14 +667,17 @@ class Engine:
                                        self.timeouts.for_step(TimeoutKind.PREVOTE, r)))
             return True
 
-        if (prop is not None and self.step >= Step.PREVOTE and r not in self._l36_done
-                and prevotes.quorum_for(prop.block.hash) and self._valid(prop.block)):
-            self._l36_done.add(r)                  # [L36–L43]
+        # [L36–L43] a proposal of this round (the first, or an equivocating proposer's other block that
+        # votes name) with > 2/3 prevotes for it.
+        polka = prevotes.quorum_value() if self.step >= Step.PREVOTE and r not in self._l36_done else None
+        polka_block = self.block_by_hash(polka) if polka is not None else None
+        if polka_block is not None and self._valid(polka_block):
+            self._l36_done.add(r)
             if self.step == Step.PREVOTE:
-                self.locked_value, self.locked_round = prop.block, r      # [L38–L39]
-                self._vote(VoteType.PRECOMMIT, prop.block.hash, out)      # [L40]
+                self.locked_value, self.locked_round = polka_block, r     # [L38–L39]
+                self._vote(VoteType.PRECOMMIT, polka_block.hash, out)     # [L40]
                 self.step = Step.PRECOMMIT                                # [L41]
-            self.valid_value, self.valid_round = prop.block, r            # [L42–L43]
+            self.valid_value, self.valid_round = polka_block, r           # [L42–L43]
             return True
 
         if self.step == Step.PREVOTE and prevotes.quorum_nil():          # [L44–L46]
@@ -495,15 +691,6 @@ class Engine:
                                        self.timeouts.for_step(TimeoutKind.PRECOMMIT, r)))
             return True
         return False
-
-    def _block_of_round(self, round_: int, block_hash: bytes) -> Block | None:
-        """The block ``block_hash`` if a proposal of ``round_`` (the first, or an equivocating proposer's
-        other one) carried it."""
-        p = self.proposals.get(round_)
-        if p is not None and p.block.hash == block_hash:
-            return p.block
-        other = self._other_blocks.get(round_)
-        return other if other is not None and other.hash == block_hash else None
 
     def _is_locked_on(self, v: Block) -> bool:
         return self.locked_value is not None and self.locked_value.hash == v.hash

@@ -40,9 +40,18 @@ from timecoin.consensus.app import ChainApp
 from timecoin.consensus.privval import PrivValidator, proposal_from_record, vote_from_record
 from timecoin.consensus.wal import WalKind, WalRecord, WriteAheadLog
 from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
-from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, Vote, verify_certificate
+from timecoin.ledger.block import (
+    Block,
+    CommitCertificate,
+    Evidence,
+    Proposal,
+    QuorumProof,
+    Vote,
+    verify_certificate,
+)
 
 BroadcastFn = Callable[[Any], None]
+FetchBlockFn = Callable[[int, bytes, tuple[bytes, ...]], None]     # (height, block hash, voter addresses)
 HALT_FILE = "HALTED"            # in the datadir: why finalizing stopped; the operator removes it to resume
 
 
@@ -106,6 +115,9 @@ class ConsensusService(service.Service):
         self.app: ChainApp | None = None
         self.wal: WriteAheadLog | None = None
         self.broadcast: BroadcastFn = lambda msg: None
+        # Set by the P2P service: get a decided block we lack from the validators that precommitted it
+        # (it comes back through apply_certified_block, with those precommits as its certificate).
+        self.fetch_block: FetchBlockFn = lambda height, block_hash, voters: None
         self.on_commit: list[Callable[[Any], None]] = []
         self.signer: WalSigner | None = None
         self._timers: dict[tuple[int, int, int], IDelayedCall] = {}
@@ -127,7 +139,7 @@ class ConsensusService(service.Service):
         self.signer = WalSigner(PrivValidator(node.key, node.genesis.chain_id, store), self.wal)
         timeouts = eng.Timeouts(cfg.timeout_propose, cfg.timeout_propose_delta, cfg.timeout_prevote,
                                 cfg.timeout_prevote_delta, cfg.timeout_precommit, cfg.timeout_precommit_delta,
-                                cfg.block_interval)
+                                cfg.block_interval, cfg.precision, cfg.message_delay)
         self.engine = eng.Engine(self.app, self.signer, timeouts)
         self.halt_file = os.path.join(cfg.datadir, HALT_FILE)
         if os.path.exists(self.halt_file):
@@ -203,10 +215,12 @@ class ConsensusService(service.Service):
         try:
             for rec in pending:
                 try:
-                    if rec.kind == WalKind.PROPOSAL:
-                        self.receive_proposal(Proposal.decode(rec.data))
+                    if rec.kind == WalKind.PROPOSAL:        # judged timely when it first arrived
+                        self.receive_proposal(Proposal.decode(rec.data), timely=True)
                     elif rec.kind == WalKind.VOTE:
                         self.receive_vote(Vote.decode(rec.data))
+                    elif rec.kind == WalKind.QUORUM:
+                        self.receive_quorum(QuorumProof.decode(rec.data))
                     elif rec.kind == WalKind.TIMEOUT:
                         h, r, k = _timeout_fields(rec.data)
                         self._on_timeout(h, r, eng.TimeoutKind(k))
@@ -216,18 +230,25 @@ class ConsensusService(service.Service):
             self._replaying = False
 
     # -- inputs ----------------------------------------------------------------------------------
-    def receive_proposal(self, proposal: Proposal) -> None:
+    def receive_proposal(self, proposal: Proposal, timely: bool | None = None) -> None:
         """A proposal from a peer (or the WAL). Raises ValidationError if the engine refuses it."""
         self._check_not_halted()
         if not self._replaying:
             self.wal.append(WalKind.PROPOSAL, proposal.encoded)
-        self._run(lambda: self.engine.on_proposal(proposal, self.clock.seconds()))
+        self._run(lambda: self.engine.on_proposal(proposal, self.clock.seconds(), timely))
 
     def receive_vote(self, vote: Vote) -> None:
         self._check_not_halted()
         if not self._replaying:
             self.wal.append(WalKind.VOTE, vote.encoded)
         self._run(lambda: self.engine.on_vote(vote, self.clock.seconds()))
+
+    def receive_quorum(self, proof: QuorumProof) -> None:
+        """A peer's QuorumProof (vote propagation). Logged like a vote: its votes may be what locks us."""
+        self._check_not_halted()
+        if not self._replaying:
+            self.wal.append(WalKind.QUORUM, proof.encoded)
+        self._run(lambda: self.engine.on_quorum(proof, self.clock.seconds()))
 
     def apply_certified_block(self, block: Block, cert: CommitCertificate) -> None:
         """A decided block from a peer (catch-up): verify its certificate, commit it, move to the next height.
@@ -346,6 +367,10 @@ class ConsensusService(service.Service):
                                                      action.kind)
         elif isinstance(action, eng.EvidenceFound):
             self.record_evidence(action.evidence)
+        elif isinstance(action, eng.FetchBlock):
+            self.log.info("Holding +2/3 precommits for block {h} {hash} we never received: fetching it",
+                          h=action.height, hash=action.block_hash.hex()[:16])
+            self.fetch_block(action.height, action.block_hash, action.voters)
         elif isinstance(action, eng.CommitBlock):
             return self._commit(action)
         return []
@@ -389,7 +414,7 @@ def _record_height(rec: WalRecord) -> int | None:
             return _timeout_fields(rec.data)[0]
         if rec.kind in (WalKind.PROPOSAL, WalKind.PROPOSAL_INTENT):
             return int.from_bytes(rec.data[0:8], "big")
-        if rec.kind == WalKind.VOTE:
+        if rec.kind in (WalKind.VOTE, WalKind.QUORUM):      # both start: type (1 byte), height (8)
             return int.from_bytes(rec.data[1:9], "big")
     except (IndexError, ValueError):
         return None

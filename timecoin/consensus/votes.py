@@ -10,10 +10,24 @@ shows v to some correct nodes and v' to others would otherwise leave them unable
 the decision the rest saw, and correct nodes could then disagree on locks round after round. So a
 conflicting vote is also counted toward its own value, never twice toward the "any value" tally.
 To bound memory (byzantine validators can sign endless distinct hashes), a conflicting vote is counted
-at once only for nil or a value that is some validator's first vote; otherwise up to
-``MAX_PENDING_CONFLICTS`` of them wait per validator and count when a first vote backs their value. A
-set thus holds at most n first votes, n × (n + 1) counted conflicts and 4n waiting ones. (CometBFT
-bounds this in the same spirit: it adds a conflicting vote only for a block a peer claims +2/3 for.)
+at once only for nil, a value that is some validator's first vote, or a *justified* value (below);
+otherwise up to ``MAX_PENDING_CONFLICTS`` of them wait per validator and count when a first vote backs
+their value, and any more are dropped.
+
+Dropping is where a Byzantine validator could split honest nodes: it shows node A its real vote for v
+while A's room is free, and shows node B junk first, so B drops the real one; A sees a polka (or a
+decision) that B never can. Vote propagation closes this (SPEC §4), as CometBFT's
+``VoteSetMaj23``/``VoteSetBits`` do: a node that holds > 2/3 of a round's votes of one kind for a value
+sends them, as a :class:`~timecoin.ledger.block.QuorumProof`, to its peers at that height. The proof needs
+no trust: the receiver checks every signature and the power, then marks the value *justified* in that set
+(:meth:`VoteSet.justify`) and counts every vote of the proof, conflicting or not. So whatever the
+Byzantine validators send, and in whatever order, if one honest node holds a quorum every honest node
+gets it (at the next gossip tick while both are at that height; by sync once the first has decided).
+Compared with CometBFT's two-step claim and bitmap, the proof is bigger (n signatures instead of a
+claim) but it cannot be a lie, so it costs no round trip and opens no memory to a peer's claims. Memory
+stays bounded: at most ``MAX_JUSTIFIED`` justified values per set (with < 1/3 Byzantine power at most one
+non-nil value and nil can have > 2/3), so a set holds at most n first votes, n × (n + 2) counted
+conflicts and 4n waiting ones.
 """
 from __future__ import annotations
 
@@ -23,6 +37,7 @@ from timecoin.ledger.block import NIL_HASH, Evidence, Vote, VoteType
 from timecoin.ledger.validators import ValidatorSet, has_one_third, has_quorum
 
 MAX_PENDING_CONFLICTS = 4     # per validator and (round, type): conflicting votes for values nobody else backs
+MAX_JUSTIFIED = 2             # values per (round, type) whose > 2/3 a QuorumProof showed (a value and nil)
 
 
 @dataclass
@@ -35,6 +50,7 @@ class VoteSet:
     power: int = 0                                                       # each validator once
     by_hash: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)  # value -> validator -> vote
     pending: dict[bytes, list[tuple[Vote, int]]] = field(default_factory=dict)  # validator -> uncounted
+    justified: set[bytes] = field(default_factory=set)                   # values a QuorumProof showed > 2/3 for
 
     def add(self, vote: Vote, power: int) -> Evidence | None | bool:
         """True if counted, False if a duplicate, Evidence if it conflicts with an earlier vote."""
@@ -52,13 +68,32 @@ class VoteSet:
         if vote.validator in self.by_hash.get(vote.block_hash, {}) or any(
                 w.block_hash == vote.block_hash for w, _ in self.pending.get(vote.validator, ())):
             return False
-        if vote.block_hash == NIL_HASH or any(v.block_hash == vote.block_hash for v in self.votes.values()):
+        if (vote.block_hash == NIL_HASH or vote.block_hash in self.justified
+                or any(v.block_hash == vote.block_hash for v in self.votes.values())):
             self._count(vote, power)
         else:
             waiting = self.pending.setdefault(vote.validator, [])
             if len(waiting) < MAX_PENDING_CONFLICTS:
                 waiting.append((vote, power))
         return Evidence.of(prior, vote)
+
+    def justify(self, block_hash: bytes) -> bool:
+        """A verified QuorumProof showed > 2/3 for ``block_hash``: its conflicting votes count from now on
+        (waiting ones at once). False if ``MAX_JUSTIFIED`` other values already are (nothing changes)."""
+        if block_hash in self.justified:
+            return True
+        if len(self.justified) >= MAX_JUSTIFIED:
+            return False
+        self.justified.add(block_hash)
+        for waiting in self.pending.values():
+            for item in [w for w in waiting if w[0].block_hash == block_hash]:
+                waiting.remove(item)
+                self._count(*item)
+        return True
+
+    def quorums(self) -> list[bytes]:
+        """Every value (nil included) with > 2/3 of the power."""
+        return [h for h, p in self.power_by_hash.items() if has_quorum(p, self.total_power)]
 
     def _count(self, vote: Vote, power: int) -> None:
         self.by_hash.setdefault(vote.block_hash, {})[vote.validator] = vote

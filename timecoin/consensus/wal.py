@@ -35,6 +35,7 @@ class WalKind(enum.IntEnum):
     TIMEOUT = 3
     END_HEIGHT = 4
     PROPOSAL_INTENT = 5        # our unsigned proposal, logged before the guard signs it
+    QUORUM = 6                 # a peer's QuorumProof (its votes may be what locked us)
 
 
 @dataclass(frozen=True)

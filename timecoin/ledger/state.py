@@ -324,8 +324,8 @@ def validate_block(state: StateReader, params: ChainParams, block: Block, prev_h
         raise ValidationError(Reason.BAD_BLOCK, f"unknown block version {h.version}")
     if h.prev_hash != prev_hash:
         raise ValidationError(Reason.BAD_BLOCK, "prev_hash does not match our tip")
-    if h.timestamp < prev_timestamp:
-        raise ValidationError(Reason.BAD_TIMESTAMP, "timestamp before the parent block's")
+    if h.timestamp <= prev_timestamp:
+        raise ValidationError(Reason.BAD_TIMESTAMP, "timestamp not after the parent block's")
     validators = state.validator_set(h.height)
     if validators is None:
         raise ValidationError(Reason.WRONG_HEIGHT, f"no validator set known for height {h.height}")

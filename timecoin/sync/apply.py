@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from timecoin.consensus.app import MAX_CLOCK_DRIFT_MS
 from timecoin.errors import InvalidSignature, Reason, StoreError, ValidationError
 from timecoin.ledger.account import Account
 from timecoin.ledger.block import Block, CommitCertificate, verify_certificate
@@ -115,6 +114,11 @@ class PendingChain:
         self._lthash = result.lthash
         self.blocks.append(block)
         self.results.append(result)
+
+
+# A certified block stamped further than this in our future is refused by sync (our clock, or the chain's, is
+# badly wrong: the operator must look). Consensus itself judges only fresh proposals, by precision/message_delay.
+MAX_CLOCK_DRIFT_MS = 10_000
 
 
 def _check(view: PendingChain, params: ChainParams, chain_id: str, block: Block, cert: CommitCertificate,
