@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from timecoin import __version__, crypto
 from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
-from timecoin.ledger.block import Block, Evidence, Proposal, Vote
+from timecoin.ledger.block import Block, Evidence, Proposal, QuorumProof, Vote
 from timecoin.ledger.tx import Transaction
 from timecoin.p2p import discovery, peers
 from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
@@ -50,6 +50,8 @@ MAX_PENDING_INBOUND = 64           # inbound connections still in TLS/identity a
 MAX_PENDING_PER_IP = 8             # of those, from one IP address
 MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered for VALID_BLOCK credit
 MAX_CAPPED = 10_000                # next-height messages refused for a per-sender cap, remembered per height
+# Penalized on a quorum proof: built by its sender from votes it verified, so a bad one is its own provable fault.
+QUORUM_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NOT_VALIDATOR, Reason.BAD_CERTIFICATE})
 
 RESPONSES = frozenset({m.MsgType.STATUS, m.MsgType.PEERS, m.MsgType.BLOCKS, m.MsgType.BLOCK_HASHES})
 # get_* requests and pings share the request bucket. Transactions (in m.REQUESTS) have their own gossip
@@ -111,6 +113,7 @@ class P2PService(service.Service):
         self._first_proposal: dict[bytes, str] = {}          # block hash -> PeerID that delivered it first
         self._capped: dict[bytes, None] = {}                 # next-height messages refused for a cap (not seen)
         self._capped_height = -1                             # ... while the engine is at this height
+        self._quorum_frames: dict[QuorumProof, tuple[bytes, bytes, bytes]] = {}   # proof -> (id, key id, frame)
         self.archive = HeightArchive()
         self.listening_port: Any = None
         self.listen_addr = ""
@@ -560,6 +563,43 @@ class P2PService(service.Service):
         self._archive(height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=conn)
 
+    def _on_quorum(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        """A peer's proof of > 2/3 of a round's votes for one value (SPEC §4 vote propagation).
+
+        Judged by the engine (every signature and the power), at most once per (round, type, value) per peer
+        and height: ``conn.sent_ids`` holds the proof's key id once the peer sent us one or we sent it ours,
+        so a second proof of the same quorum from that peer is dropped unjudged. Never relayed: a node that
+        accepts it holds the quorum and sends its own proof to its peers (:meth:`_send_quorums`).
+        """
+        mid = message_id(m.MsgType.VOTE_QUORUM, payload[ENVELOPE_HEADER:])
+        conn.sent_ids.add(mid)
+        if mid in self.seen:
+            self.duplicates[m.MsgType.VOTE_QUORUM] += 1
+            return
+        try:
+            proof = QuorumProof.from_wire(body)
+        except (DecodeError, ValueError):
+            self.penalize(conn, Reason.MALFORMED)
+            return
+        consensus = self.node.consensus
+        key = _quorum_key(proof)
+        if proof.height != consensus.engine.height or key in conn.sent_ids:
+            # Another height (late, or ahead of us: nothing to count it in yet), or a quorum this peer
+            # already proved to us (or we to it): no judging, no blame.
+            return
+        conn.sent_ids.add(key)
+        try:
+            consensus.receive_quorum(proof)
+        except ValidationError as exc:
+            self.seen.add(mid)
+            if exc.reason in QUORUM_FAULTS:
+                self.log.info("Refused a vote quorum from {peer}: {why}", peer=conn.peer_id, why=str(exc))
+                self.penalize(conn, exc.reason)
+            return                      # DUPLICATE, WRONG_HEIGHT, WRONG_ROUND...: races, no blame
+        self.seen.add(mid)
+        self.accepted[m.MsgType.VOTE_QUORUM] += 1
+        self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
+
     def _remember_capped(self, mid: bytes, engine_height: int) -> None:
         if self._capped_height != engine_height:
             self._capped, self._capped_height = {}, engine_height
@@ -638,6 +678,7 @@ class P2PService(service.Service):
         m.MsgType.TX: _on_tx,
         m.MsgType.PROPOSAL: _on_consensus,
         m.MsgType.VOTE: _on_consensus,
+        m.MsgType.VOTE_QUORUM: _on_quorum,
         m.MsgType.EVIDENCE: _on_evidence,
         m.MsgType.NEW_BLOCK: _on_new_block,
         m.MsgType.REJECT: _on_reject,
@@ -703,8 +744,38 @@ class P2PService(service.Service):
             conn.send_payload(payload)
 
     def _gossip(self) -> None:
+        frames = self._quorum_proofs()
         for conn in list(self.connections.values()):
             self._offer(conn)
+            self._send_quorums(conn, frames)
+
+    def _quorum_proofs(self) -> list[tuple[bytes, bytes, bytes]]:
+        """(id, key id, frame) of each > 2/3 quorum the engine holds at its height (encoded once per proof)."""
+        consensus = self.node.consensus
+        if consensus is None or consensus.engine is None:
+            return []
+        proofs = consensus.engine.quorums()
+        if any(q not in self._quorum_frames for q in proofs):
+            known = {q: f for q, f in self._quorum_frames.items() if q in proofs}
+            for q in proofs:
+                if q not in known:
+                    payload = m.encode_message(m.MsgType.VOTE_QUORUM, q.to_wire())
+                    mid = message_id(m.MsgType.VOTE_QUORUM, payload[ENVELOPE_HEADER:])
+                    self.seen.add(mid)               # our own: a copy sent back is dropped for free
+                    known[q] = (mid, _quorum_key(q), payload)
+            self._quorum_frames = known
+        return [self._quorum_frames[q] for q in proofs]
+
+    def _send_quorums(self, conn: PeerConnection, frames: list[tuple[bytes, bytes, bytes]]) -> None:
+        """Send a peer at our height each quorum proof of ours it lacks: one per (round, type, value)."""
+        if conn.state != "ready" or conn.height + 1 != self.node.consensus.engine.height:
+            return
+        for mid, key, payload in frames:
+            if mid not in conn.sent_ids and key not in conn.sent_ids:
+                conn.sent_ids.add(mid)
+                conn.sent_ids.add(key)
+                conn.send_payload(payload)
+                self.relayed[m.MsgType.VOTE_QUORUM] += 1
 
     def _on_commit(self, block: Block) -> None:
         first = self._first_proposal.get(block.hash)
@@ -796,6 +867,12 @@ class P2PService(service.Service):
             info["score"] = self.peers.score(conn.peer_id) if self.peers else 0
             out.append(info)
         return out
+
+
+def _quorum_key(proof: QuorumProof) -> bytes:
+    """What a quorum proves, whoever signed it: (height, round, type, value). Kept in ``conn.sent_ids``."""
+    return message_id(m.MsgType.VOTE_QUORUM, b"key" + proof.height.to_bytes(8, "big")
+                      + proof.round.to_bytes(4, "big") + bytes((int(proof.type),)) + proof.block_hash)
 
 
 def _ignore(failure: Failure) -> None:
