@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from timecoin import __version__, crypto
 from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
-from timecoin.ledger.block import Block, Evidence, Proposal, QuorumProof, Vote
+from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, QuorumProof, Vote
 from timecoin.ledger.tx import Transaction
 from timecoin.p2p import discovery, peers
 from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
@@ -50,6 +50,8 @@ MAX_PENDING_INBOUND = 64           # inbound connections still in TLS/identity a
 MAX_PENDING_PER_IP = 8             # of those, from one IP address
 MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered for VALID_BLOCK credit
 MAX_CAPPED = 10_000                # next-height messages refused for a per-sender cap, remembered per height
+FETCH_RETRY = 0.5                  # s before a block wanted by hash is asked of the next peer
+FETCH_ATTEMPTS = 30                # asks per wanted block (while we are still at its height); sync covers the rest
 # Penalized on a quorum proof: built by its sender from votes it verified, so a bad one is its own provable fault.
 QUORUM_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NOT_VALIDATOR, Reason.BAD_CERTIFICATE})
 
@@ -114,6 +116,7 @@ class P2PService(service.Service):
         self._capped: dict[bytes, None] = {}                 # next-height messages refused for a cap (not seen)
         self._capped_height = -1                             # ... while the engine is at this height
         self._quorum_frames: dict[QuorumProof, tuple[bytes, bytes, bytes]] = {}   # proof -> (id, key id, frame)
+        self._fetch: _Fetch | None = None                    # the block wanted by hash (fetch_block), if any
         self.archive = HeightArchive()
         self.listening_port: Any = None
         self.listen_addr = ""
@@ -129,6 +132,7 @@ class P2PService(service.Service):
             # start (the proposer of the first height does) must have those messages archived for
             # gossip, or its peers never see them and the height cannot finish.
             node.consensus.broadcast = self.broadcast
+            node.consensus.fetch_block = self.fetch_block
             node.consensus.on_commit.append(self._on_commit)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -178,6 +182,7 @@ class P2PService(service.Service):
         self._loops.clear()
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
+        self._end_fetch()
         for conn in list(self.connections.values()):
             conn.close()
         if self.listening_port is not None:
@@ -778,6 +783,8 @@ class P2PService(service.Service):
                 self.relayed[m.MsgType.VOTE_QUORUM] += 1
 
     def _on_commit(self, block: Block) -> None:
+        if self._fetch is not None and self._fetch.height <= block.height:
+            self._end_fetch()
         first = self._first_proposal.get(block.hash)
         self._first_proposal.clear()
         if first is not None:
@@ -793,6 +800,78 @@ class P2PService(service.Service):
                     conn.sent_ids.clear()
                 conn.send_payload(payload)
                 self.relayed[m.MsgType.NEW_BLOCK] += 1
+
+    # -- a block wanted by hash ---------------------------------------------------------------------
+    def fetch_block(self, height: int, block_hash: bytes, voters: tuple[bytes, ...]) -> None:
+        """Consensus holds > 2/3 precommits for a block it never received: get it from a peer that has it.
+
+        Voters (a validator peer's host key is its validator key, so ``conn.address`` names it) are asked
+        first, with ``get_blocks(height, 1)``; then any ready peer at or above that height. An answer with
+        that very block goes to ``apply_certified_block`` (which checks its certificate) and ends the fetch.
+        A short answer or another block is no fault (a voter may simply not have committed yet): the next
+        peer is asked after FETCH_RETRY, round-robin, at most FETCH_ATTEMPTS times while we are still at
+        that height. The SyncCoordinator remains the fallback.
+        """
+        if self._fetch is not None and (self._fetch.height, self._fetch.block_hash) == (height, block_hash):
+            self._fetch.voters = frozenset(voters) | self._fetch.voters
+            return
+        self._end_fetch()
+        self._fetch = _Fetch(height, block_hash, frozenset(voters))
+        self.log.info("Fetching block {h} {hash} from its voters", h=height, hash=block_hash.hex())
+        self._fetch_next()
+
+    def _end_fetch(self) -> None:
+        fetch, self._fetch = self._fetch, None
+        if fetch is not None and fetch.timer is not None and fetch.timer.active():
+            fetch.timer.cancel()
+
+    def _fetch_next(self) -> None:
+        fetch = self._fetch
+        if fetch is None:
+            return
+        fetch.timer = None
+        if (not self.running or self.node.store.tip_height() + 1 != fetch.height
+                or fetch.attempts >= FETCH_ATTEMPTS):
+            if fetch.attempts >= FETCH_ATTEMPTS:
+                self.log.info("Gave up fetching block {h} by hash; sync will bring it", h=fetch.height)
+            self._end_fetch()
+            return
+        ready = [c for c in self.connections.values() if c.state == "ready"]
+        voters = [c for c in ready if c.address in fetch.voters]
+        candidates = voters + [c for c in ready if c not in voters and c.height >= fetch.height]
+        untried = [c for c in candidates if c.peer_id not in fetch.asked]
+        if not untried and candidates:
+            fetch.asked.clear()                 # everyone was asked once: they may have committed since
+            untried = candidates
+        if untried:
+            conn = untried[0]
+            fetch.asked.add(conn.peer_id)
+            fetch.attempts += 1
+            d = conn.request(m.MsgType.GET_BLOCKS, {"start": fetch.height, "count": 1})
+            d.addCallbacks(lambda r: self._fetched(fetch, conn, r), _ignore)
+        fetch.timer = self.reactor.callLater(FETCH_RETRY, self._fetch_next)
+
+    def _fetched(self, fetch: _Fetch, conn: PeerConnection, response: tuple[m.MsgType, Any]) -> None:
+        if self._fetch is not fetch:
+            return                              # done already (another peer answered, or we moved on)
+        for item in list(response[1].blocks)[:1]:
+            try:
+                block = Block.from_wire(item.block)
+                cert = CommitCertificate.from_wire(item.certificate)
+            except (DecodeError, ValueError):
+                self.penalize(conn, Reason.MALFORMED)
+                return
+            if block.height != fetch.height or block.hash != fetch.block_hash:
+                return                          # not the block we want (it is sync's business if it conflicts)
+            try:
+                self.node.consensus.apply_certified_block(block, cert)
+            except ValidationError as exc:
+                if exc.reason in (Reason.BAD_CERTIFICATE, Reason.BAD_BLOCK):
+                    self.penalize(conn, exc.reason)
+                return
+            self.log.info("Committed block {h} fetched by hash from {peer}", h=block.height, peer=conn.peer_id)
+            self.credit(conn.peer_id, peers.Event.USEFUL_RESPONSE)
+            self._end_fetch()
 
     # -- catch-up ----------------------------------------------------------------------------------
     def _maybe_catch_up(self) -> None:
@@ -867,6 +946,20 @@ class P2PService(service.Service):
             info["score"] = self.peers.score(conn.peer_id) if self.peers else 0
             out.append(info)
         return out
+
+
+class _Fetch:
+    """A block consensus wants by hash: who may have it, whom we asked, the retry timer."""
+
+    __slots__ = ("height", "block_hash", "voters", "asked", "attempts", "timer")
+
+    def __init__(self, height: int, block_hash: bytes, voters: frozenset[bytes]) -> None:
+        self.height = height
+        self.block_hash = block_hash
+        self.voters = voters
+        self.asked: set[str] = set()
+        self.attempts = 0
+        self.timer: Any = None
 
 
 def _quorum_key(proof: QuorumProof) -> bytes:
