@@ -31,6 +31,7 @@ from timecoin.p2p.service import ENVELOPE_HEADER
 from timecoin.wire import messages as m
 
 CHAIN = "timecoin-byzantine-test"
+CHAIN_4 = "timecoin-p2p-test"
 BIG = 10_000 * crypto.UNITS_PER_TIME
 SMALL = 1_000 * crypto.UNITS_PER_TIME
 
@@ -183,35 +184,51 @@ async def test_quorum_proofs_go_once_to_peers_at_our_height_and_a_forged_one_cos
         await net.stop()
 
 
-def drop_at(node: Node, height: int) -> None:
-    """A test hook on ``node``'s input: it never receives a proposal of ``height``, nor an announcement of a
-    block at or above it (so sync is not told to catch up; sync_interval keeps its loop out of the test)."""
+def swap_at(net: Net, node: Node, height: int) -> list[Proposal]:
+    """A test hook on ``node``'s input, playing an equivocating proposer: each proposal of ``height`` is
+    replaced by another one its proposer signed (the same block, stamped 1 ms later: another hash), and the
+    genuine one never arrives; nor does an announcement of a block at or above ``height`` (so sync is not
+    told to catch up; sync_interval keeps its loop out of the test). Returns the substitutes delivered."""
     handle = node.p2p.handle
+    keys = {k.address: k for k in net.keys}
+    swapped: list[Proposal] = []
 
     def filtered(conn: Any, msg_type: m.MsgType, rid: int, body: Any, payload: bytes) -> None:
         if msg_type == m.MsgType.PROPOSAL and body.height == height:
+            p = Proposal.from_wire(body)
+            if any(q.round == p.round for q in swapped):
+                return
+            block = replace(p.block, header=replace(p.block.header, timestamp=p.block.header.timestamp + 1))
+            other = Proposal(p.height, p.round, p.pol_round, p.proposer, block).signed(keys[p.proposer], CHAIN_4)
+            swapped.append(other)
+            payload = m.encode_message(m.MsgType.PROPOSAL, other.to_wire())
+            handle(conn, msg_type, rid, m.decode_message(payload)[2], payload)
             return
         if msg_type == m.MsgType.NEW_BLOCK and body.height >= height:
             return
         handle(conn, msg_type, rid, body, payload)
     node.p2p.handle = filtered
+    return swapped
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_node_with_a_precommit_quorum_for_a_block_it_lacks_fetches_it_from_the_voters(tmp_path: Path) -> None:
-    # Four equal validators, all running. node3 never receives height H's proposal (a test hook drops it),
-    # yet sees > 2/3 precommits for it: it must fetch the block by hash from the voters and commit it at
-    # once, not after the SyncCoordinator's loop (60 s here) or never.
-    net = Net(tmp_path, 4, seed=67, sync_interval="60")
+    # Four equal validators, all running. node3 is shown another proposal of height H than the others (a
+    # test hook plays the equivocating proposer) and never the one they decide, yet sees > 2/3 precommits
+    # for that one: it must fetch the block by hash from the voters and commit it at once, not after the
+    # SyncCoordinator's loop (60 s here) or never.
+    net = Net(tmp_path, 4, seed=67, chain_id=CHAIN_4, sync_interval="60")
     try:
         await net.start()
         await wait_for(lambda: min(net.heights()) >= 1, 20.0, "the four running")
         late = net.nodes[3]
         target = late.consensus.engine.height + 2
-        drop_at(late, target)
+        swapped = swap_at(net, late, target)
         await wait_for(lambda: net.nodes[0].store.tip_height() >= target, 20.0, f"height {target} decided")
+        decided = net.nodes[0].store.block_hash_at(target)
+        assert swapped and decided not in {p.block.hash for p in swapped}
         await wait_for(lambda: late.store.tip_height() >= target, 5.0, f"node3 has block {target}")
-        assert late.store.block_hash_at(target) == net.nodes[0].store.block_hash_at(target)
+        assert late.store.block_hash_at(target) == decided
         await wait_for(lambda: min(net.heights()) >= target + 2, 20.0, "all four keep going")
     finally:
         await net.stop()
