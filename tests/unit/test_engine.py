@@ -317,10 +317,11 @@ def test_timeouts_escalate_per_round() -> None:
 def test_byzantine_split_brain_proposers_and_voters(n: int, byzantine: int, seed: int) -> None:
     """f < n/3 byzantine validators show one proposal and one vote to half of the correct nodes and a
     conflicting one (signed with their keys, no guard) to the other half: a competing *real* block of that
-    height and round (valid, built by the Byzantine node), and votes for it, never junk hashes. Correct nodes relay what they
-    accept (gossip). Agreement must hold, and the correct nodes must keep finalizing by consensus alone
-    (no block sync): this needs the paper's per-value counting of an equivocator's votes and its decision
-    rule matching any proposal of the round (regressions: both once livelocked or stalled here)."""
+    height and round (valid, built by the Byzantine node), and votes for it, never junk hashes. Correct
+    nodes relay what they accept (gossip). Agreement must hold, and the correct nodes must keep finalizing
+    by consensus alone (no block sync): this needs the paper's per-value counting of an equivocator's votes
+    and its decision rule matching any proposal of the round (regressions: both once livelocked or stalled
+    here)."""
     net = SimNet(n, seed=seed, drop=0.1, duplicate=0.1, latency=(0.001, 0.05), gossip_interval=0.05)
     byz = set(range(n - byzantine, n))
     correct = [i for i in range(n) if i not in byz]
