@@ -151,7 +151,7 @@ class SimNet:
     # -- construction ------------------------------------------------------------------------------
     def _make_node(self, i: int, key: crypto.PrivateKey, store: MemoryStore | None = None) -> SimNode:
         store = store or MemoryStore(self.genesis)
-        app = ChainApp(store, self.genesis.params, key.address, GENESIS_TIME_MS, lambda: int(self.now * 1000))
+        app = ChainApp(store, self.genesis.params, key.address, GENESIS_TIME_MS)
         kv = self.signer_kv(i) if self.signer_kv else store
         signer = PrivValidator(key, self.genesis.chain_id, kv)
         wal = WriteAheadLog(os.path.join(self.wal_dir, f"node{i}.wal")) if self.wal_dir else None

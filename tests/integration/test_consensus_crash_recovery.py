@@ -63,8 +63,7 @@ def _crash_state(config: NodeConfig, clock: Clock, upto: str, wal_records: bool 
     try:
         assert store.tip_height() == 3
         clock.advance(1.0)                                   # height 4's block interval is over
-        app = ChainApp(store, genesis.params, key.address, genesis.genesis_time,
-                       now_ms=lambda: int(clock.seconds() * 1000))
+        app = ChainApp(store, genesis.params, key.address, genesis.genesis_time)
         wal_path = os.path.join(config.datadir, "consensus.wal")
         wal = WriteAheadLog(wal_path)
         signer = WalSigner(PrivValidator(key, genesis.chain_id, store), wal)

@@ -44,7 +44,7 @@ def test_blocks_with_transfers_certify_and_validate_on_a_fresh_store(tmp_path: P
         assert acct is not None
         nonces += acct.nonce
     assert nonces == 20 * 12                       # every generated tx was included, nonces in order
-    app = ChainApp(store, spec.genesis.params, None, spec.genesis.genesis_time, now_ms=lambda: 0)
+    app = ChainApp(store, spec.genesis.params, None, spec.genesis.genesis_time)
     for h in range(1, 21):
         block = store.get_block(h)
         assert len(block.txs) == 12
@@ -112,7 +112,7 @@ def test_builder_resumes_on_an_existing_store(tmp_path: Path) -> None:
         again = ChainBuilder(store, spec)
         again.build(4, txs_per_block=4)                                  # nonces and priorities read back
         assert store.tip_height() == 10
-        app = ChainApp(store, spec.genesis.params, None, spec.genesis.genesis_time, now_ms=lambda: 0)
+        app = ChainApp(store, spec.genesis.params, None, spec.genesis.genesis_time)
         assert all(store.get_block(h).header.proposer == app.proposer(h, 0) for h in range(1, 11))
 
 

@@ -316,25 +316,36 @@ def test_timeouts_escalate_per_round() -> None:
 @pytest.mark.parametrize("seed", [1, 2, 9])
 def test_byzantine_split_brain_proposers_and_voters(n: int, byzantine: int, seed: int) -> None:
     """f < n/3 byzantine validators show one proposal and one vote to half of the correct nodes and a
-    conflicting one (signed with their keys, no guard) to the other half. Correct nodes relay what they
-    accept (gossip). Agreement must hold, and the correct nodes must keep finalizing by consensus alone
-    (no block sync): this needs the paper's per-value counting of an equivocator's votes and its decision
-    rule matching any proposal of the round (regressions: both once livelocked or stalled here)."""
+    conflicting one (signed with their keys, no guard) to the other half: a competing *real* block of that
+    height and round (valid, built by the Byzantine node), and votes for it, never junk hashes. Correct
+    nodes relay what they accept (gossip). Agreement must hold, and the correct nodes must keep finalizing
+    by consensus alone (no block sync): this needs the paper's per-value counting of an equivocator's votes
+    and its decision rule matching any proposal of the round (regressions: both once livelocked or stalled
+    here)."""
     net = SimNet(n, seed=seed, drop=0.1, duplicate=0.1, latency=(0.001, 0.05), gossip_interval=0.05)
     byz = set(range(n - byzantine, n))
     correct = [i for i in range(n) if i not in byz]
     group_b = set(random.Random(seed).sample(correct, len(correct) // 2))
     alternative: set[bytes] = set()
+    competing: dict[tuple[int, int], Block] = {}     # (height, round) -> the real block group b is shown
+
+    def competing_block(node: SimNode, height: int, round_: int, ts: int) -> Block:
+        """A real, valid block of that height and round (not a junk hash): what the Byzantine side backs."""
+        if (height, round_) not in competing and node.height + 1 == height:
+            competing[(height, round_)] = node.app.propose(height, round_, ts + 1 + round_)
+        return competing.get((height, round_)) or node.app.propose(node.height + 1, round_, ts + 1)
 
     def two_faced(node: SimNode, msg: Proposal | Vote) -> list[Proposal | Vote]:
         if node.index not in byz:
             return []
         if isinstance(msg, Proposal):
-            block = node.app.propose(msg.height, msg.round, msg.block.header.timestamp + 1)
+            block = competing_block(node, msg.height, msg.round, msg.block.header.timestamp)
             alt: Proposal | Vote = Proposal(msg.height, msg.round, msg.pol_round, node.address, block).signed(
                 node.key, net.chain_id)
         else:
-            alt = conflicting_vote(node.key, msg, net.chain_id)
+            block = competing_block(node, msg.height, msg.round, int(net.now * 1000))
+            other = block.hash if block.hash != msg.block_hash else NIL_HASH
+            alt = conflicting_vote(node.key, msg, net.chain_id, other)
         alternative.add(alt.signature)
         return [alt]
 

@@ -46,6 +46,22 @@ def _commits(actions: list[eng.Action]) -> list[eng.CommitBlock]:
     return [a for a in actions if isinstance(a, eng.CommitBlock)]
 
 
+def _decide_height_1(d: Driver) -> eng.CommitBlock:
+    """Height 1 decided by the engine under test (left at step COMMITTED), committed to every node's store."""
+    e = d.engine
+    p0 = d.proposal(0)
+    e.on_proposal(p0, 0.01)
+    for x in d.others:
+        e.on_vote(d.vote(x, PRE, 0, p0.block.hash), 0.02)
+    out: list[eng.Action] = []
+    for x in d.others:
+        out += e.on_vote(d.vote(x, PC, 0, p0.block.hash), 0.03)
+    commit = _commits(out)[0]
+    for x in d.net.nodes:
+        x.app.commit(commit.block, commit.certificate)
+    return commit
+
+
 # -- hole 1: a relay replaces a proposal's body ------------------------------------------------------
 def test_relayed_proposal_with_altered_body_is_refused_and_the_genuine_one_still_counts() -> None:
     d = Driver()
@@ -279,19 +295,7 @@ def test_next_height_junk_cannot_crowd_out_a_validators_real_vote_for_good() -> 
             conflicting_vote(z.key, d.vote(z, PRE, 0, bytes([9]) * 32, height=2), d.net.chain_id, bytes([8]) * 32)]
     for v in junk:
         assert e.on_vote(v, 0.0) == []
-    # decide height 1
-    p0 = d.proposal(0)
-    e.on_proposal(p0, 0.01)
-    for x in d.others:
-        e.on_vote(d.vote(x, PRE, 0, p0.block.hash), 0.02)
-    out: list[eng.Action] = []
-    for x in d.others:
-        out += e.on_vote(d.vote(x, PC, 0, p0.block.hash), 0.03)
-    commit = _commits(out)[0]
-    d.me.app.commit(commit.block, commit.certificate)
-    for x in d.net.nodes:
-        if x is not d.me:
-            x.app.commit(commit.block, commit.certificate)
+    commit = _decide_height_1(d)
     proposer2 = d.net.node_of(d.me.app.proposer(2, 0))
     b2 = proposer2.app.propose(2, 0, commit.block.header.timestamp + 1)
     real = [Vote(PRE, 2, 0, b2.hash, x.address).signed(x.key, d.net.chain_id) for x in d.net.nodes]
@@ -356,16 +360,7 @@ def test_next_height_proposal_with_altered_body_is_refused_before_it_is_buffered
     (same signature, same header hash) a "duplicate" and be refused itself when the height starts."""
     d = Driver()
     e = d.engine
-    p0 = d.proposal(0)
-    e.on_proposal(p0, 0.01)
-    for x in d.others:
-        e.on_vote(d.vote(x, PRE, 0, p0.block.hash), 0.02)
-    out: list[eng.Action] = []
-    for x in d.others:
-        out += e.on_vote(d.vote(x, PC, 0, p0.block.hash), 0.03)
-    commit = _commits(out)[0]
-    for x in d.net.nodes:
-        x.app.commit(commit.block, commit.certificate)
+    commit = _decide_height_1(d)
     # we are still at height 1 (the service has not started height 2): height 2's proposal arrives early
     proposer = d.net.node_of(d.me.app.proposer(2, 0))
     b2 = proposer.app.propose(2, 0, commit.block.header.timestamp + 1)

@@ -1,6 +1,7 @@
 """Gossip bookkeeping: each message id is processed once; the archive offers a peer only what it lacks."""
 from __future__ import annotations
 
+from timecoin.p2p import gossip
 from timecoin.p2p.gossip import MAX_ARCHIVED_PER_HEIGHT, HeightArchive, SeenCache, message_id
 
 
@@ -29,10 +30,38 @@ def test_archive_keeps_one_height_and_offers_what_is_missing() -> None:
     assert len(arch) == 2
     assert arch.missing({b"p"}) == [(b"v1", 14, b"vote1")]
     assert arch.missing({b"p", b"v1"}) == []
-    arch.add(6, b"v-next", 14, b"next")                  # a newer height starts a new archive
-    assert arch.height == 6 and arch.missing(set()) == [(b"v-next", 14, b"next")]
     arch.reset(7)
     assert len(arch) == 0 and arch.height == 7
+
+
+def test_a_next_height_message_does_not_wipe_the_current_height() -> None:
+    # Hole 6: any validator may send a vote of h+1 at any time; the node must keep offering height h's
+    # messages until it decides h (peers that lost one still need it), then carry h+1's over.
+    arch = HeightArchive()
+    arch.reset(5)
+    arch.add(5, b"p", 13, b"proposal")
+    arch.add(6, b"v-next", 14, b"next")                  # a validator one height ahead
+    assert arch.height == 5
+    assert arch.missing(set()) == [(b"p", 13, b"proposal")]     # h's messages still offered, h+1's not yet
+    arch.add(5, b"v", 14, b"vote")                       # and h keeps growing
+    arch.add(9, b"far", 14, b"far")                      # further ahead: not archived
+    assert arch.missing({b"p"}) == [(b"v", 14, b"vote")]
+    arch.reset(6)                                        # h decided: h+1's messages carry over
+    assert arch.height == 6 and arch.missing(set()) == [(b"v-next", 14, b"next")]
+    arch.reset(8)                                        # a jump (sync): nothing of 7 to carry
+    assert arch.height == 8 and len(arch) == 0
+
+
+def test_next_height_messages_are_bounded_separately() -> None:
+    arch = HeightArchive()
+    arch.reset(1)
+    arch.add(1, b"cur", 14, b"x")
+    bound = gossip.MAX_ARCHIVED_NEXT_HEIGHT
+    for i in range(bound + 10):
+        arch.add(2, i.to_bytes(4, "big"), 14, b"x")
+    assert len(arch) == 1                                # the current height is what is counted and offered
+    arch.reset(2)
+    assert len(arch) == bound
 
 
 def test_archive_is_bounded() -> None:

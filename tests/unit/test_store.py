@@ -317,7 +317,7 @@ def _commit_with_app(app: ChainApp, store: Store, builder: ChainBuilder, n_txs: 
 
 
 def _app(store: Store, genesis: Genesis) -> ChainApp:
-    return ChainApp(store, genesis.params, None, genesis.genesis_time, now_ms=lambda: GENESIS_TIME)
+    return ChainApp(store, genesis.params, None, genesis.genesis_time)
 
 
 def test_rollback_restores_everything_exactly(store: Store, genesis: Genesis, builder: ChainBuilder) -> None:

@@ -27,14 +27,13 @@ class ChainApp:
     log = Logger()
 
     def __init__(self, chain: Any, params: ChainParams, address: bytes | None, genesis_time_ms: int,
-                 now_ms: Callable[[], int], candidates: Callable[[], Iterable[Transaction]] = lambda: (),
+                 candidates: Callable[[], Iterable[Transaction]] = lambda: (),
                  max_block_txs: int | None = None) -> None:
         self.chain = chain
         self.params = params
         self.chain_id = params.chain_id
         self.address = address
         self.genesis_time_ms = genesis_time_ms
-        self.now_ms = now_ms
         self.candidates = candidates
         self.max_block_txs = max_block_txs
         self.pending_evidence: dict[bytes, Evidence] = {}

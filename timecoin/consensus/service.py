@@ -132,7 +132,6 @@ class ConsensusService(service.Service):
         node, cfg = self.node, self.node.config
         store = node.store
         self.app = ChainApp(store, node.genesis.params, node.key.address, node.genesis.genesis_time,
-                            now_ms=lambda: int(self.clock.seconds() * 1000),
                             candidates=lambda: node.mempool.iter_selected() if node.mempool else (),
                             max_block_txs=cfg.max_block_txs)
         self.wal = WriteAheadLog(os.path.join(cfg.datadir, "consensus.wal"))

@@ -4,8 +4,9 @@ Two sans-I/O parts the P2P service combines:
 
 * :class:`SeenCache` — ids of messages already processed (bounded, oldest forgotten first), so each
   transaction, proposal, vote, evidence or announcement is handled and relayed once.
-* :class:`HeightArchive` — the consensus messages of the current height, kept so they can be offered
-  again to peers that were not connected (or lost a message) when they were first sent. The engine
+* :class:`HeightArchive` — the consensus messages of the current height (and, apart, the next one's),
+  kept so they can be offered again to peers that were not connected (or lost a message) when they
+  were first sent. The engine
   never re-sends; like CometBFT's gossip routines, the network layer offers a peer what it lacks for
   the height the peer is at, which is what liveness after network stabilisation needs.
 """
@@ -16,6 +17,7 @@ from collections import OrderedDict
 
 DEFAULT_SEEN_SIZE = 100_000
 MAX_ARCHIVED_PER_HEIGHT = 10_000      # proposals + votes of one height (bounded: rounds x validators x 2)
+MAX_ARCHIVED_NEXT_HEIGHT = 2_000      # of the next height, received early (the engine keeps <= 24 per validator)
 
 
 def message_id(msg_type: int, body: bytes) -> bytes:
@@ -49,28 +51,43 @@ class SeenCache:
 
 
 class HeightArchive:
-    """Consensus messages (id -> framed bytes) of one height, in arrival order."""
+    """Consensus messages (id -> framed bytes) of the height being decided, in arrival order, plus the next one's.
 
-    __slots__ = ("height", "_frames")
+    ``height`` is the height consensus is deciding; its messages are what :meth:`missing` offers, until
+    :meth:`reset` moves to the next height (we decided it). A message of ``height + 1`` (a validator one step
+    ahead, which any validator may be at any time) is kept apart, bounded by ``MAX_ARCHIVED_NEXT_HEIGHT``,
+    and carried over when the archive moves to that height: it never replaces the current height's
+    messages, which peers that lost one still need. Anything further ahead or behind is not archived.
+    """
+
+    __slots__ = ("height", "_frames", "_next")
 
     def __init__(self) -> None:
         self.height = 0
         self._frames: dict[bytes, tuple[int, bytes]] = {}
+        self._next: dict[bytes, tuple[int, bytes]] = {}
 
     def reset(self, height: int) -> None:
+        """Move to ``height`` (decided the one before, or jumped): the next height's messages carry over."""
+        if height == self.height:
+            return
+        carried = self._next if height == self.height + 1 else {}
         self.height = height
-        self._frames = {}
+        self._frames, self._next = carried, {}
 
     def add(self, height: int, mid: bytes, msg_type: int, payload: bytes) -> None:
-        """Archive a message of the current height; a newer height starts a new archive, older ones are dropped."""
-        if height > self.height:
-            self.reset(height)
-        if height != self.height or len(self._frames) >= MAX_ARCHIVED_PER_HEIGHT:
+        """Archive a message of the current height or of the next (bounded); others are dropped."""
+        if height == self.height:
+            frames, bound = self._frames, MAX_ARCHIVED_PER_HEIGHT
+        elif height == self.height + 1:
+            frames, bound = self._next, MAX_ARCHIVED_NEXT_HEIGHT
+        else:
             return
-        self._frames.setdefault(mid, (msg_type, payload))
+        if len(frames) < bound:
+            frames.setdefault(mid, (msg_type, payload))
 
     def missing(self, known: set[bytes]) -> list[tuple[bytes, int, bytes]]:
-        """(id, type, payload) of every archived message not in ``known``."""
+        """(id, type, payload) of every archived message of the current height not in ``known``."""
         return [(mid, t, p) for mid, (t, p) in self._frames.items() if mid not in known]
 
     def __len__(self) -> int:

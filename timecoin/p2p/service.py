@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from timecoin import __version__, crypto
 from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
-from timecoin.ledger.block import Block, Evidence, Proposal, Vote
+from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, QuorumProof, Vote
 from timecoin.ledger.tx import Transaction
 from timecoin.p2p import discovery, peers
 from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
@@ -49,6 +49,11 @@ ENVELOPE_HEADER = 5                # type (1) + request id (4): what a message i
 MAX_PENDING_INBOUND = 64           # inbound connections still in TLS/identity at once (before any TLS work)
 MAX_PENDING_PER_IP = 8             # of those, from one IP address
 MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered for VALID_BLOCK credit
+MAX_CAPPED = 10_000                # next-height messages refused for a per-sender cap, remembered per height
+FETCH_RETRY = 0.5                  # s before a block wanted by hash is asked of the next peer
+FETCH_ATTEMPTS = 30                # asks per wanted block (while we are still at its height); sync covers the rest
+# Penalized on a quorum proof: built by its sender from votes it verified, so a bad one is its own provable fault.
+QUORUM_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NOT_VALIDATOR, Reason.BAD_CERTIFICATE})
 
 RESPONSES = frozenset({m.MsgType.STATUS, m.MsgType.PEERS, m.MsgType.BLOCKS, m.MsgType.BLOCK_HASHES})
 # get_* requests and pings share the request bucket. Transactions (in m.REQUESTS) have their own gossip
@@ -108,6 +113,10 @@ class P2PService(service.Service):
         self.duplicates: collections.Counter[m.MsgType] = collections.Counter()  # seen-cache hits, by type
         self.accepted: collections.Counter[m.MsgType] = collections.Counter()    # new valid messages from peers
         self._first_proposal: dict[bytes, str] = {}          # block hash -> PeerID that delivered it first
+        self._capped: dict[bytes, None] = {}                 # next-height messages refused for a cap (not seen)
+        self._capped_height = -1                             # ... while the engine is at this height
+        self._quorum_frames: dict[QuorumProof, tuple[bytes, bytes, bytes]] = {}   # proof -> (id, key id, frame)
+        self._fetch: _Fetch | None = None                    # the block wanted by hash (fetch_block), if any
         self.archive = HeightArchive()
         self.listening_port: Any = None
         self.listen_addr = ""
@@ -123,6 +132,7 @@ class P2PService(service.Service):
             # start (the proposer of the first height does) must have those messages archived for
             # gossip, or its peers never see them and the height cannot finish.
             node.consensus.broadcast = self.broadcast
+            node.consensus.fetch_block = self.fetch_block
             node.consensus.on_commit.append(self._on_commit)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -172,6 +182,7 @@ class P2PService(service.Service):
         self._loops.clear()
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
+        self._end_fetch()
         for conn in list(self.connections.values()):
             conn.close()
         if self.listening_port is not None:
@@ -513,6 +524,9 @@ class P2PService(service.Service):
             self.duplicates[msg_type] += 1
             return
         consensus = self.node.consensus
+        if mid in self._capped and self._capped_height == consensus.engine.height:
+            self.duplicates[msg_type] += 1           # refused for a cap at this height: the answer is the same
+            return
         try:
             msg = Proposal.from_wire(body) if msg_type == m.MsgType.PROPOSAL else Vote.from_wire(body)
         except (DecodeError, ValueError):
@@ -532,6 +546,13 @@ class P2PService(service.Service):
             else:
                 consensus.receive_vote(msg)
         except ValidationError as exc:
+            if exc.reason == Reason.DUPLICATE and height == engine_height + 1:
+                # Over one of the engine's per-sender caps for the next height (a plain copy of a buffered
+                # message was stopped at the seen-cache above). The message may be valid and needed once that
+                # height starts, so it must not enter the seen-cache (every relay of it would be dropped for
+                # good); it is remembered until our height changes, which is when the answer can change.
+                self._remember_capped(mid, engine_height)
+                return
             self.seen.add(mid)
             if exc.reason not in (Reason.DUPLICATE, Reason.WRONG_HEIGHT):
                 self.log.info("Refused {kind} from {peer}: {why}", kind=msg_type.name.lower(), peer=conn.peer_id,
@@ -544,8 +565,52 @@ class P2PService(service.Service):
         self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
         if msg_type == m.MsgType.PROPOSAL and len(self._first_proposal) < MAX_FIRST_PROPOSALS:
             self._first_proposal.setdefault(msg.block.hash, conn.peer_id)
-        self.archive.add(height, mid, msg_type, payload)
+        self._archive(height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=conn)
+
+    def _on_quorum(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        """A peer's proof of > 2/3 of a round's votes for one value (SPEC §4 vote propagation).
+
+        Judged by the engine (every signature and the power), at most once per (round, type, value) per peer
+        and height: ``conn.sent_ids`` holds the proof's key id once the peer sent us one or we sent it ours,
+        so a second proof of the same quorum from that peer is dropped unjudged. Never relayed: a node that
+        accepts it holds the quorum and sends its own proof to its peers (:meth:`_send_quorums`).
+        """
+        mid = message_id(m.MsgType.VOTE_QUORUM, payload[ENVELOPE_HEADER:])
+        conn.sent_ids.add(mid)
+        if mid in self.seen:
+            self.duplicates[m.MsgType.VOTE_QUORUM] += 1
+            return
+        try:
+            proof = QuorumProof.from_wire(body)
+        except (DecodeError, ValueError):
+            self.penalize(conn, Reason.MALFORMED)
+            return
+        consensus = self.node.consensus
+        key = _quorum_key(proof)
+        if proof.height != consensus.engine.height or key in conn.sent_ids:
+            # Another height (late, or ahead of us: nothing to count it in yet), or a quorum this peer
+            # already proved to us (or we to it): no judging, no blame.
+            return
+        conn.sent_ids.add(key)
+        try:
+            consensus.receive_quorum(proof)
+        except ValidationError as exc:
+            self.seen.add(mid)
+            if exc.reason in QUORUM_FAULTS:
+                self.log.info("Refused a vote quorum from {peer}: {why}", peer=conn.peer_id, why=str(exc))
+                self.penalize(conn, exc.reason)
+            return                      # DUPLICATE, WRONG_HEIGHT, WRONG_ROUND...: races, no blame
+        self.seen.add(mid)
+        self.accepted[m.MsgType.VOTE_QUORUM] += 1
+        self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
+
+    def _remember_capped(self, mid: bytes, engine_height: int) -> None:
+        if self._capped_height != engine_height:
+            self._capped, self._capped_height = {}, engine_height
+        if len(self._capped) >= MAX_CAPPED:
+            del self._capped[next(iter(self._capped))]       # the oldest: at worst it is judged again (cheaply)
+        self._capped[mid] = None
 
     def _on_evidence(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         mid = message_id(m.MsgType.EVIDENCE, payload[ENVELOPE_HEADER:])
@@ -618,6 +683,7 @@ class P2PService(service.Service):
         m.MsgType.TX: _on_tx,
         m.MsgType.PROPOSAL: _on_consensus,
         m.MsgType.VOTE: _on_consensus,
+        m.MsgType.VOTE_QUORUM: _on_quorum,
         m.MsgType.EVIDENCE: _on_evidence,
         m.MsgType.NEW_BLOCK: _on_new_block,
         m.MsgType.REJECT: _on_reject,
@@ -640,8 +706,19 @@ class P2PService(service.Service):
         if isinstance(msg, Evidence):
             self.charge_equivocator(msg)       # consensus found (or accepted) new evidence: blame its signer
         if msg_type in (m.MsgType.PROPOSAL, m.MsgType.VOTE):
-            self.archive.add(msg.height, mid, msg_type, payload)
+            self._archive(msg.height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=None)
+
+    def _archive(self, height: int, mid: bytes, msg_type: m.MsgType, payload: bytes) -> None:
+        """Archive a consensus message for gossip, the archive following the height consensus is deciding.
+
+        A message of the next height (any validator may be one step ahead) is kept apart and never
+        replaces the current height's messages: those are offered until we decide the height (hole 6).
+        """
+        engine_height = self.node.consensus.engine.height
+        if self.archive.height != engine_height:
+            self.archive.reset(engine_height)
+        self.archive.add(height, mid, msg_type, payload)
 
     def _relay(self, msg_type: m.MsgType, mid: bytes, payload: bytes, exclude: PeerConnection | None) -> None:
         conns = [c for c in self.connections.values() if c.state == "ready" and c is not exclude]
@@ -672,10 +749,42 @@ class P2PService(service.Service):
             conn.send_payload(payload)
 
     def _gossip(self) -> None:
+        frames = self._quorum_proofs()
         for conn in list(self.connections.values()):
             self._offer(conn)
+            self._send_quorums(conn, frames)
+
+    def _quorum_proofs(self) -> list[tuple[bytes, bytes, bytes]]:
+        """(id, key id, frame) of each > 2/3 quorum the engine holds at its height (encoded once per proof)."""
+        consensus = self.node.consensus
+        if consensus is None or consensus.engine is None:
+            return []
+        proofs = consensus.engine.quorums()
+        if any(q not in self._quorum_frames for q in proofs):
+            known = {q: f for q, f in self._quorum_frames.items() if q in proofs}
+            for q in proofs:
+                if q not in known:
+                    payload = m.encode_message(m.MsgType.VOTE_QUORUM, q.to_wire())
+                    mid = message_id(m.MsgType.VOTE_QUORUM, payload[ENVELOPE_HEADER:])
+                    self.seen.add(mid)               # our own: a copy sent back is dropped for free
+                    known[q] = (mid, _quorum_key(q), payload)
+            self._quorum_frames = known
+        return [self._quorum_frames[q] for q in proofs]
+
+    def _send_quorums(self, conn: PeerConnection, frames: list[tuple[bytes, bytes, bytes]]) -> None:
+        """Send a peer at our height each quorum proof of ours it lacks: one per (round, type, value)."""
+        if conn.state != "ready" or conn.height + 1 != self.node.consensus.engine.height:
+            return
+        for mid, key, payload in frames:
+            if mid not in conn.sent_ids and key not in conn.sent_ids:
+                conn.sent_ids.add(mid)
+                conn.sent_ids.add(key)
+                conn.send_payload(payload)
+                self.relayed[m.MsgType.VOTE_QUORUM] += 1
 
     def _on_commit(self, block: Block) -> None:
+        if self._fetch is not None and self._fetch.height <= block.height:
+            self._end_fetch()
         first = self._first_proposal.get(block.hash)
         self._first_proposal.clear()
         if first is not None:
@@ -691,6 +800,78 @@ class P2PService(service.Service):
                     conn.sent_ids.clear()
                 conn.send_payload(payload)
                 self.relayed[m.MsgType.NEW_BLOCK] += 1
+
+    # -- a block wanted by hash ---------------------------------------------------------------------
+    def fetch_block(self, height: int, block_hash: bytes, voters: tuple[bytes, ...]) -> None:
+        """Consensus holds > 2/3 precommits for a block it never received: get it from a peer that has it.
+
+        Voters (a validator peer's host key is its validator key, so ``conn.address`` names it) are asked
+        first, with ``get_blocks(height, 1)``; then any ready peer at or above that height. An answer with
+        that very block goes to ``apply_certified_block`` (which checks its certificate) and ends the fetch.
+        A short answer or another block is no fault (a voter may simply not have committed yet): the next
+        peer is asked after FETCH_RETRY, round-robin, at most FETCH_ATTEMPTS times while we are still at
+        that height. The SyncCoordinator remains the fallback.
+        """
+        if self._fetch is not None and (self._fetch.height, self._fetch.block_hash) == (height, block_hash):
+            self._fetch.voters = frozenset(voters) | self._fetch.voters
+            return
+        self._end_fetch()
+        self._fetch = _Fetch(height, block_hash, frozenset(voters))
+        self.log.info("Fetching block {h} {hash} from its voters", h=height, hash=block_hash.hex())
+        self._fetch_next()
+
+    def _end_fetch(self) -> None:
+        fetch, self._fetch = self._fetch, None
+        if fetch is not None and fetch.timer is not None and fetch.timer.active():
+            fetch.timer.cancel()
+
+    def _fetch_next(self) -> None:
+        fetch = self._fetch
+        if fetch is None:
+            return
+        fetch.timer = None
+        if (not self.running or self.node.store.tip_height() + 1 != fetch.height
+                or fetch.attempts >= FETCH_ATTEMPTS):
+            if fetch.attempts >= FETCH_ATTEMPTS:
+                self.log.info("Gave up fetching block {h} by hash; sync will bring it", h=fetch.height)
+            self._end_fetch()
+            return
+        ready = [c for c in self.connections.values() if c.state == "ready"]
+        voters = [c for c in ready if c.address in fetch.voters]
+        candidates = voters + [c for c in ready if c not in voters and c.height >= fetch.height]
+        untried = [c for c in candidates if c.peer_id not in fetch.asked]
+        if not untried and candidates:
+            fetch.asked.clear()                 # everyone was asked once: they may have committed since
+            untried = candidates
+        if untried:
+            conn = untried[0]
+            fetch.asked.add(conn.peer_id)
+            fetch.attempts += 1
+            d = conn.request(m.MsgType.GET_BLOCKS, {"start": fetch.height, "count": 1})
+            d.addCallbacks(lambda r: self._fetched(fetch, conn, r), _ignore)
+        fetch.timer = self.reactor.callLater(FETCH_RETRY, self._fetch_next)
+
+    def _fetched(self, fetch: _Fetch, conn: PeerConnection, response: tuple[m.MsgType, Any]) -> None:
+        if self._fetch is not fetch:
+            return                              # done already (another peer answered, or we moved on)
+        for item in list(response[1].blocks)[:1]:
+            try:
+                block = Block.from_wire(item.block)
+                cert = CommitCertificate.from_wire(item.certificate)
+            except (DecodeError, ValueError):
+                self.penalize(conn, Reason.MALFORMED)
+                return
+            if block.height != fetch.height or block.hash != fetch.block_hash:
+                return                          # not the block we want (it is sync's business if it conflicts)
+            try:
+                self.node.consensus.apply_certified_block(block, cert)
+            except ValidationError as exc:
+                if exc.reason in (Reason.BAD_CERTIFICATE, Reason.BAD_BLOCK):
+                    self.penalize(conn, exc.reason)
+                return
+            self.log.info("Committed block {h} fetched by hash from {peer}", h=block.height, peer=conn.peer_id)
+            self.credit(conn.peer_id, peers.Event.USEFUL_RESPONSE)
+            self._end_fetch()
 
     # -- catch-up ----------------------------------------------------------------------------------
     def _maybe_catch_up(self) -> None:
@@ -765,6 +946,26 @@ class P2PService(service.Service):
             info["score"] = self.peers.score(conn.peer_id) if self.peers else 0
             out.append(info)
         return out
+
+
+class _Fetch:
+    """A block consensus wants by hash: who may have it, whom we asked, the retry timer."""
+
+    __slots__ = ("height", "block_hash", "voters", "asked", "attempts", "timer")
+
+    def __init__(self, height: int, block_hash: bytes, voters: frozenset[bytes]) -> None:
+        self.height = height
+        self.block_hash = block_hash
+        self.voters = voters
+        self.asked: set[str] = set()
+        self.attempts = 0
+        self.timer: Any = None
+
+
+def _quorum_key(proof: QuorumProof) -> bytes:
+    """What a quorum proves, whoever signed it: (height, round, type, value). Kept in ``conn.sent_ids``."""
+    return message_id(m.MsgType.VOTE_QUORUM, b"key" + proof.height.to_bytes(8, "big")
+                      + proof.round.to_bytes(4, "big") + bytes((int(proof.type),)) + proof.block_hash)
 
 
 def _ignore(failure: Failure) -> None:

@@ -79,7 +79,7 @@ class World:
         self.rng = rng
         self.clock = Clock(START_TIME)
         n = len(skews)
-        self.nodes = [make_node(i, genesis, i in byzantine, skews[i], timeouts, self.clock) for i in range(n)]
+        self.nodes = [make_node(i, genesis, i in byzantine, skews[i], timeouts) for i in range(n)]
         self.by_address = {node.address: node for node in self.nodes}
         self.honest = [node for node in self.nodes if not node.byzantine]
         self.network = Network(net, rng, self.clock.at, lambda: self.clock.now)

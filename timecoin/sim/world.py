@@ -182,12 +182,10 @@ class Node:
         return True
 
 
-def make_node(index: int, genesis: Genesis, byzantine: bool, skew: float, timeouts: eng.Timeouts,
-              clock: Clock) -> Node:
+def make_node(index: int, genesis: Genesis, byzantine: bool, skew: float, timeouts: eng.Timeouts) -> Node:
     key = key_of(index)
     store = MemoryStore(genesis)
     app = ChainApp(store, genesis.params, key.address, GENESIS_TIME_MS,
-                   lambda: int((clock.now + skew) * 1000),
                    candidates=lambda: candidates_for(store, index))
     signer: PrivValidator | RawSigner = (RawSigner(key, genesis.chain_id) if byzantine
                                          else PrivValidator(key, genesis.chain_id, store))
