@@ -1,6 +1,6 @@
 """Rules of the consensus engine that the rule-by-rule tests left unchecked, found by mutation testing.
 
-``tox -e mutation`` (docs/consensus-mutation.md) runs mutmut over ``consensus/engine.py``,
+``tox -e mutation`` (docs/consensus.md, "Mutation testing") runs mutmut over ``consensus/engine.py``,
 ``consensus/votes.py`` and ``ledger/validators.py``; each test here was written for mutants that survived
 the other tests, and asserts the rule they break (Algorithm 1 of "The latest gossip on BFT consensus",
 ``[Lnn]`` = its line numbers, and SPEC §4), not how the engine happens to implement it. The mutants each

@@ -226,8 +226,7 @@ class Engine:
         self._precommit_timeout_done: set[int] = set()
         self._l36_done: set[int] = set()
         out: list[Action] = []
-        self._start_round(0, out)
-        self._process(out)                         # our own proposal, when we propose at once
+        self._start_round(0, out)       # round 0 proposes through a timeout: no rule can fire yet
         buffered, self._next_height_msgs = self._next_height_msgs, []
         self._next_seen, self._next_per_key, self._next_rounds = set(), {}, {}
         for msg, arrived in buffered:
@@ -564,7 +563,6 @@ class Engine:
             return
         self.proposals[self.round] = proposal
         self._blocks[block.hash] = block
-        self.votes.mark_seen(self.round, proposal.proposer)
         out.append(BroadcastProposal(proposal))
 
     def _vote(self, vtype: VoteType, block_hash: bytes, out: list[Action]) -> None:
