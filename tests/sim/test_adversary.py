@@ -145,6 +145,20 @@ def test_validity_checker_reports_a_certificate_without_quorum() -> None:
     assert [v.kind for v in found] == ["validity"] and "2/3" in found[0].detail
 
 
+def test_validity_checker_reports_a_timestamp_that_does_not_increase() -> None:
+    store = MemoryStore(GENESIS)
+    first, result = build_block(store, GENESIS.params, 1, 0, store.tip_hash(), 10, KEYS[0].address, ())
+    store.commit_block(first, _cert(first), result)
+
+    def second(ts: int):  # type: ignore[no-untyped-def]
+        return build_block(store, GENESIS.params, 2, 0, store.tip_hash(), ts, KEYS[0].address, ())[0]
+
+    ok, same = second(11), second(10)
+    assert check_validity(History(GENESIS, {0: [(first, _cert(first)), (ok, _cert(ok))]})) == []
+    found = check_validity(History(GENESIS, {0: [(first, _cert(first)), (same, _cert(same))]}))
+    assert [v.kind for v in found] == ["validity"] and "timestamp" in found[0].detail
+
+
 def test_double_sign_checker() -> None:
     k = KEYS[1]
     a, b = _block(10), _block(11)

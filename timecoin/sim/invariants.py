@@ -73,8 +73,11 @@ def check_validity(history: History) -> list[Violation]:
             try:
                 block.check_roots()
                 result = validate_block(store, genesis.params, block, store.tip_hash(), prev_ts)
-                verify_certificate(block, cert, store.validator_set(block.height), genesis.chain_id)
+                validators = store.validator_set(block.height)
+                assert validators is not None              # validate_block refuses a height without a set
+                verify_certificate(block, cert, validators, genesis.chain_id)
                 store.commit_block(block, cert, result)
+                prev_ts = block.header.timestamp           # timestamps must strictly increase along the chain
             except (ValidationError, InvalidSignature, StoreError) as exc:
                 out.append(Violation("validity", f"node {node} height {block.height} "
                                                  f"{block.hash.hex()[:12]}: {exc}"))

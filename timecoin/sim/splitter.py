@@ -210,7 +210,8 @@ class LockSplitter:
             p = self._repropose(view, byz, h, r)
         if p is None:
             store, params = view.store, self.world.genesis.params
-            prev_ts = store.get_block(h - 1).header.timestamp if h > 1 else self.world.genesis.genesis_time
+            parent = store.get_block(h - 1) if h > 1 else None
+            prev_ts = parent.header.timestamp if parent is not None else self.world.genesis.genesis_time
             ts = max(int(self.world.now * 1000) + self.rng.randint(-10, 10), prev_ts + 1)
             block, _ = build_block(store, params, h, r, store.tip_hash(), ts, byz.address,
                                    candidates_for(store, self.rng.randint(0, 1)), max_txs=params.max_block_txs)
