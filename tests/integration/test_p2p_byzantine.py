@@ -187,8 +187,9 @@ async def test_quorum_proofs_go_once_to_peers_at_our_height_and_a_forged_one_cos
 def swap_at(net: Net, node: Node, height: int) -> list[Proposal]:
     """A test hook on ``node``'s input, playing an equivocating proposer: each proposal of ``height`` is
     replaced by another one its proposer signed (the same block, stamped 1 ms later: another hash), and the
-    genuine one never arrives; nor does an announcement of a block at or above ``height`` (so sync is not
-    told to catch up; sync_interval keeps its loop out of the test). Returns the substitutes delivered."""
+    genuine one never arrives (the others drop the proposals of ``height`` that ``node`` relays); nor does
+    an announcement of a block at or above ``height`` (so sync is not told to catch up; sync_interval keeps
+    its loop out of the test). Returns the substitutes delivered."""
     handle = node.p2p.handle
     keys = {k.address: k for k in net.keys}
     swapped: list[Proposal] = []
@@ -208,7 +209,18 @@ def swap_at(net: Net, node: Node, height: int) -> list[Proposal]:
             return
         handle(conn, msg_type, rid, body, payload)
     node.p2p.handle = filtered
+    for other in net.nodes:               # the substitutes reach ``node`` only: it relays what it accepts,
+        if other is not node:             # and the others must not decide a block ``node`` already holds
+            other.p2p.handle = _dropping_proposals_from(other.p2p.handle, node.p2p.peer_id, height)
     return swapped
+
+
+def _dropping_proposals_from(handle: Any, peer_id: str, height: int) -> Any:
+    def filtered(conn: Any, msg_type: m.MsgType, rid: int, body: Any, payload: bytes) -> None:
+        if msg_type == m.MsgType.PROPOSAL and body.height == height and conn.peer_id == peer_id:
+            return
+        handle(conn, msg_type, rid, body, payload)
+    return filtered
 
 
 @pytest_twisted.ensureDeferred
