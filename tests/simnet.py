@@ -54,6 +54,7 @@ from timecoin.ledger.block import (
 )
 from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.memstore import MemoryStore
+from timecoin.sim.world import Clock
 
 CHAIN_ID = "timecoin-simnet"
 GENESIS_TIME_MS = 0
@@ -118,7 +119,7 @@ class SimNode:
         return self.store.tip_height()
 
 
-class SimNet:
+class SimNet(Clock):
     """N engines wired together in memory; see the module docstring."""
 
     def __init__(self, n: int = 4, *, powers: list[int] | None = None, seed: int = 0,
@@ -137,10 +138,7 @@ class SimNet:
         self.sync_after = sync_after
         self.wal_dir = wal_dir
         self.signer_kv = signer_kv
-        self.now = 0.0
-        self.events = 0
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = 0
+        Clock.__init__(self)
         # filters(src, dst, msg) -> False drops that copy; hooks(src, msg) -> extra messages src also sends
         self.filters: list[Callable[[int, int, Message], bool]] = []
         self.hooks: list[Callable[[SimNode, Message], list[Message]]] = []
@@ -164,12 +162,7 @@ class SimNet:
     def node_of(self, address: bytes) -> SimNode:
         return next(n for n in self.nodes if n.address == address)
 
-    # -- the clock ---------------------------------------------------------------------------------
-    def at(self, delay: float, fn: Callable[[], None]) -> None:
-        """Run ``fn`` ``delay`` simulated seconds from now."""
-        self._seq += 1
-        heapq.heappush(self._queue, (self.now + delay, self._seq, fn))
-
+    # -- the clock (``at`` and the event loop are timecoin.sim.world.Clock's) --------------------------
     def start(self) -> None:
         """Every online node starts the height above its tip (at simulated time ``now``)."""
         for node in self.nodes:
@@ -182,18 +175,11 @@ class SimNet:
         """Start one node's engine at the height above its tip (for tests that drive a node by hand)."""
         self._start_height(node, node.height + 1, self._prev_block_time(node))
 
-    def run(self, until: Callable[[], bool], max_time: float = 60.0, max_events: int = 300_000) -> bool:
-        """Process events until ``until()`` holds (True), or the queue, time or event budget ends (False)."""
-        deadline = self.now + max_time
-        budget = self.events + max_events
-        while not until():
-            if not self._queue or self._queue[0][0] > deadline or self.events >= budget:
-                return False
-            t, _, fn = heapq.heappop(self._queue)
-            self.now = t
-            self.events += 1
-            fn()
-        return True
+    def run(self, until: Callable[[], bool], max_time: float = 60.0,  # type: ignore[override]
+            max_events: int = 300_000) -> bool:
+        """Process events until ``until()`` holds (True), or the queue, ``max_time`` simulated seconds from
+        now or the event budget ends (False)."""
+        return super().run(until, self.now + max_time, max_events)
 
     def run_for(self, seconds: float, max_events: int = 300_000) -> None:
         """Process every event of the next ``seconds`` simulated seconds (bounded by ``max_events``)."""

@@ -24,10 +24,10 @@ no trust: the receiver checks every signature and the power, then marks the valu
 Byzantine validators send, and in whatever order, if one honest node holds a quorum every honest node
 gets it (at the next gossip tick while both are at that height; by sync once the first has decided).
 Compared with CometBFT's two-step claim and bitmap, the proof is bigger (n signatures instead of a
-claim) but it cannot be a lie, so it costs no round trip and opens no memory to a peer's claims. Memory
-stays bounded: at most ``MAX_JUSTIFIED`` justified values per set (with < 1/3 Byzantine power at most one
-non-nil value and nil can have > 2/3), so a set holds at most n first votes, n × (n + 2) counted
-conflicts and 4n waiting ones.
+claim) but it cannot be a lie, so it costs no round trip and opens no memory to a peer's claims.
+Memory stays bounded: at most ``MAX_JUSTIFIED`` justified values per set (with < 1/3 Byzantine power
+only one value, nil included, can have > 2/3; the second slot is slack), so a set holds at most n first
+votes, n × (n + 2) counted conflicts and 4n waiting ones.
 """
 from __future__ import annotations
 
@@ -59,11 +59,7 @@ class VoteSet:
             self.votes[vote.validator] = vote
             self.power += power
             self._count(vote, power)
-            # conflicting votes that waited for someone to back this value now count
-            for waiting in self.pending.values():
-                for item in [w for w in waiting if w[0].block_hash == vote.block_hash]:
-                    waiting.remove(item)
-                    self._count(*item)
+            self._release(vote.block_hash)          # conflicting votes that waited for a backer now count
             return True
         if vote.validator in self.by_hash.get(vote.block_hash, {}) or any(
                 w.block_hash == vote.block_hash for w, _ in self.pending.get(vote.validator, ())):
@@ -85,11 +81,15 @@ class VoteSet:
         if len(self.justified) >= MAX_JUSTIFIED:
             return False
         self.justified.add(block_hash)
+        self._release(block_hash)
+        return True
+
+    def _release(self, block_hash: bytes) -> None:
+        """Count the waiting conflicting votes for ``block_hash``: it is now backed or justified."""
         for waiting in self.pending.values():
             for item in [w for w in waiting if w[0].block_hash == block_hash]:
                 waiting.remove(item)
                 self._count(*item)
-        return True
 
     def quorums(self) -> list[bytes]:
         """Every value (nil included) with > 2/3 of the power."""
