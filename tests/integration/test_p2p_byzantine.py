@@ -16,8 +16,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.integration.test_p2p_misbehaviour import RawPeer, banned, connect_ready, score
-from tests.p2pnet import Net, make_keys, sleep, wait_for
+from tests.p2pnet import Net, RawPeer, banned, connect_ready, make_keys, score, sleep, wait_for
 from timecoin import crypto
 from timecoin.consensus.votes import MAX_PENDING_CONFLICTS
 from timecoin.ledger.block import NIL_HASH, Proposal, QuorumProof, Vote, VoteType

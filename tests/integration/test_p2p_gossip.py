@@ -13,15 +13,8 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.chaingen import ChainBuilder, make_genesis
-from tests.integration.test_p2p_misbehaviour import (
-    banned,
-    connect,
-    connect_ready,
-    honest_unaffected,
-    score,
-    start_pair,
-)
-from tests.p2pnet import Net, make_keys, sleep, wait_for
+from tests.integration.test_p2p_misbehaviour import honest_unaffected, start_pair
+from tests.p2pnet import Net, banned, connect, connect_ready, make_keys, score, sleep, wait_for
 from timecoin.errors import Reason
 from timecoin.ledger.genesis import Genesis, GenesisAccount
 from timecoin.ledger.tx import Transaction, TxKind

@@ -10,74 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import defer, endpoints, reactor
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
-from zope.interface import implementer
+from twisted.internet import reactor
 
-from tests.p2pnet import Net, make_keys, sleep, wait_for
-from timecoin import crypto
+from tests.p2pnet import Net, banned, connect, connect_ready, make_keys, score, sleep, wait_for
 from timecoin.errors import Reason
 from timecoin.ledger.block import NIL_HASH, Vote, VoteType
-from timecoin.node import Node
 from timecoin.p2p.discovery import format_multiaddr
-from timecoin.p2p.identity import HostIdentity
 from timecoin.p2p.peers import DELTAS, GOOD_PER_WINDOW, Event
 from timecoin.wire import messages as m
-from timecoin.wire.framing import FrameDecoder, encode_frame
-
-
-@implementer(IHandshakeListener)
-class RawPeer(Protocol):
-    """A peer that speaks TLS correctly and then sends exactly the bytes a test gives it."""
-
-    def __init__(self) -> None:
-        self.handshake: defer.Deferred[None] = defer.Deferred()
-        self.lost: defer.Deferred[None] = defer.Deferred()
-        self.decoder = FrameDecoder()
-        self.messages: list[tuple[m.MsgType, Any]] = []
-        self.on_message: Any = None              # called with (type, request id, body) as each arrives
-
-    def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted API
-        self.handshake.callback(None)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
-        for frame in self.decoder.feed(data):
-            msg_type, rid, body = m.decode_message(frame)
-            self.messages.append((msg_type, body))
-            if self.on_message is not None:
-                self.on_message(msg_type, rid, body)
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted API
-        if not self.handshake.called:
-            self.handshake.errback(reason)
-        self.lost.callback(None)
-
-    def send(self, msg_type: m.MsgType, body: Any, request_id: int = 0) -> None:
-        self.transport.write(encode_frame(m.encode_message(msg_type, body, request_id)))
-
-    def rejects(self) -> list[int]:
-        return [body.reason for t, body in self.messages if t == m.MsgType.REJECT]
-
-
-async def connect(key: crypto.PrivateKey, target: Node) -> RawPeer:
-    port = target.p2p.listening_port.getHost().port
-    tcp = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
-    endpoint = endpoints.wrapClientTLS(HostIdentity(key).client_creator(target.p2p.peer_id), tcp)
-    peer = RawPeer()
-    await endpoints.connectProtocol(endpoint, peer)
-    await peer.handshake
-    return peer
-
-
-async def connect_ready(key: crypto.PrivateKey, target: Node) -> RawPeer:
-    """Connect and say a correct hello; return once the target treats us as a ready peer."""
-    peer = await connect(key, target)
-    peer.send(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": [], "agent": "attacker"})
-    pid = key.peer_id
-    await wait_for(lambda: pid in target.p2p.connections and target.p2p.connections[pid].state == "ready",
-                   5.0, "attacker admitted")
-    return peer
 
 
 async def start_pair(tmp_path: Path) -> Net:
@@ -87,14 +27,6 @@ async def start_pair(tmp_path: Path) -> Net:
     await wait_for(lambda: min(net.heights()) >= 2 and len(net.nodes[0].p2p.connections) == 1, 15.0,
                    "pair connected and growing")
     return net
-
-
-def score(node: Node, key: crypto.PrivateKey) -> int:
-    return node.p2p.peers.score(key.peer_id)
-
-
-def banned(node: Node, key: crypto.PrivateKey) -> bool:
-    return node.p2p.peers.is_banned(key.peer_id, None, reactor.seconds())
 
 
 async def honest_unaffected(net: Net) -> None:
