@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from timecoin import crypto
 from timecoin.errors import Reason
@@ -62,7 +64,7 @@ class FedPeer:
 
     def disconnect(self) -> None:
         if self.conn.state != "closed":
-            self.conn.connectionLost(None)
+            self.conn.connectionLost(Failure(ConnectionDone()))
 
     @property
     def connected(self) -> bool:
