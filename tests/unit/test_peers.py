@@ -335,6 +335,68 @@ def test_operator_bans(tmp_path: Path) -> None:
         assert not PeerManager(store, config()).is_banned(A, None, T0)
 
 
+# IPv6 (SPEC §5: "IPv6 addresses are banned and counted for max_per_ip by /64"): one host gets a whole /64,
+# so a ban or a per-address count of one IPv6 address would cost an attacker nothing. Documentation range.
+V6_HOST, V6_SAME_64, V6_NEXT_64 = "2001:db8:1:2::5", "2001:db8:1:2::6", "2001:db8:1:3::1"
+
+
+def test_an_ipv6_ban_covers_its_slash_64_and_persists(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    mgr = PeerManager(store, config())
+    mgr.connected(C, V6_HOST, True, False)
+    mgr.connected(D, V6_SAME_64, False, False)
+    mgr.connected(B, V6_NEXT_64, True, False)
+    ban = mgr.set_ban(V6_HOST, 3600, T0, reason="abuse")
+    assert ban.kind == "ip"
+    assert mgr.is_banned(None, V6_SAME_64, T0) and mgr.is_banned(None, "2001:db8:1:2:ffff:ffff:ffff:ffff", T0)
+    assert not mgr.is_banned(None, V6_NEXT_64, T0)
+    assert mgr.admit(A, V6_SAME_64, True, True, T0) == Reason.BANNED
+    assert mgr.admit(A, V6_NEXT_64, True, True, T0) == Reason.OK
+    assert mgr.connections_of(V6_SAME_64) == sorted([C, D])          # the ones the ban disconnects
+    # A reputation ban from an IPv6 address bans its /64 too (and loopback ::1 stays exempt).
+    assert mgr.record(A, Event.INVALID_SIGNATURE, T0, ip="2001:db8:5:6::1").banned_ip is not None
+    assert mgr.is_banned(None, "2001:db8:5:6::2", T0) and not mgr.is_banned(None, "2001:db8:5:7::1", T0)
+    assert mgr.record(D, Event.INVALID_SIGNATURE, T0, ip="::1").banned_ip is None
+    assert not mgr.is_banned(None, "::1", T0)
+    store.close()
+
+    store = open_store(tmp_path)
+    try:
+        fresh = PeerManager(store, config())
+        assert fresh.is_banned(None, V6_SAME_64, T0 + 1) and fresh.is_banned(None, "2001:db8:5:6::9", T0 + 1)
+        assert not fresh.is_banned(None, V6_NEXT_64, T0 + 1)
+        assert fresh.unban("2001:db8:1:2::77")                          # any address of the /64 names the ban
+        assert not fresh.is_banned(None, V6_HOST, T0 + 1)
+    finally:
+        store.close()
+
+
+def test_a_stored_ipv6_address_ban_covers_its_slash_64(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        # As a node before the /64 rule wrote it: one address.
+        old = peers.Ban("ip", V6_HOST, T0 + 600, T0, "old")
+        store.put(BANS, old.key, old.encode())
+        mgr = PeerManager(store, config())
+        assert mgr.is_banned(None, V6_SAME_64, T0) and not mgr.is_banned(None, V6_NEXT_64, T0)
+        assert len(mgr.list_bans(T0)) == 1 and len(store.items(BANS)) == 1
+        assert mgr.unban(V6_SAME_64) and store.items(BANS) == []
+
+
+def test_max_per_ip_counts_an_ipv6_slash_64_as_one_address() -> None:
+    mgr = PeerManager(None, config(max_per_ip=2))
+    assert _connect(mgr, PIDS[0], V6_HOST, True, False) == Reason.OK
+    assert _connect(mgr, PIDS[1], V6_SAME_64, False, False) == Reason.OK
+    assert mgr.ip_count("2001:db8:1:2::99") == 2
+    assert _connect(mgr, PIDS[2], "2001:db8:1:2::99", True, True) == Reason.TOO_MANY_CONNECTIONS
+    assert _connect(mgr, PIDS[2], V6_NEXT_64, True, False) == Reason.OK
+    mgr.disconnected(PIDS[0])
+    assert _connect(mgr, PIDS[3], "2001:db8:1:2::99", True, False) == Reason.OK
+    # IPv4 is still counted by address.
+    assert _connect(mgr, PIDS[4], "203.0.113.1", True, False) == Reason.OK
+    assert _connect(mgr, PIDS[5], "203.0.113.1", True, False) == Reason.OK
+    assert _connect(mgr, PIDS[6], "203.0.113.2", True, False) == Reason.OK
+
+
 # -- rate limit ---------------------------------------------------------------------------------------
 def test_gcra_gives_the_burst_at_once_then_one_token_an_interval() -> None:
     """The one token-bucket step behind our limits on peers and our pacing towards them."""
