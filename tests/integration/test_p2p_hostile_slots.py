@@ -29,6 +29,7 @@ from timecoin.errors import Reason
 from timecoin.node import Node
 from timecoin.p2p import protocol
 from timecoin.p2p.discovery import format_multiaddr
+from timecoin.p2p.service import MAX_PENDING_INBOUND, MAX_PENDING_PER_PREFIX, RESERVED_PENDING
 
 SAME_24 = [f"127.0.0.{i}" for i in range(2, 10)]       # eight addresses in the validator's own /24
 OTHER_24S = [f"127.{i}.0.1" for i in range(1, 9)]     # one address in each of eight other /24s
@@ -97,9 +98,9 @@ async def test_a_validator_is_admitted_past_64_idle_sockets_from_8_addresses(
         took = time.monotonic() - start
         conn = target.p2p.connections[validator.p2p.peer_id]
         assert conn.inbound and conn.is_validator
+        assert target.p2p.is_validator_ip("127.0.0.1")          # remembered: room is kept for it from now on
         print(f"\nvalidator admitted {took:.2f} s after learning the address ({len(held)} idle sockets held)")
         # Few slots per /24: eight addresses in one /24 hold 16 at most; 8 other /24s are capped overall.
-        from timecoin.p2p.service import MAX_PENDING_INBOUND, MAX_PENDING_PER_PREFIX, RESERVED_PENDING
         cap = MAX_PENDING_PER_PREFIX if sources is SAME_24 else MAX_PENDING_INBOUND - RESERVED_PENDING
         assert len(held) <= cap
         assert sum(1 for s in sockets if s.lost.called) >= len(sockets) - cap     # the oldest were evicted
@@ -194,6 +195,10 @@ async def test_pending_room_is_kept_for_addresses_where_validators_are_known(tmp
         # The target's peer store says validator node1 listens at 198.51.100.7 (a peer-store entry whose
         # PeerID is in the validator set): that address gets reserved pending room before TLS.
         p2p.peerstore.add(format_multiaddr("198.51.100.7", 9333, validator_pid), "exchange", reactor.seconds())
+        p2p.peerstore.add(format_multiaddr("2001:db8:aa:1::7", 9333, validator_pid), "exchange", reactor.seconds())
+        p2p.refresh_validator_ips(force=True)
+        assert p2p.is_validator_ip("2001:db8:aa:1::99") and not p2p.is_validator_ip("2001:db8:aa:2::7")
+        assert not p2p.is_validator_ip("198.51.100.8")
         validator_conn = start_pending(p2p, "198.51.100.7")
         assert validator_conn is not None
         # Attackers from the validator's /24 and from 100 other /64s churn the table: each newcomer evicts
@@ -204,8 +209,10 @@ async def test_pending_room_is_kept_for_addresses_where_validators_are_known(tmp
         # A second connection from the validator's address still gets in with the table full of attackers.
         second = start_pending(p2p, "198.51.100.7")
         assert second is not None and not validator_conn.aborted
+        v6 = start_pending(p2p, "2001:db8:aa:1::5")                   # the validator's /64: reserved too
+        assert v6 is not None and p2p.pending.count(reserved=True) == 3
+        p2p.pending_done(v6)
         alive = [a for a in attackers if a is not None and not a.aborted]
-        from timecoin.p2p.service import MAX_PENDING_INBOUND, MAX_PENDING_PER_PREFIX, RESERVED_PENDING
         assert len(alive) <= MAX_PENDING_INBOUND - RESERVED_PENDING
         assert sum(1 for a in alive if a.pending_ip and a.pending_ip.startswith("198.51.100.")) \
             <= MAX_PENDING_PER_PREFIX - 2
