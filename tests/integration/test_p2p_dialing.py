@@ -1,5 +1,5 @@
 """Dialing and accepting over real TCP/TLS on 127.0.0.1 (LMDB in tmp_path): refused dials back off;
-bans and pending-connection caps apply on accept, before TLS."""
+bans and pending-connection caps apply on accept, before TLS (the oldest pending connection makes room)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,7 +59,7 @@ async def raw_tcp(node: Node) -> RawTCP:
 
 
 @pytest_twisted.ensureDeferred
-async def test_banned_ips_and_over_cap_pending_connections_are_refused_before_tls(tmp_path: Path) -> None:
+async def test_banned_ips_are_refused_and_over_cap_pending_connections_evicted_before_tls(tmp_path: Path) -> None:
     net = Net(tmp_path, 1)
     try:
         await net.start(connect=False)
@@ -74,17 +74,18 @@ async def test_banned_ips_and_over_cap_pending_connections_are_refused_before_tl
         assert p2p.pre_tls_refusal("127.0.0.1") == Reason.OK
         # Real sockets: MAX_PENDING_PER_IP unauthenticated connections are held (waiting for TLS)...
         held = [await raw_tcp(node) for _ in range(MAX_PENDING_PER_IP)]
-        await wait_for(lambda: p2p._pending.get("127.0.0.1") == MAX_PENDING_PER_IP, 5.0, "pending counted")
-        assert p2p.pre_tls_refusal("127.0.0.1") == Reason.TOO_MANY_CONNECTIONS
-        # ...the next is closed on accept, before a single TLS byte.
+        await wait_for(lambda: p2p.pending.count(ip="127.0.0.1") == MAX_PENDING_PER_IP, 5.0, "pending counted")
+        # ...the next one from that address takes the place of the oldest (SPEC §5: oldest-first eviction),
+        # which is closed before a single TLS byte.
         extra = await raw_tcp(node)
-        await wait_for(lambda: extra.lost.called, 5.0, "the over-cap connection closed")
-        assert extra.data == b""
-        assert not any(h.lost.called for h in held)
+        await wait_for(lambda: held[0].lost.called, 5.0, "the oldest pending connection evicted")
+        assert held[0].data == b""
+        assert not extra.lost.called and not any(h.lost.called for h in held[1:])
+        assert p2p.pending.count(ip="127.0.0.1") == MAX_PENDING_PER_IP
         # Closing the pending ones frees their places.
-        for h in held:
+        for h in [*held[1:], extra]:
             h.transport.loseConnection()
-        await wait_for(lambda: not p2p._pending, 5.0, "pending released")
+        await wait_for(lambda: len(p2p.pending) == 0, 5.0, "pending released")
         assert p2p.pre_tls_refusal("127.0.0.1") == Reason.OK
     finally:
         await net.stop()

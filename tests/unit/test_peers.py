@@ -26,6 +26,7 @@ from timecoin.p2p.peers import (
     PeerManager,
     event_for_reason,
 )
+from timecoin.p2p.pending import PendingTable
 from timecoin.store import BANS, PEERS, Store
 
 PIDS = [PrivateKey(bytes([i + 1]) * 32).peer_id for i in range(12)]
@@ -333,6 +334,137 @@ def test_operator_bans(tmp_path: Path) -> None:
         assert mgr.clear_bans() == 1
         assert mgr.list_bans(T0) == [] and store.items(BANS) == []
         assert not PeerManager(store, config()).is_banned(A, None, T0)
+
+
+# IPv6 (SPEC §5: "IPv6 addresses are banned and counted for max_per_ip by /64"): one host gets a whole /64,
+# so a ban or a per-address count of one IPv6 address would cost an attacker nothing. Documentation range.
+V6_HOST, V6_SAME_64, V6_NEXT_64 = "2001:db8:1:2::5", "2001:db8:1:2::6", "2001:db8:1:3::1"
+
+
+def test_an_ipv6_ban_covers_its_slash_64_and_persists(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    mgr = PeerManager(store, config())
+    mgr.connected(C, V6_HOST, True, False)
+    mgr.connected(D, V6_SAME_64, False, False)
+    mgr.connected(B, V6_NEXT_64, True, False)
+    ban = mgr.set_ban(V6_HOST, 3600, T0, reason="abuse")
+    assert ban.kind == "ip"
+    assert mgr.is_banned(None, V6_SAME_64, T0) and mgr.is_banned(None, "2001:db8:1:2:ffff:ffff:ffff:ffff", T0)
+    assert not mgr.is_banned(None, V6_NEXT_64, T0)
+    assert mgr.admit(A, V6_SAME_64, True, True, T0) == Reason.BANNED
+    assert mgr.admit(A, V6_NEXT_64, True, True, T0) == Reason.OK
+    assert mgr.connections_of(V6_SAME_64) == sorted([C, D])          # the ones the ban disconnects
+    # A reputation ban from an IPv6 address bans its /64 too (and loopback ::1 stays exempt).
+    assert mgr.record(A, Event.INVALID_SIGNATURE, T0, ip="2001:db8:5:6::1").banned_ip is not None
+    assert mgr.is_banned(None, "2001:db8:5:6::2", T0) and not mgr.is_banned(None, "2001:db8:5:7::1", T0)
+    assert mgr.record(D, Event.INVALID_SIGNATURE, T0, ip="::1").banned_ip is None
+    assert not mgr.is_banned(None, "::1", T0)
+    store.close()
+
+    store = open_store(tmp_path)
+    try:
+        fresh = PeerManager(store, config())
+        assert fresh.is_banned(None, V6_SAME_64, T0 + 1) and fresh.is_banned(None, "2001:db8:5:6::9", T0 + 1)
+        assert not fresh.is_banned(None, V6_NEXT_64, T0 + 1)
+        assert fresh.unban("2001:db8:1:2::77")                          # any address of the /64 names the ban
+        assert not fresh.is_banned(None, V6_HOST, T0 + 1)
+    finally:
+        store.close()
+
+
+def test_a_stored_ipv6_address_ban_covers_its_slash_64(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        # As a node before the /64 rule wrote it: one address.
+        old = peers.Ban("ip", V6_HOST, T0 + 600, T0, "old")
+        store.put(BANS, old.key, old.encode())
+        mgr = PeerManager(store, config())
+        assert mgr.is_banned(None, V6_SAME_64, T0) and not mgr.is_banned(None, V6_NEXT_64, T0)
+        assert len(mgr.list_bans(T0)) == 1 and len(store.items(BANS)) == 1
+        assert mgr.unban(V6_SAME_64) and store.items(BANS) == []
+
+
+def test_max_per_ip_counts_an_ipv6_slash_64_as_one_address() -> None:
+    mgr = PeerManager(None, config(max_per_ip=2))
+    assert _connect(mgr, PIDS[0], V6_HOST, True, False) == Reason.OK
+    assert _connect(mgr, PIDS[1], V6_SAME_64, False, False) == Reason.OK
+    assert mgr.ip_count("2001:db8:1:2::99") == 2
+    assert _connect(mgr, PIDS[2], "2001:db8:1:2::99", True, True) == Reason.TOO_MANY_CONNECTIONS
+    assert _connect(mgr, PIDS[2], V6_NEXT_64, True, False) == Reason.OK
+    mgr.disconnected(PIDS[0])
+    assert _connect(mgr, PIDS[3], "2001:db8:1:2::99", True, False) == Reason.OK
+    # IPv4 is still counted by address.
+    assert _connect(mgr, PIDS[4], "203.0.113.1", True, False) == Reason.OK
+    assert _connect(mgr, PIDS[5], "203.0.113.1", True, False) == Reason.OK
+    assert _connect(mgr, PIDS[6], "203.0.113.2", True, False) == Reason.OK
+
+
+def test_ip_keys_and_prefixes() -> None:
+    assert peers.ip_key("2001:db8:1:2:aaaa::5") == peers.ip_key(V6_HOST) == "2001:db8:1:2::/64"
+    assert peers.ip_key("::ffff:203.0.113.7") == "203.0.113.7" and peers.ip_key("::1") == "::1"
+    assert peers.ip_key("nonsense") is None and peers.ip_key(None) is None
+    assert peers.ip_prefix("203.0.113.7") == "203.0.113.0/24" and peers.ip_prefix(V6_HOST) == "2001:db8:1:2::/64"
+    assert peers.ban_ip_key("2001:db8:1:2::/64") == "2001:db8:1:2::/64"
+    assert peers.ban_ip_key("2001:db8:1::/48") is None and peers.ban_ip_key("203.0.113.0/24") is None
+
+
+# -- pre-TLS pending slots (timecoin/p2p/pending.py) -----------------------------------------------------
+def _pend(table: PendingTable, key: str, ip: str, reserved: bool = False, room: int | None = None) -> str | None:
+    """What the service does on accept: make room (evicting one entry if told), then add. Returns the evicted
+    key, "refused", or None."""
+    ok, victim = table.make_room(peers.ip_key(ip) or ip, peers.ip_prefix(ip) or ip, reserved, room)
+    if not ok:
+        return "refused"
+    if victim is not None:
+        table.remove(victim)
+    table.add(key, peers.ip_key(ip) or ip, peers.ip_prefix(ip) or ip, reserved)
+    return None if victim is None else str(victim)
+
+
+def test_pending_slots_evict_the_oldest_of_the_same_address_then_prefix() -> None:
+    table = PendingTable(total=8, per_ip=2, per_prefix=3, reserved=2)
+    assert _pend(table, "a1", "198.51.100.1") is None and _pend(table, "a2", "198.51.100.1") is None
+    assert _pend(table, "a3", "198.51.100.1") == "a1"                  # per address: its own oldest goes
+    assert _pend(table, "b1", "198.51.100.2") is None
+    assert _pend(table, "c1", "198.51.100.3") == "a2"                  # per /24: the prefix's oldest goes
+    assert _pend(table, "x1", "203.0.113.1") is None                   # another /24 is not touched
+    assert table.count(prefix="198.51.100.0/24") == 3 and "x1" in table
+    # An IPv6 /64 is one address; a room of 0 (max_per_ip reached) refuses.
+    assert _pend(table, "v1", "2001:db8:1:2::1") is None and _pend(table, "v2", "2001:db8:1:2::2") is None
+    assert _pend(table, "v3", "2001:db8:1:2::3") == "v1"
+    assert _pend(table, "w1", "2001:db8:1:3::1", room=0) == "refused"
+
+
+def test_a_full_pending_table_evicts_the_oldest_of_the_most_crowded_prefix() -> None:
+    table = PendingTable(total=6, per_ip=2, per_prefix=2, reserved=0)
+    for i, ip in enumerate(["192.0.2.1", "198.51.100.1", "198.51.100.2", "203.0.113.1", "203.0.113.2",
+                            "2001:db8::1"]):
+        assert _pend(table, f"e{i}", ip) is None
+    # Full: the lone oldest (e0, 192.0.2.1) is kept; the oldest of the first most crowded /24 goes.
+    assert _pend(table, "new", "2001:db8:9::1") == "e1"
+    assert "e0" in table and len(table) == 6
+
+
+def test_pending_room_is_kept_for_reserved_addresses() -> None:
+    table = PendingTable(total=6, per_ip=2, per_prefix=4, reserved=2)
+    assert _pend(table, "val", "198.51.100.7", reserved=True) is None
+    for i in range(20):                                                 # a flood from the validator's /24
+        _pend(table, f"f{i}", f"198.51.100.{20 + i}")
+    assert "val" in table                                               # never evicted by the unreserved
+    assert table.count(reserved=False) <= 3
+    for i in range(20):                                                 # and from many other /24s
+        _pend(table, f"g{i}", f"203.0.{i}.1")
+    assert "val" in table and table.count(reserved=False) <= 6 - 2
+    # A reserved newcomer always finds room (it evicts an unreserved entry, not the other validator).
+    assert _pend(table, "val2", "192.0.2.9", reserved=True) is None
+    assert _pend(table, "val3", "192.0.2.10", reserved=True) not in (None, "refused", "val", "val2")
+    assert "val" in table and "val2" in table
+    # Only reserved entries left to evict: an unreserved newcomer over a cap is refused, a reserved one is not.
+    full = PendingTable(total=2, per_ip=1, per_prefix=2, reserved=1)
+    assert _pend(full, "r1", "198.51.100.1", reserved=True) is None
+    assert _pend(full, "r2", "198.51.100.2", reserved=True) is None
+    assert _pend(full, "x", "203.0.113.1") == "refused"
+    assert _pend(full, "r3", "203.0.113.2", reserved=True) == "r1"
+    assert full.remove("r2") and not full.remove("r2")
 
 
 # -- rate limit ---------------------------------------------------------------------------------------

@@ -33,6 +33,12 @@ Bans
     the PeerID only, :meth:`PeerManager.is_banned` ignores IP bans for loopback addresses, and
     :meth:`PeerManager.set_ban` refuses a loopback IP. IPv4-mapped IPv6 addresses count as their IPv4.
 
+    **IPv6 is banned by /64** (SPEC §5): one host or one customer line usually holds a whole /64, so a ban
+    of one address of it would cost the offender nothing. An IP ban's target is :func:`ip_key` of the
+    address -- the address itself for IPv4, ``"2001:db8:1:2::/64"`` for IPv6 -- so any address of that /64
+    is refused; ``set_ban``/``unban`` take any address of the /64 (or the /64 itself). A ban an older node
+    stored for one IPv6 address is read as a ban of its /64. Loopback ``::1`` stays exempt.
+
 Limits
     A token bucket per peer for request messages (``rate_limit`` per minute, ``rate_limit_burst`` at once);
     a second, separate bucket per peer for transaction gossip (:data:`TX_GOSSIP_RATE` per minute,
@@ -41,8 +47,10 @@ Limits
     budget is dropped (not relayed) and charged :data:`Event.TX_OVER_BUDGET`, a race-prone fault (at
     most one charge per RACE_WINDOW); our own relay paces itself inside the same budget;
     connection slots (``max_inbound`` for observers plus ``validator_slots`` more inbound slots that only
-    validator peers may use, ``max_outbound``, ``max_per_ip`` over both directions including loopback, one
-    connection per PeerID, ``require_stake``); at most ``max_inflight_requests`` open requests per peer.
+    validator peers may use, ``max_outbound``, ``max_per_ip`` over both directions including loopback and
+    counting an IPv6 /64 as one address (:func:`ip_key`), one connection per PeerID, ``require_stake``); at
+    most ``max_inflight_requests`` open requests per peer. Connections not yet through TLS are counted
+    before this, by the service (:mod:`timecoin.p2p.pending`, per :func:`ip_key` and :func:`ip_prefix`).
 """
 from __future__ import annotations
 
@@ -220,6 +228,46 @@ def is_loopback(ip: str | None) -> bool:
     return norm is not None and ipaddress.ip_address(norm).is_loopback
 
 
+IPV6_BAN_PREFIX = 64          # IPv6 addresses are banned and counted for max_per_ip by /64 (SPEC §5)
+IPV4_PENDING_PREFIX = 24      # connections not yet through TLS are counted per /24 (IPv4) and /64 (IPv6)
+
+
+def ip_key(ip: str | None) -> str | None:
+    """What bans and ``max_per_ip`` count an address as: an IPv4 address (IPv4-mapped too) or loopback as
+    itself, any other IPv6 address as its /64 (``"2001:db8:1:2::/64"``); None for a non-address."""
+    norm = normalize_ip(ip)
+    if norm is None:
+        return None
+    addr = ipaddress.ip_address(norm)
+    if addr.version == 4 or addr.is_loopback:
+        return norm
+    return str(ipaddress.IPv6Network((addr, IPV6_BAN_PREFIX), strict=False))
+
+
+def ip_prefix(ip: str | None) -> str | None:
+    """The network a connection not yet through TLS is counted in: the /24 of IPv4, the /64 of IPv6."""
+    norm = normalize_ip(ip)
+    if norm is None:
+        return None
+    addr = ipaddress.ip_address(norm)
+    if addr.version == 6:
+        return ip_key(norm)
+    return str(ipaddress.IPv4Network((addr, IPV4_PENDING_PREFIX), strict=False))
+
+
+def ban_ip_key(target: str | None) -> str | None:
+    """The IP ban key ``target`` names: :func:`ip_key` of an address, or an IPv6 /64 written as a network
+    (``"2001:db8:1:2::/64"``); None for anything else."""
+    key = ip_key(target)
+    if key is not None or not target:
+        return key
+    try:
+        net = ipaddress.IPv6Network(target.strip(), strict=True)
+    except ValueError:
+        return None
+    return str(net) if net.prefixlen == IPV6_BAN_PREFIX else None
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What :meth:`PeerManager.record` did: the delta applied, the new score, and whether the peer is banned."""
@@ -321,7 +369,7 @@ class PeerManager:
         self._peer_bans: dict[str, Ban] = {}
         self._ip_bans: dict[str, Ban] = {}
         self._conns: dict[str, _Conn] = {}
-        self._per_ip: dict[str, int] = {}
+        self._per_ip: dict[str, int] = {}         # connections by ip_key (an IPv6 /64 counts as one address)
         self._buckets: dict[str, float] = {}      # token buckets as theoretical arrival times
         self._tx_buckets: dict[str, float] = {}   # the same for transaction gossip (a separate budget)
         self.tx_rate = TX_GOSSIP_RATE             # per minute
@@ -342,6 +390,7 @@ class PeerManager:
                 continue
             if score != 0 and math.isfinite(base):
                 self._scores[peer_id] = _Score(_clamp(score), base)
+        rekeyed: dict[bytes, bytes | None] = {}
         for key, value in store.items(BANS):
             ban = self._decode_ban(key, value)
             if ban is None:
@@ -349,7 +398,23 @@ class PeerManager:
             elif ban.kind == "peer":
                 self._peer_bans[ban.target] = ban
             else:
+                ban = self._rekeyed_ip_ban(ban, key, rekeyed)
                 self._ip_bans[ban.target] = ban
+        if rekeyed:
+            store.write_many(BANS, rekeyed)
+
+    def _rekeyed_ip_ban(self, ban: Ban, key: bytes, rekeyed: dict[bytes, bytes | None]) -> Ban:
+        """An IP ban under its :func:`ip_key` (an older node banned one IPv6 address: now its /64)."""
+        target = ban_ip_key(ban.target)
+        if target is None or target == ban.target:
+            return ban
+        new = Ban("ip", target, ban.until, ban.since, ban.reason)
+        held = self._ip_bans.get(target)
+        if held is not None and held.until >= new.until:
+            new = held
+        rekeyed[key] = None
+        rekeyed[new.key] = new.encode()
+        return new
 
     @staticmethod
     def _decode_ban(key: bytes, value: bytes) -> Ban | None:
@@ -446,8 +511,8 @@ class PeerManager:
         bans = [Ban("peer", peer_id, now + self.config.ban_duration, now, f"reputation {new} after {event.value}")]
         banned_ip = None
         if ip_norm is not None and not is_loopback(ip_norm):
-            banned_ip = ip_norm
-            bans.append(Ban("ip", ip_norm, now + self.config.ban_duration, now, f"peer {peer_id} banned"))
+            banned_ip = ip_key(ip_norm) or ip_norm  # an IPv6 address: its /64
+            bans.append(Ban("ip", banned_ip, now + self.config.ban_duration, now, f"peer {peer_id} banned"))
         self._put_bans(bans)
         self.log.info("Banned peer {peer} (ip {ip}) until {until}: reputation {score} after {event}",
                       peer=peer_id, ip=banned_ip, until=bans[0].until, score=new, event=event.value)
@@ -502,12 +567,13 @@ class PeerManager:
                 self._write_score(ban.target, _Score(POST_BAN_SCORE, base))
 
     def is_banned(self, peer_id: str | None, ip: str | None, now: float) -> bool:
-        """True if the PeerID is banned, or the IP is (IP bans never apply to loopback addresses)."""
+        """True if the PeerID is banned, or the IP is -- an IPv6 address when its /64 is (IP bans never apply
+        to loopback addresses)."""
         self._tick(now)
         if self._ban_until(self._peer_bans, peer_id, now) is not None:
             return True
-        norm = normalize_ip(ip)
-        return norm is not None and not is_loopback(norm) and self._ban_until(self._ip_bans, norm, now) is not None
+        key = ip_key(ip)
+        return key is not None and not is_loopback(key) and self._ban_until(self._ip_bans, key, now) is not None
 
     def list_bans(self, now: float) -> list[Ban]:
         """Every ban in force (expired ones are lifted), soonest to end first."""
@@ -517,10 +583,10 @@ class PeerManager:
         return sorted([*self._peer_bans.values(), *self._ip_bans.values()], key=lambda b: (b.until, b.target))
 
     def _target(self, target: str) -> tuple[str, str]:
-        """("ip", canonical address) or ("peer", PeerID); ValueError for anything else."""
-        norm = normalize_ip(target)
-        if norm is not None:
-            return "ip", norm
+        """("ip", ban key: :func:`ban_ip_key`) or ("peer", PeerID); ValueError for anything else."""
+        key = ban_ip_key(target)
+        if key is not None:
+            return "ip", key
         try:
             crypto.pubkey_from_peer_id(target)
         except DecodeError as exc:
@@ -530,8 +596,9 @@ class PeerManager:
     def set_ban(self, target: str, seconds: float, now: float, reason: str = "operator") -> Ban:
         """Operator ban of a PeerID or an IP for ``seconds`` (replaces a ban of the same target).
 
-        Refuses (ValueError) a loopback IP -- it would ban every local peer -- and a bad duration. The
-        caller disconnects the matching connections (:meth:`connections_of`).
+        An IPv6 address bans its /64 (module docstring). Refuses (ValueError) a loopback IP -- it would ban
+        every local peer -- and a bad duration. The caller disconnects the matching connections
+        (:meth:`connections_of`).
         """
         self._tick(now)
         kind, norm = self._target(target)
@@ -560,11 +627,11 @@ class PeerManager:
         return len(bans)
 
     def connections_of(self, target: str) -> list[str]:
-        """Connected PeerIDs a ban of ``target`` (PeerID or IP) covers: the ones to disconnect."""
-        kind, norm = self._target(target)
+        """Connected PeerIDs a ban of ``target`` (PeerID or IP; IPv6: its /64) covers: the ones to disconnect."""
+        kind, key = self._target(target)
         if kind == "peer":
-            return [norm] if norm in self._conns else []
-        return sorted(pid for pid, c in self._conns.items() if c.ip == norm)
+            return [key] if key in self._conns else []
+        return sorted(pid for pid, c in self._conns.items() if ip_key(c.ip) == key)
 
     # -- rate limit ------------------------------------------------------------------------------
     def allow_request(self, peer_id: str, now: float) -> bool:
@@ -618,8 +685,7 @@ class PeerManager:
             return Reason.INSUFFICIENT_STAKE
         if peer_id in self._conns:
             return Reason.DUPLICATE
-        norm = normalize_ip(ip)
-        if norm is not None and self._per_ip.get(norm, 0) >= cfg.max_per_ip:
+        if self.ip_count(ip) >= cfg.max_per_ip:
             return Reason.TOO_MANY_CONNECTIONS
         if inbound:
             total = sum(1 for c in self._conns.values() if c.inbound)
@@ -638,25 +704,26 @@ class PeerManager:
         """Register an admitted connection (ValueError if the PeerID already holds one)."""
         if peer_id in self._conns:
             raise ValueError(f"peer {peer_id} is already connected")
-        norm = normalize_ip(ip)
-        self._conns[peer_id] = _Conn(norm, inbound, is_validator)
-        if norm is not None:
-            self._per_ip[norm] = self._per_ip.get(norm, 0) + 1
+        self._conns[peer_id] = _Conn(normalize_ip(ip), inbound, is_validator)
+        key = ip_key(ip)
+        if key is not None:
+            self._per_ip[key] = self._per_ip.get(key, 0) + 1
 
     def disconnected(self, peer_id: str) -> None:
         """Free the peer's slot and its in-flight count (a no-op for a peer not connected)."""
         conn = self._conns.pop(peer_id, None)
-        if conn is not None and conn.ip is not None:
-            left = self._per_ip.get(conn.ip, 1) - 1
+        key = ip_key(conn.ip) if conn is not None else None
+        if key is not None:
+            left = self._per_ip.get(key, 1) - 1
             if left > 0:
-                self._per_ip[conn.ip] = left
+                self._per_ip[key] = left
             else:
-                self._per_ip.pop(conn.ip, None)
+                self._per_ip.pop(key, None)
 
     def ip_count(self, ip: str | None) -> int:
-        """Connections (both directions) registered from ``ip``."""
-        norm = normalize_ip(ip)
-        return 0 if norm is None else self._per_ip.get(norm, 0)
+        """Connections (both directions) registered from ``ip`` (from its /64 for IPv6: :func:`ip_key`)."""
+        key = ip_key(ip)
+        return 0 if key is None else self._per_ip.get(key, 0)
 
     def is_connected(self, peer_id: str) -> bool:
         return peer_id in self._conns

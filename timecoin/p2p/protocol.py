@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from timecoin.p2p.service import P2PService
 
 MAX_QUEUED_BYTES = 4 << 20          # unprocessed input per peer before its socket is paused
-HANDSHAKE_TIMEOUT = 10.0            # TLS + hello must complete within this
+HANDSHAKE_TIMEOUT = 10.0            # TLS + hello must complete within this (from the TCP connection)
+PRE_TLS_TIMEOUT = 3.0               # ... and TLS alone within this: a socket idle before TLS loses its slot
 PACE_FRACTION = 0.9                 # our request rate to a peer, as a fraction of its (assumed) rate_limit
 PACE_BURST_MARGIN = 2               # requests of its burst we leave unused (pings share the budget)
 REQUEST_TIMEOUT = 15.0              # SPEC §6: an unanswered request moves on after ~15 s
@@ -95,9 +96,17 @@ class PeerConnection(Protocol):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def connectionMade(self) -> None:  # noqa: N802 - Twisted API
+        """TCP is up, TLS not yet: the handshake timer first checks TLS (PRE_TLS_TIMEOUT), then hello.
+
+        A connection not through TLS holds a pending slot (service.pending_started) and costs its peer
+        nothing -- an idle socket sends no byte at all -- so it gets a short timeout; a slow but honest link
+        still finishes TLS 1.3 (one round trip) in far less. The hello after TLS keeps HANDSHAKE_TIMEOUT.
+        """
         peer = self.transport.getPeer()
         self.ip, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
-        self._handshake_timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshake_timed_out)
+        self._hello_deadline = self.clock.seconds() + HANDSHAKE_TIMEOUT
+        self._handshake_timer = self.clock.callLater(min(PRE_TLS_TIMEOUT, HANDSHAKE_TIMEOUT),
+                                                     self._handshake_timed_out)
 
     def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted API
         self.service.pending_done(self)
@@ -127,7 +136,15 @@ class PeerConnection(Protocol):
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
-        if self.state in ("tls", "hello"):
+        if self.state == "tls":
+            # No key yet, so no one to charge; debug only: an attacker opens such sockets by the thousand.
+            self.log.debug("Peer {ip}:{port} did not finish TLS in time", ip=self.ip, port=self.port)
+            self.abort()
+        elif self.state == "hello":
+            left = self._hello_deadline - self.clock.seconds()
+            if left > 0:
+                self._handshake_timer = self.clock.callLater(left, self._handshake_timed_out)
+                return
             self.log.info("Peer {ip}:{port} did not complete the handshake in time", ip=self.ip, port=self.port)
             self.service.penalize(self, Reason.TIMEOUT)
             self.abort()

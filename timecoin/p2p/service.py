@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import os
 import random
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
@@ -33,6 +33,7 @@ from timecoin.ledger.tx import Transaction
 from timecoin.p2p import discovery, peers
 from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
 from timecoin.p2p.identity import HostIdentity
+from timecoin.p2p.pending import PendingTable
 from timecoin.p2p.protocol import PeerConnection, RequestFailed
 from timecoin.wire import messages as m
 
@@ -46,8 +47,12 @@ DIAL_INTERVAL = 1.0
 DIAL_TIMEOUT = 5.0
 PING_MISSES_BEFORE_DROP = 4
 ENVELOPE_HEADER = 5                # type (1) + request id (4): what a message id leaves out
-MAX_PENDING_INBOUND = 64           # inbound connections still in TLS/identity at once (before any TLS work)
-MAX_PENDING_PER_IP = 8             # of those, from one IP address
+MAX_PENDING_INBOUND = 64           # inbound connections not yet through TLS at once (pending.py)
+MAX_PENDING_PER_IP = 8             # of those, from one address (an IPv6 /64 counts as one: peers.ip_key)
+MAX_PENDING_PER_PREFIX = 16        # ... from one /24 (IPv4) or /64 (IPv6): peers.ip_prefix
+RESERVED_PENDING = 16              # ... held only by addresses where validator peers are known to be
+VALIDATOR_IPS_REFRESH = 10.0       # s between rebuilds of those addresses from the validator set and peer store
+MAX_VALIDATOR_IPS = 1_024          # addresses validator peers were connected from, remembered (oldest forgotten)
 MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered for VALID_BLOCK credit
 MAX_CAPPED = 10_000                # next-height messages refused for a per-sender cap, remembered per height
 FETCH_RETRY = 0.5                  # s before a block wanted by hash is asked of the next peer
@@ -74,10 +79,12 @@ class _ConnectionFactory(Factory):
 
 
 class _GateFactory(Factory):
-    """Inbound TCP, before TLS: refuse banned IPs and over-cap pending connections at accept time.
+    """Inbound TCP, before TLS: refuse banned IPs and full addresses at accept time, count the rest as pending.
 
     Returning None from buildProtocol makes the listening port close the socket at once, so a refused
-    connection costs no TLS handshake (no certificate check, no key exchange) and no bytes are sent.
+    connection costs no TLS handshake (no certificate check, no key exchange) and no bytes are sent. A
+    connection over a pending cap is not refused: the oldest one it competes with is evicted
+    (:meth:`P2PService.pending_started`).
     """
 
     def __init__(self, p2p: P2PService, tls: TLSMemoryBIOFactory) -> None:
@@ -124,7 +131,11 @@ class P2PService(service.Service):
         self._queued: set[int] = set()
         self._drain_call: Any = None
         self._dialing: set[str] = set()
-        self._pending: dict[str, int] = {}                   # inbound connections not yet authenticated, by IP
+        self.pending = PendingTable(MAX_PENDING_INBOUND, MAX_PENDING_PER_IP, MAX_PENDING_PER_PREFIX,
+                                    RESERVED_PENDING)         # inbound connections not yet through TLS
+        self._validator_ips: set[str] = set()                # ip_keys of validators in the peer store ...
+        self._validator_ips_at = -float("inf")               # ... as of this time
+        self._validator_seen: dict[str, None] = {}           # ip_keys validator peers connected from, oldest first
         self._loops: list[task.LoopingCall] = []
         self._rng = random.Random(os.urandom(16))
         if node.consensus is not None:
@@ -191,43 +202,95 @@ class P2PService(service.Service):
         return None
 
     # -- admission -------------------------------------------------------------------------------
+    # Before TLS (SPEC §5: "connections not yet through TLS get few slots per /24 and /64, a short timeout,
+    # and oldest-first eviction, with room kept for validators"): the listener asks pre_tls_refusal, then
+    # pending_started counts the connection in self.pending (timecoin.p2p.pending: the caps, eviction and
+    # reservation rules) and evicts what it must; PeerConnection aborts it if TLS is not done within
+    # protocol.PRE_TLS_TIMEOUT. The key is unknown until TLS ends, so the room kept for validators goes by
+    # address: addresses validator peers have been connected from (remembered, MAX_VALIDATOR_IPS) and the
+    # peer-store addresses of PeerIDs in the validator set (rebuilt every VALIDATOR_IPS_REFRESH s). An
+    # attacker on such an address gains only what that address already had; a validator at a new address
+    # still gets in by eviction (it takes the slot of the oldest of the most crowded prefix), and after TLS
+    # PeerManager.admit keeps validator_slots for keys proved to be validators.
     def pre_tls_refusal(self, ip: str) -> Reason:
         """May an inbound TCP connection from ``ip`` start a TLS handshake? Reason.OK or why not.
 
-        Banned IPs (never loopback: PeerManager.is_banned ignores IP bans there), a full pending table
-        (MAX_PENDING_INBOUND overall, MAX_PENDING_PER_IP per address), an IP already at max_per_ip, and
-        inbound slots full even counting the validator-reserved ones (the key is not known yet).
+        Banned IPs (never loopback: PeerManager.is_banned ignores IP bans there; an IPv6 ban covers the /64),
+        an address (IPv6: its /64) whose admitted connections already reach max_per_ip, inbound slots full
+        even counting the validator-reserved ones, and a pending table with nothing the newcomer may evict
+        (only entries reserved for validators). A full table, prefix or address (its pending connections
+        plus admitted ones at max_per_ip) is not a refusal: the oldest connection competing with the
+        newcomer is evicted (pending_started).
         """
         if not self.running or self.peers is None:
             return Reason.SHUTTING_DOWN
-        now = self.reactor.seconds()
-        norm = peers.normalize_ip(ip) or ip
-        if self.peers.is_banned(None, norm, now):
+        if self.peers.is_banned(None, ip, self.reactor.seconds()):
             return Reason.BANNED
-        pending_here = self._pending.get(norm, 0)
-        if sum(self._pending.values()) >= MAX_PENDING_INBOUND or pending_here >= MAX_PENDING_PER_IP:
-            return Reason.TOO_MANY_CONNECTIONS
-        if self.peers.ip_count(norm) + pending_here >= self.config.max_per_ip:
-            return Reason.TOO_MANY_CONNECTIONS
         if self.peers.inbound_count >= self.config.max_inbound + self.config.validator_slots:
             return Reason.TOO_MANY_CONNECTIONS
-        return Reason.OK
+        key, prefix, reserved, room = self._pending_slot(ip)
+        ok, _ = self.pending.make_room(key, prefix, reserved, room)
+        return Reason.OK if ok else Reason.TOO_MANY_CONNECTIONS
+
+    def _pending_slot(self, ip: str) -> tuple[str, str, bool, int]:
+        """(address key, prefix, reserved for validators?, slots max_per_ip leaves the address) of ``ip``."""
+        key = peers.ip_key(ip) or ip
+        prefix = peers.ip_prefix(ip) or key
+        room = self.config.max_per_ip - (self.peers.ip_count(ip) if self.peers is not None else 0)
+        return key, prefix, self.is_validator_ip(ip), room
 
     def pending_started(self, conn: PeerConnection, ip: str) -> None:
-        norm = peers.normalize_ip(ip) or ip
-        conn.pending_ip = norm
-        self._pending[norm] = self._pending.get(norm, 0) + 1
+        """Count an accepted connection as pending; first evict (abort) the one :class:`PendingTable` names."""
+        key, prefix, reserved, room = self._pending_slot(ip)
+        _, evict = self.pending.make_room(key, prefix, reserved, room)
+        if evict is not None:
+            victim = cast(PeerConnection, evict)
+            self.log.debug("Evicted a pending connection from {old} for one from {ip}", old=victim.pending_ip,
+                           ip=ip)
+            self.pending_done(victim)                        # now: aborting closes it on a later reactor turn
+            victim.abort()
+        self.pending.add(conn, key, prefix, reserved)
+        conn.pending_ip = key
 
     def pending_done(self, conn: PeerConnection) -> None:
-        """The connection authenticated (or closed): it no longer counts as pending."""
-        norm, conn.pending_ip = conn.pending_ip, None
-        if norm is None:
+        """The connection authenticated (or closed, or was evicted): it no longer counts as pending."""
+        conn.pending_ip = None
+        self.pending.remove(conn)
+
+    def is_validator_ip(self, ip: str | None) -> bool:
+        """Is ``ip`` (its ip_key) an address where validator peers are known to be? (room kept for them)"""
+        key = peers.ip_key(ip)
+        if key is None:
+            return False
+        self.refresh_validator_ips()
+        return key in self._validator_ips or key in self._validator_seen
+
+    def refresh_validator_ips(self, force: bool = False) -> None:
+        """Rebuild the peer-store addresses of the PeerIDs whose key is in the next height's validator set
+        (only every VALIDATOR_IPS_REFRESH s unless ``force``: this runs on every accept)."""
+        now = self.reactor.seconds()
+        if not force and 0 <= now - self._validator_ips_at < VALIDATOR_IPS_REFRESH:
             return
-        left = self._pending.get(norm, 1) - 1
-        if left > 0:
-            self._pending[norm] = left
-        else:
-            self._pending.pop(norm, None)
+        self._validator_ips_at = now
+        store, book = self.node.store, self.peerstore
+        vs = store.validator_set(store.tip_height() + 1) if store is not None else None
+        ips: set[str] = set()
+        for validator in vs.validators if vs is not None and book is not None else ():
+            entry = book.get(crypto.peer_id_of(validator.pubkey)) if book is not None else None
+            for addr in entry.addrs if entry is not None else ():
+                key = peers.ip_key(discovery.parse_multiaddr(addr)[0])
+                if key is not None:
+                    ips.add(key)
+        self._validator_ips = ips
+
+    def _remember_validator_ip(self, ip: str) -> None:
+        key = peers.ip_key(ip)
+        if key is None:
+            return
+        self._validator_seen.pop(key, None)
+        self._validator_seen[key] = None
+        while len(self._validator_seen) > MAX_VALIDATOR_IPS:
+            del self._validator_seen[next(iter(self._validator_seen))]
 
     def admit(self, conn: PeerConnection) -> Reason:
         """Called once the TLS identity is known. Reason.OK admits; anything else is sent and closes."""
@@ -253,6 +316,8 @@ class P2PService(service.Service):
             return reason
         self.peers.connected(conn.peer_id, conn.ip, conn.inbound, conn.is_validator)
         self.connections[conn.peer_id] = conn
+        if conn.is_validator:
+            self._remember_validator_ip(conn.ip)            # room before TLS next time (pre_tls_refusal)
         return Reason.OK
 
     def _is_validator(self, address: bytes) -> bool:
