@@ -18,7 +18,10 @@ decision never comes out of the call that started the height, and ``start_height
 
 Next-height messages (a peer one step ahead) are buffered, bounded: only from validators of h+1 (that
 set is known a height ahead: set changes apply at h+2), signature checked, deduplicated, at most
-``MAX_BUFFERED_PER_KIND`` per (sender, round, type) and ``MAX_BUFFERED_ROUNDS`` rounds per sender.
+``MAX_BUFFERED_PER_KIND`` per (sender, round, type) and ``MAX_BUFFERED_ROUNDS`` rounds per sender. A
+buffered message is relayed, so it gets every check its own height would make that does not depend on
+round state (:meth:`Engine._check_proposal`; the proposer of each round of h+1 is known at h, as its
+priorities are): an honest relay one height behind never passes on what a peer at h+1 must refuse.
 
 Quorums are stake-weighted and strict (> 2/3 of total power, integer arithmetic); the paper's
 ``2f + 1`` is read as "> 2/3 of power" and ``f + 1`` as "> 1/3 of power".
@@ -72,6 +75,7 @@ MAX_BUFFERED_NEXT_HEIGHT = 10_000    # backstop; the per-sender caps below bind 
 MAX_BUFFERED_PER_KIND = 2      # per (sender, round, type) of the next height: the message and one conflicting
 MAX_BUFFERED_ROUNDS = 4        # distinct next-height rounds buffered per sender
 MAX_UNBACKED_PER_ROUND = 2     # an equivocating proposer's other blocks kept per round before a vote names them
+MAX_CACHED_PROPOSERS = 1_024  # (height, round) -> proposer entries kept (this height's and the next's rounds)
 
 
 class Step(enum.IntEnum):
@@ -198,6 +202,8 @@ class Engine:
         self._next_seen: set[bytes] = set()                          # dedupe of the buffer
         self._next_per_key: dict[tuple[bytes, int, int], int] = {}   # (sender, round, type) -> count
         self._next_rounds: dict[bytes, set[int]] = {}                # sender -> buffered rounds
+        self._proposers: dict[tuple[int, int], bytes] = {}           # (height, round) -> proposer, h and h+1
+        self._next_validators: tuple[int, ValidatorSet] | None = None    # (h+1, its set), read once per height
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start_height(self, height: int, now: float, prev_block_time: float) -> list[Action]:
@@ -205,6 +211,7 @@ class Engine:
         self.now = now
         self.height = height
         self.validators = self.app.validator_set(height)
+        self._proposers, self._next_validators = {}, None
         self.prev_block_time = prev_block_time
         self.locked_value: Block | None = None     # [L6]
         self.locked_round = -1                     # [L7]
@@ -259,16 +266,7 @@ class Engine:
             return []
         if p.round > self.round + MAX_ROUND_AHEAD:
             raise ValidationError(Reason.WRONG_ROUND, f"round {p.round} too far ahead of {self.round}")
-        if not -1 <= p.pol_round < p.round:
-            raise ValidationError(Reason.WRONG_ROUND, "pol_round must be -1 or below the round")
-        expected = self.app.proposer(self.height, p.round)
-        if p.proposer != expected:
-            raise ValidationError(Reason.NOT_VALIDATOR, "not the proposer of that round")
-        if p.block.height != self.height:
-            raise ValidationError(Reason.BAD_BLOCK, "proposed block is for another height")
-        # The signature covers the header only: a body that is not the header's (or breaks the caps) is a
-        # relay's doing, refused before anything is stored, cached or relayed (SPEC §4 proposal integrity).
-        self.app.check_body(p.block)
+        self._check_proposal(p)
         prior = self.proposals.get(p.round)
         if prior is not None:
             if p.block.hash == prior.block.hash or self.block_by_hash(p.block.hash) is not None:
@@ -442,13 +440,14 @@ class Engine:
             raise ValidationError(Reason.WRONG_ROUND, f"round {msg.round} too far ahead for the next height")
         sender = msg.proposer if isinstance(msg, Proposal) else msg.validator
         kind = 0 if isinstance(msg, Proposal) else int(msg.type)
+        # The body is checked before the dedupe, whose key holds the header hash only: a swapped body never
+        # takes the genuine proposal's slot, and its relay is charged for it (not let off as a duplicate).
         ident = (b"P" + msg.signature + msg.block.hash) if isinstance(msg, Proposal) else b"V" + msg.encoded
-        if isinstance(msg, Proposal):              # as on_proposal: a swapped body never takes the slot
-            self.app.check_body(msg.block)
+        if isinstance(msg, Proposal):              # as on_proposal will at h+1: nothing it refuses is relayed
+            self._check_proposal(msg)
         if ident in self._next_seen:
             raise ValidationError(Reason.DUPLICATE, "next-height message already buffered")
-        nxt = self.app.validator_set(self.height + 1)     # known a height ahead (set changes apply at h+2)
-        val = nxt.by_address.get(sender)
+        val = self._validators_of(msg.height).by_address.get(sender)
         if val is None:
             raise ValidationError(Reason.NOT_VALIDATOR, "next-height message from a non-validator of that height")
         key = (sender, msg.round, kind)
@@ -472,6 +471,44 @@ class Engine:
         self._next_rounds.setdefault(sender, set()).add(msg.round)
         self._next_height_msgs.append((msg, now))
         return True
+
+    def _check_proposal(self, p: Proposal) -> None:
+        """The checks of a proposal that do not depend on round state: made alike at its height (on_proposal)
+        and one height ahead (``_defer``, before it is buffered and relayed).
+
+        So what a node at h+1 refuses for a fault of the proposal itself, a relay at h refused first and never
+        relayed: the height's faults an honest relay can pass on are only the race-prone ones (a round too
+        far ahead of the receiver's, a duplicate), which blame no one or cost a capped point (SPEC §5). The
+        signature is checked by the callers after their cheap dedupe and caps, against the same set.
+        """
+        if not -1 <= p.pol_round < p.round:
+            raise ValidationError(Reason.WRONG_ROUND, "pol_round must be -1 or below the round")
+        if p.proposer != self._proposer(p.height, p.round):
+            raise ValidationError(Reason.NOT_VALIDATOR, "not the proposer of that round")
+        if p.block.height != p.height:
+            raise ValidationError(Reason.BAD_BLOCK, "proposed block is for another height")
+        # The signature covers the header only: a body that is not the header's (or breaks the caps) is a
+        # relay's doing, refused before anything is stored, cached or relayed (SPEC §4 proposal integrity).
+        self.app.check_body(p.block)
+
+    def _proposer(self, height: int, round_: int) -> bytes:
+        """The proposer of (height, round), for this height and the next (cached: the rotation costs a pass
+        over the set per round; rounds are bounded by MAX_ROUND_AHEAD)."""
+        key = (height, round_)
+        proposer = self._proposers.get(key)
+        if proposer is None:
+            if len(self._proposers) >= MAX_CACHED_PROPOSERS:      # a long stall's rounds: start again
+                self._proposers.clear()
+            proposer = self._proposers[key] = self.app.proposer(height, round_)
+        return proposer
+
+    def _validators_of(self, height: int) -> ValidatorSet:
+        """The validator set of this height or the next (known a height ahead: set changes apply at h+2)."""
+        if height == self.height:
+            return self.validators
+        if self._next_validators is None or self._next_validators[0] != height:
+            self._next_validators = (height, self.app.validator_set(height))
+        return self._next_validators[1]
 
     def _evict_next_round(self, sender: bytes, round_: int) -> None:
         """Drop ``sender``'s buffered next-height messages of ``round_`` (a newer round replaces it)."""
