@@ -7,11 +7,17 @@ sit still at a known height. Raw peers (tests/p2pnet.py) deliver what the test s
 * Finding 4: a validator's next-height proposal that the node one height behind could have refused must be
   refused there, before it is relayed; otherwise the relay, an honest node, is charged (and banned) by a
   peer already at that height.
+* Finding 5: a keyless peer's votes and proposals that the engine refuses must not reach the consensus WAL
+  (only inputs the engine accepts are logged).
 """
 from __future__ import annotations
 
+import os
+import struct
+import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -19,7 +25,10 @@ import pytest_twisted
 from tests.chaingen import ChainBuilder, ChainSpec, make_genesis
 from tests.p2pnet import Net, banned, connect_ready, make_keys, score, sleep, wait_for
 from timecoin import crypto
-from timecoin.ledger.block import Block, Proposal
+from timecoin.consensus import engine as eng
+from timecoin.consensus.wal import WalKind, WalRecord
+from timecoin.errors import Reason, ValidationError
+from timecoin.ledger.block import NIL_HASH, Block, Header, Proposal, QuorumProof, Vote, VoteType, tx_root
 from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.node import Node
 from timecoin.p2p.gossip import message_id
@@ -122,5 +131,119 @@ async def test_an_altered_copy_first_neither_hides_the_genuine_proposal_nor_esca
         await wait_for(lambda: genuine in a.consensus.engine.buffered_next_height, 5.0, "A buffered the genuine one")
         await wait_for(lambda: b.consensus.engine.proposals.get(0) == genuine, 5.0, "B took the genuine one")
         assert b.p2p.accepted[m.MsgType.PROPOSAL] == 1 and score(b, a.key) >= 0
+    finally:
+        await net.stop()
+
+
+# -- finding 5: the consensus WAL holds only what the engine accepted ---------------------------------------
+def wal_path(node: Node) -> str:
+    return os.path.join(node.config.datadir, "consensus.wal")
+
+
+def wal_records_from(node: Node, offset: int) -> list[WalRecord]:
+    """The records of ``node``'s WAL from byte ``offset`` (read here, without opening it as a log)."""
+    with open(wal_path(node), "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    out, off = [], 0
+    while off + 8 <= len(data):
+        length, crc = struct.unpack_from(">II", data, off)
+        body = data[off + 8: off + 8 + length]
+        assert len(body) == length and zlib.crc32(body) == crc
+        out.append(WalRecord(WalKind(body[0]), body[1:]))
+        off += 8 + length
+    return out
+
+
+async def observer_at_height_1(tmp_path: Path, seed: int) -> tuple[Net, ChainSpec, Node]:
+    """One observer of a 2-validator chain nobody runs, settled at height 1: its round-0 propose timeout has
+    fired (and is in its WAL), and nothing else will happen there unless a peer sends something."""
+    spec = make_genesis(validators=2, chain_id=CHAIN, seed=seed)
+    net = Net(tmp_path, 0, observers=1, genesis=spec.genesis, keys=make_keys(1, seed=seed), sync_interval="60")
+    await net.start(connect=False)
+    node = net.nodes[0]
+    await wait_for(lambda: node.consensus.engine.step >= eng.Step.PREVOTE, 5.0, "the propose timeout fired")
+    await sleep(0.1)
+    return net, spec, node
+
+
+def junk_block(key: crypto.PrivateKey, txs: int) -> Block:
+    """A height-1 block "proposed" by ``key`` carrying ``txs`` copies of one transfer (never valid: junk)."""
+    tx = Transaction.create(key, TxKind.TRANSFER, CHAIN, 0, 10_000, 5, key.address)
+    body = (tx,) * txs
+    header = Header(1, 0, bytes(32), 1, key.address, tx_root(body), bytes(32), bytes(32), tx_root(()))
+    return Block(header, body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keyless_peers_current_height_junk_never_reaches_the_wal(tmp_path: Path) -> None:
+    # A keyless peer sends N votes and a few 20 kB proposals of the current height, all signed by its own
+    # key (not a validator's): the engine refuses each (not_validator: a race-prone point, once), so the WAL
+    # must not grow by a byte for them. Then it relays one genuine validator vote: that one is logged.
+    n_votes, n_proposals = 1000, 10
+    net, spec, node = await observer_at_height_1(tmp_path, seed=84)
+    keyless = make_keys(1, seed=85)[0]
+    try:
+        peer = await connect_ready(keyless, node)
+        conn = node.p2p.connections[keyless.peer_id]
+        before = os.path.getsize(wal_path(node))
+        for i in range(n_votes):
+            peer.send(m.MsgType.VOTE, Vote(VoteType.PREVOTE, 1, i % 50, i.to_bytes(32, "big"),
+                                           keyless.address).signed(keyless, CHAIN).to_wire())
+        block = junk_block(keyless, 150)
+        for r in range(n_proposals):
+            peer.send(m.MsgType.PROPOSAL, Proposal(1, r, -1, keyless.address, block).signed(keyless, CHAIN).to_wire())
+        validator = spec.validators[0]
+        genuine = Vote(VoteType.PREVOTE, 1, 0, NIL_HASH, validator.address).signed(validator, CHAIN)
+        peer.send(m.MsgType.VOTE, genuine.to_wire())
+        await wait_for(lambda: conn.messages_in >= n_votes + n_proposals + 1, 20.0, "the junk handled")
+        await wait_for(lambda: node.consensus.engine.votes.get(0, VoteType.PREVOTE).votes.get(validator.address),
+                       5.0, "the genuine vote counted")
+        grown = os.path.getsize(wal_path(node)) - before
+        assert wal_records_from(node, before) == [WalRecord(WalKind.VOTE, genuine.encoded)], grown
+        assert score(node, keyless) >= DELTAS[Event.NOT_VALIDATOR] and not banned(node, keyless)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_inputs_the_engine_accepts_are_logged(tmp_path: Path) -> None:
+    # ConsensusService.receive_*, as the P2P layer calls them: every refused input (whatever the reason) leaves
+    # the WAL as it was; an accepted one is logged once (its copy is a refused duplicate). A next-height
+    # message is buffered, not logged yet: it is logged when its height starts, after this height's marker.
+    net, spec, node = await observer_at_height_1(tmp_path, seed=86)
+    consensus = node.consensus
+    v0, v1 = spec.validators
+    outsider = make_keys(1, seed=87)[0]
+    try:
+        before = os.path.getsize(wal_path(node))
+        forged = replace(Vote(VoteType.PREVOTE, 1, 0, NIL_HASH, v0.address).signed(outsider, CHAIN),
+                         validator=v0.address)
+        proposer = next(k for k in spec.validators if k.address == consensus.app.proposer(1, 0))
+        swapped = Proposal(1, 0, -1, proposer.address, junk_block(proposer, 3)).signed(proposer, CHAIN)
+        refused: list[tuple[Any, Any]] = [
+            (consensus.receive_vote, Vote(VoteType.PREVOTE, 1, 0, NIL_HASH, outsider.address).signed(outsider, CHAIN)),
+            (consensus.receive_vote, forged),
+            (consensus.receive_vote, Vote(VoteType.PREVOTE, 1, eng.MAX_ROUND_AHEAD + 1, NIL_HASH,
+                                          v0.address).signed(v0, CHAIN)),
+            (consensus.receive_vote, Vote(VoteType.PREVOTE, 3, 0, NIL_HASH, v0.address).signed(v0, CHAIN)),
+            (consensus.receive_proposal, Proposal(1, 0, -1, outsider.address, junk_block(outsider, 3)).signed(
+                outsider, CHAIN)),
+            (consensus.receive_proposal, replace(swapped, block=replace(swapped.block, txs=swapped.block.txs[:2]))),
+            (consensus.receive_quorum, QuorumProof.from_votes(sorted(
+                [Vote(VoteType.PREVOTE, 1, 0, NIL_HASH, k.address).signed(k, CHAIN) for k in (v0, outsider)],
+                key=lambda v: v.validator))),
+        ]
+        for receive, msg in refused:                  # (the swapped body: one its header does not commit to)
+            with pytest.raises(ValidationError):
+                receive(msg)
+        assert os.path.getsize(wal_path(node)) == before
+        genuine = Vote(VoteType.PREVOTE, 1, 0, NIL_HASH, v1.address).signed(v1, CHAIN)
+        consensus.receive_vote(genuine)
+        with pytest.raises(ValidationError) as copy:
+            consensus.receive_vote(genuine)
+        assert copy.value.reason == Reason.DUPLICATE
+        consensus.receive_vote(Vote(VoteType.PREVOTE, 2, 0, NIL_HASH, v1.address).signed(v1, CHAIN))   # buffered
+        assert wal_records_from(node, before) == [WalRecord(WalKind.VOTE, genuine.encoded)]
     finally:
         await net.stop()
