@@ -11,6 +11,10 @@ needs from the world is injected:
 * ``signer``: the double-sign guard (``privval``); it durably records what it signs *before*
   returning a signature, and refuses a conflicting signature. A refused signature means no vote, and
   never a stall: see :meth:`Engine._refused`.
+* ``on_accept`` (optional): called with each peer input (proposal, vote, quorum proof) once every check
+  has passed and before it changes any state or leads to a signature; the service logs it to the WAL
+  there. So only accepted inputs are logged (a refused one costs no disk), and every input a signature
+  rests on is logged before the signer is asked (the service's signer syncs the WAL before signing).
 
 The reactor turns between heights: the round-0 proposer always goes through a BLOCK_INTERVAL timeout
 (delay 0 when the interval is 0 or already over), so with ``block_interval = 0`` a single validator's
@@ -53,10 +57,11 @@ Against Byzantine peers and relays (SPEC §4; docs/consensus.md has the threat t
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from timecoin.consensus.votes import HeightVotes
+from timecoin.consensus.votes import MAX_JUSTIFIED, HeightVotes, VoteSet
 from timecoin.errors import InvalidSignature, Reason, ValidationError
 from timecoin.ledger.block import (
     NIL_HASH,
@@ -190,10 +195,12 @@ class Signer(Protocol):
 class Engine:
     """One validator's (or observer's, with ``signer=None``) view of consensus."""
 
-    def __init__(self, app: ConsensusApp, signer: Signer | None, timeouts: Timeouts) -> None:
+    def __init__(self, app: ConsensusApp, signer: Signer | None, timeouts: Timeouts,
+                 on_accept: Callable[[Proposal | Vote | QuorumProof], None] | None = None) -> None:
         self.app = app
         self.signer = signer
         self.timeouts = timeouts
+        self.on_accept = on_accept
         self.height = 0
         self.round = 0
         self.step = Step.COMMITTED
@@ -274,6 +281,7 @@ class Engine:
             # An equivocating proposer: only the first proposal is voted on, but the paper's rules [L36],
             # [L49] match any proposal of the round, so keep its block if votes name it (bounded otherwise).
             self._verify_proposal(p)
+            self._accept(p)
             self._keep_other(p.round, p.block)
             out: list[Action] = []
             self._process(out)
@@ -281,6 +289,7 @@ class Engine:
                 return out
             raise ValidationError(Reason.DUPLICATE, "a different proposal for this round was received first")
         self._verify_proposal(p)
+        self._accept(p)
         self.proposals[p.round] = p
         self._blocks[p.block.hash] = p.block
         if p.pol_round == -1:
@@ -342,8 +351,10 @@ class Engine:
                 vote.verify_signature(self.validators.by_address[vote.validator].pubkey, self.app.chain_id)
             except InvalidSignature:
                 raise ValidationError(Reason.BAD_SIGNATURE, "a vote of the quorum does not verify") from None
-        if not vs.justify(q.block_hash):
+        if q.block_hash not in vs.justified and len(vs.justified) >= MAX_JUSTIFIED:     # justify() would refuse
             raise ValidationError(Reason.DUPLICATE, "enough values of that round are justified already")
+        self._accept(q)
+        vs.justify(q.block_hash)
         out: list[Action] = []
         for vote in votes:
             result = self.votes.add(vote)
@@ -386,6 +397,10 @@ class Engine:
             v.verify_signature(val.pubkey, self.app.chain_id)
         except InvalidSignature:
             raise ValidationError(Reason.BAD_SIGNATURE, "vote signature does not verify") from None
+        held = self.votes.sets.get((v.round, v.type))
+        if held is not None and _holds(held, v):          # what votes.add would refuse, found without adding
+            raise ValidationError(Reason.DUPLICATE, "vote already received")
+        self._accept(v)
         out: list[Action] = []
         result = self.votes.add(v)
         if result is False:
@@ -418,6 +433,11 @@ class Engine:
         return out
 
     # -- the algorithm ---------------------------------------------------------------------------
+    def _accept(self, msg: Proposal | Vote | QuorumProof) -> None:
+        """``msg`` passed every check: hand it to ``on_accept`` (the WAL) before any state changes."""
+        if self.on_accept is not None:
+            self.on_accept(msg)
+
     def _defer(self, msg: Proposal | Vote, now: float) -> bool:
         """Buffer next-height messages; refuse other heights. True if the message was taken (buffered).
 
@@ -551,7 +571,7 @@ class Engine:
 
     @property
     def buffered_next_height(self) -> tuple[Proposal | Vote, ...]:
-        """The next height's messages received early (the service re-logs them after a height's WAL marker)."""
+        """The next height's messages received early (judged again, and accepted ones logged, when it starts)."""
         return tuple(msg for msg, _ in self._next_height_msgs)
 
     def _valid(self, block: Block) -> bool:
@@ -729,3 +749,9 @@ class Engine:
 
     def _is_locked_on(self, v: Block) -> bool:
         return self.locked_value is not None and self.locked_value.hash == v.hash
+
+
+def _holds(vs: VoteSet, vote: Vote) -> bool:
+    """Does ``vs`` already hold ``vote`` (counted or waiting)? Exactly when ``VoteSet.add`` returns False."""
+    return (vote.validator in vs.by_hash.get(vote.block_hash, {})
+            or any(w.block_hash == vote.block_hash for w, _ in vs.pending.get(vote.validator, ())))
