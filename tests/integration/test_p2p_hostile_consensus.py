@@ -9,11 +9,15 @@ sit still at a known height. Raw peers (tests/p2pnet.py) deliver what the test s
   peer already at that height.
 * Finding 5: a keyless peer's votes and proposals that the engine refuses must not reach the consensus WAL
   (only inputs the engine accepts are logged).
+* Finding 7: a consensus frame for a height outside [h, h+1] costs about what reading its frame header does
+  (its height is read at a fixed offset, before the body is decoded), and get_blocks answers are held to a
+  byte budget per peer.
 """
 from __future__ import annotations
 
 import os
 import struct
+import time
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -31,11 +35,13 @@ from timecoin.errors import Reason, ValidationError
 from timecoin.ledger.block import NIL_HASH, Block, Header, Proposal, QuorumProof, Vote, VoteType, tx_root
 from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.node import Node
+from timecoin.p2p import service as p2p_service
 from timecoin.p2p.gossip import message_id
 from timecoin.p2p.peers import DELTAS, Event
 from timecoin.p2p.service import ENVELOPE_HEADER
 from timecoin.store import Store
 from timecoin.wire import messages as m
+from timecoin.wire.framing import FrameDecoder, encode_frame
 
 CHAIN = "timecoin-hostile-consensus"
 
@@ -245,5 +251,100 @@ async def test_only_inputs_the_engine_accepts_are_logged(tmp_path: Path) -> None
         assert copy.value.reason == Reason.DUPLICATE
         consensus.receive_vote(Vote(VoteType.PREVOTE, 2, 0, NIL_HASH, v1.address).signed(v1, CHAIN))   # buffered
         assert wal_records_from(node, before) == [WalRecord(WalKind.VOTE, genuine.encoded)]
+    finally:
+        await net.stop()
+
+
+# -- finding 7: CPU and bytes for free ---------------------------------------------------------------------
+def _cpu_per_call(fn: Any, n: int, repeats: int = 3) -> float:
+    """CPU seconds per call of ``fn(i)`` for i in range(n): the best of ``repeats`` runs (bounded)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        for i in range(n):
+            fn(i)
+        best = min(best, (time.process_time() - t0) / n)
+    return best
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_out_of_window_proposal_costs_about_a_frame_header_not_a_decode(tmp_path: Path) -> None:
+    # A keyless peer sends proposals with a 1 MiB block for heights outside [h, h+1] (far ahead and behind).
+    # Handling one (PeerConnection.process_one, the node's whole path for a queued frame) must cost a bounded
+    # multiple of reading a frame header -- a FrameDecoder taking small frames off the stream -- whatever the
+    # size of the body, which must never be decoded. The far-ahead height is remembered as the peer's; no
+    # charge (honest peers send both kinds when one side lags).
+    n = 20
+    net, spec, node = await observer_at_height_1(tmp_path, seed=88)
+    keyless = make_keys(1, seed=89)[0]
+    try:
+        await connect_ready(keyless, node)
+        conn = node.p2p.connections[keyless.peer_id]
+        block = junk_block(keyless, 7_000)
+        payloads = [m.encode_message(m.MsgType.PROPOSAL, Proposal(h, 0, -1, keyless.address, block).signed(
+            keyless, CHAIN).to_wire()) for h in (1_000, 0)]
+        assert all(len(p) > 1 << 20 for p in payloads)
+        handled = conn.messages_in
+
+        def handle(i: int) -> None:
+            conn.inbox.append(payloads[i % 2])
+            conn.process_one()
+        per_message = _cpu_per_call(handle, n)
+        assert conn.messages_in == handled + 3 * n and not conn.inbox
+
+        small = b"".join(encode_frame(m.encode_message(m.MsgType.PING, {"nonce": i, "payload": b""}))
+                         for i in range(1000))
+        per_header = _cpu_per_call(lambda i: FrameDecoder().feed(small), 1) / 1000
+        print(f"CPU per out-of-window 1 MiB proposal: {per_message * 1e6:.1f} us; "
+              f"per frame header read: {per_header * 1e6:.2f} us")
+        assert per_message <= 20 * per_header, (per_message, per_header)
+        assert conn.height == 999 and score(node, keyless) == 0 and keyless.peer_id in node.p2p.connections
+        assert node.consensus.engine.height == 1 and node.p2p.accepted[m.MsgType.PROPOSAL] == 0
+    finally:
+        await net.stop()
+
+
+def _blocks_bytes(peer: Any) -> tuple[list[int], list[int]]:
+    """(bytes of each BLOCKS answer received, reasons of each REJECT) so far, from a raw peer's log."""
+    sizes = [len(m.encode_message(t, body)) for t, body in peer.messages if t == m.MsgType.BLOCKS]
+    return sizes, [body.reason for t, body in peer.messages if t == m.MsgType.REJECT]
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_blocks_answers_are_held_to_a_byte_budget_per_peer(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A peer asks again and again for a range of 40 blocks of ~3 kB (request rate limit lifted: the byte
+    # budget alone must bind). With a budget of BURST bytes at once, RATE per minute and PER_REQUEST per
+    # answer, it gets at most BURST + RATE x elapsed + one block over all its answers; each answer holds at
+    # least one block, or the request is refused rate_limited (and not charged: the limit is ours).
+    burst, rate, per_request = 24 << 10, 12 << 10, 16 << 10
+    monkeypatch.setattr(p2p_service, "RESPONSE_BYTES_BURST", burst, raising=False)
+    monkeypatch.setattr(p2p_service, "RESPONSE_BYTES_PER_MINUTE", rate, raising=False)
+    monkeypatch.setattr(p2p_service, "SYNC_RESPONSE_BYTES", per_request, raising=False)
+    spec = make_genesis(validators=2, chain_id=CHAIN, seed=90, funded=2)
+    net = Net(tmp_path, 0, observers=1, genesis=spec.genesis, keys=make_keys(1, seed=90), sync_interval="60",
+              rate_limit="1000000", rate_limit_burst="1000")
+    builder = ChainBuilder(Store(net.chain_path(0)), spec)
+    builder.build(40, txs_per_block=20)
+    biggest = max(b.size + len(c.encoded) for b, c in builder.store.get_blocks(1, 40))
+    builder.store.close()
+    asker = make_keys(1, seed=91)[0]
+    asks = 30
+    try:
+        await net.start(connect=False)
+        node = net.nodes[0]
+        peer = await connect_ready(asker, node)
+        t0 = time.monotonic()
+        for i in range(asks):
+            peer.send(m.MsgType.GET_BLOCKS, {"start": 1, "count": 100}, request_id=i + 1)
+        await wait_for(lambda: sum(map(len, _blocks_bytes(peer))) >= asks, 10.0, "every request answered")
+        elapsed = time.monotonic() - t0
+        sizes, rejects = _blocks_bytes(peer)
+        total = sum(sizes)
+        print(f"{asks} get_blocks of 40 x {biggest} B blocks: {total} B answered, {len(rejects)} refused")
+        assert total <= burst + rate * elapsed / 60 + biggest + 1024 * len(sizes), (total, sizes)
+        assert sizes and all(size <= per_request + biggest + 1024 for size in sizes)
+        assert all(reason == int(Reason.RATE_LIMITED) for reason in rejects) and len(rejects) >= asks // 2
+        assert score(node, asker) >= 0
     finally:
         await net.stop()
