@@ -101,11 +101,11 @@ async def test_a_relay_one_height_behind_refuses_what_the_next_height_would_refu
         p = p.signed(signer, CHAIN)
         byzantine = await connect_ready(signer, a)
         byzantine.send(m.MsgType.PROPOSAL, p.to_wire())
-        await wait_for(lambda: proposal_id(p) in a.p2p.seen, 5.0, "A judged the proposal")
+        # Judged: the signer itself delivered it, so the fault is its own, charged (race-prone or not).
+        await wait_for(lambda: score(a, signer) < 0, 5.0, "A judged the proposal")
         await sleep(0.5)                              # time for a relayed copy to reach B and be judged
         assert not banned(b, a.key) and score(b, a.key) == 0, (fault, score(b, a.key))
         assert a.p2p.relayed[m.MsgType.PROPOSAL] == 0 and p not in a.consensus.engine.buffered_next_height
-        assert score(a, signer) < 0                   # the signer itself delivered it: its fault, charged
     finally:
         await net.stop()
 
@@ -289,12 +289,14 @@ async def test_an_out_of_window_proposal_costs_about_a_frame_header_not_a_decode
         def handle(i: int) -> None:
             conn.inbox.append(payloads[i % 2])
             conn.process_one()
-        per_message = _cpu_per_call(handle, n)
-        assert conn.messages_in == handled + 3 * n and not conn.inbox
 
         small = b"".join(encode_frame(m.encode_message(m.MsgType.PING, {"nonce": i, "payload": b""}))
                          for i in range(1000))
-        per_header = _cpu_per_call(lambda i: FrameDecoder().feed(small), 1) / 1000
+        per_message = per_header = float("inf")
+        for _ in range(3):                            # interleaved, the best of each: both see the same machine
+            per_message = min(per_message, _cpu_per_call(handle, n, repeats=1))
+            per_header = min(per_header, _cpu_per_call(lambda i: FrameDecoder().feed(small), 1, repeats=1) / 1000)
+        assert conn.messages_in == handled + 3 * n and not conn.inbox
         print(f"CPU per out-of-window 1 MiB proposal: {per_message * 1e6:.1f} us; "
               f"per frame header read: {per_header * 1e6:.2f} us")
         assert per_message <= 20 * per_header, (per_message, per_header)

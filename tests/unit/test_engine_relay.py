@@ -15,7 +15,7 @@ from tests.simnet import FAST, SimNet, make_keys
 from timecoin import crypto
 from timecoin.consensus import engine as eng
 from timecoin.errors import Reason, ValidationError
-from timecoin.ledger.block import NIL_HASH, Block, Proposal, Vote, VoteType
+from timecoin.ledger.block import NIL_HASH, Block, Proposal, QuorumProof, Vote, VoteType
 from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.p2p import peers
 
@@ -125,3 +125,44 @@ def test_a_genuine_next_height_proposal_is_buffered_and_then_taken() -> None:
     good = w.proposal(round_=2)
     assert _judge(w.behind, good) is None and good in w.behind.buffered_next_height
     assert _judge(w.ahead, good) is None and w.ahead.proposals[2] == good
+
+
+# -- Engine.precheck: what the P2P layer may refuse before decoding a body (issue 11, finding 7) -----------
+def test_precheck_refuses_only_what_the_engine_refuses_and_for_the_same_reason() -> None:
+    """``precheck`` sees a message's height, round and signer only. Whenever it answers, judging the whole
+    message gives that very refusal; so dropping a frame on its answer never loses a message the engine
+    would have taken (and charges what the engine's refusal would)."""
+    w = Heights()
+    outsider = make_keys(1, "outsider")[0]
+    signers = [x.key for x in w.net.nodes] + [outsider]
+    rounds = [0, 1, 3, eng.MAX_ROUND_AHEAD, eng.MAX_ROUND_AHEAD + 1, eng.MAX_ROUND_AHEAD + 7]
+    answered = set()
+    for engine in (w.behind, w.ahead):
+        for height in range(4):
+            for round_ in rounds:
+                for key in signers:
+                    block = w.net.nodes[0].store.get_blocks(1, 1)[0][0]
+                    block = replace(block, header=replace(block.header, height=height))
+                    msgs: list[Proposal | Vote] = [
+                        Proposal(height, round_, -1, key.address, block).signed(key, w.chain),
+                        Vote(PRE, height, round_, NIL_HASH, key.address).signed(key, w.chain)]
+                    for msg in msgs:
+                        signer = msg.proposer if isinstance(msg, Proposal) else msg.validator
+                        said = engine.precheck(type(msg), msg.height, msg.round, signer)
+                        judged = _judge(engine, msg)
+                        if said is not None:
+                            answered.add(said)
+                            assert judged == said, (type(msg).__name__, height, round_, said, judged)
+    assert answered == {Reason.WRONG_HEIGHT, Reason.WRONG_ROUND, Reason.NOT_VALIDATOR}
+
+
+def test_precheck_of_quorum_proofs_and_of_the_height_just_decided() -> None:
+    """A quorum proof is judged at its height only (``on_quorum``); a message of a height whose decision is
+    in (step COMMITTED) is dropped by the engine, so precheck says WRONG_HEIGHT for it too."""
+    w = Heights()
+    assert w.ahead.precheck(QuorumProof, 2, 0, None) is None
+    assert w.ahead.precheck(QuorumProof, 3, 0, None) == Reason.WRONG_HEIGHT
+    assert w.ahead.precheck(QuorumProof, 2, eng.MAX_ROUND_AHEAD + 1, None) == Reason.WRONG_ROUND
+    w.ahead.step = eng.Step.COMMITTED
+    voter = w.net.nodes[2]
+    assert w.ahead.precheck(Vote, 2, 0, voter.address) == Reason.WRONG_HEIGHT

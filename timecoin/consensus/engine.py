@@ -432,6 +432,31 @@ class Engine:
         self._process(out)
         return out
 
+    def precheck(self, kind: type[Proposal | Vote | QuorumProof], height: int, round_: int,
+                 signer: bytes | None) -> Reason | None:
+        """Why a message would surely be refused, judged from its fixed-size fields alone; None if it may not.
+
+        For the P2P layer, before it decodes a message's body (a proposal's may be megabytes): a height other
+        than this one or the next (a quorum proof: this one only), a round too far ahead (``WRONG_ROUND``),
+        a proposal from anyone but its round's proposer or a vote from outside its height's set
+        (``NOT_VALIDATOR``). Each answer is what ``on_proposal``/``on_vote``/``on_quorum`` would raise for
+        the whole message (``WRONG_HEIGHT`` also stands for a message of the height just decided, which they
+        drop), so a message this refuses could never have been accepted.
+        """
+        current = height == self.height and self.step != Step.COMMITTED
+        if not current and (height != self.height + 1 or kind is QuorumProof):
+            return Reason.WRONG_HEIGHT
+        if round_ > (self.round if current else 0) + MAX_ROUND_AHEAD:
+            return Reason.WRONG_ROUND
+        try:
+            if kind is Proposal and signer != self._proposer(height, round_):
+                return Reason.NOT_VALIDATOR
+            if kind is Vote and (signer is None or signer not in self._validators_of(height)):
+                return Reason.NOT_VALIDATOR
+        except ValidationError as exc:     # no validator set known for that height
+            return exc.reason
+        return None
+
     # -- the algorithm ---------------------------------------------------------------------------
     def _accept(self, msg: Proposal | Vote | QuorumProof) -> None:
         """``msg`` passed every check: hand it to ``on_accept`` (the WAL) before any state changes."""
