@@ -215,3 +215,49 @@ def test_a_stale_compaction_temp_file_is_harmless(tmp_path: Path) -> None:
     assert wal.last_end_height() == 1
     wal.close()
     assert not os.path.exists(str(path) + ".tmp")
+
+
+def test_reopening_reads_the_log_record_by_record_and_keeps_only_the_pending_height(tmp_path: Path) -> None:
+    """A log whose file is large (here 8 MiB of records of heights already ended, as a WAL filled with junk
+    before a marker would be) is read in a stream at open: memory follows the records after the last marker
+    (what replay needs), never the file size (issue 11, finding 5: a whole-file read)."""
+    import tracemalloc
+    path = tmp_path / "big.wal"
+    chunk = b"j" * (64 << 10)
+    with open(path, "wb") as f:
+        for _ in range(128):                                 # 8 MiB of a finished height
+            f.write(_frame(WalKind.VOTE, chunk))
+        f.write(_frame(WalKind.END_HEIGHT, (5).to_bytes(8, "big")))
+        for rec in RECORDS[:3]:
+            f.write(_frame(rec.kind, rec.data))
+    tracemalloc.start()
+    try:
+        wal = WriteAheadLog(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    try:
+        assert wal.pending() == RECORDS[:3] and wal.last_end_height() == 5
+        assert peak < 1 << 20, f"opening an 8 MiB log held {peak} bytes at once"
+    finally:
+        wal.close()
+
+
+def test_a_torn_length_is_not_allocated_before_it_is_found_torn(tmp_path: Path) -> None:
+    """The last record's header claims MAX_RECORD bytes that the file does not hold (a crash mid-write):
+    it is cut off without reading (or allocating) what it claims."""
+    import tracemalloc
+    path = tmp_path / "torn.wal"
+    path.write_bytes(_frame(WalKind.VOTE, b"kept") + struct.pack(">II", MAX_RECORD, 0) + b"x" * 100)
+    tracemalloc.start()
+    try:
+        wal = WriteAheadLog(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    try:
+        assert wal.pending() == [WalRecord(WalKind.VOTE, b"kept")]
+        assert path.stat().st_size == HEADER + 1 + 4
+        assert peak < 1 << 20, peak
+    finally:
+        wal.close()

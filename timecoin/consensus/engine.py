@@ -11,6 +11,10 @@ needs from the world is injected:
 * ``signer``: the double-sign guard (``privval``); it durably records what it signs *before*
   returning a signature, and refuses a conflicting signature. A refused signature means no vote, and
   never a stall: see :meth:`Engine._refused`.
+* ``on_accept`` (optional): called with each peer input (proposal, vote, quorum proof) once every check
+  has passed and before it changes any state or leads to a signature; the service logs it to the WAL
+  there. So only accepted inputs are logged (a refused one costs no disk), and every input a signature
+  rests on is logged before the signer is asked (the service's signer syncs the WAL before signing).
 
 The reactor turns between heights: the round-0 proposer always goes through a BLOCK_INTERVAL timeout
 (delay 0 when the interval is 0 or already over), so with ``block_interval = 0`` a single validator's
@@ -18,7 +22,10 @@ decision never comes out of the call that started the height, and ``start_height
 
 Next-height messages (a peer one step ahead) are buffered, bounded: only from validators of h+1 (that
 set is known a height ahead: set changes apply at h+2), signature checked, deduplicated, at most
-``MAX_BUFFERED_PER_KIND`` per (sender, round, type) and ``MAX_BUFFERED_ROUNDS`` rounds per sender.
+``MAX_BUFFERED_PER_KIND`` per (sender, round, type) and ``MAX_BUFFERED_ROUNDS`` rounds per sender. A
+buffered message is relayed, so it gets every check its own height would make that does not depend on
+round state (:meth:`Engine._check_proposal`; the proposer of each round of h+1 is known at h, as its
+priorities are): an honest relay one height behind never passes on what a peer at h+1 must refuse.
 
 Quorums are stake-weighted and strict (> 2/3 of total power, integer arithmetic); the paper's
 ``2f + 1`` is read as "> 2/3 of power" and ``f + 1`` as "> 1/3 of power".
@@ -50,10 +57,11 @@ Against Byzantine peers and relays (SPEC §4; docs/consensus.md has the threat t
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from timecoin.consensus.votes import HeightVotes
+from timecoin.consensus.votes import MAX_JUSTIFIED, HeightVotes, VoteSet
 from timecoin.errors import InvalidSignature, Reason, ValidationError
 from timecoin.ledger.block import (
     NIL_HASH,
@@ -72,6 +80,7 @@ MAX_BUFFERED_NEXT_HEIGHT = 10_000    # backstop; the per-sender caps below bind 
 MAX_BUFFERED_PER_KIND = 2      # per (sender, round, type) of the next height: the message and one conflicting
 MAX_BUFFERED_ROUNDS = 4        # distinct next-height rounds buffered per sender
 MAX_UNBACKED_PER_ROUND = 2     # an equivocating proposer's other blocks kept per round before a vote names them
+MAX_CACHED_PROPOSERS = 1_024  # (height, round) -> proposer entries kept (this height's and the next's rounds)
 
 
 class Step(enum.IntEnum):
@@ -186,10 +195,12 @@ class Signer(Protocol):
 class Engine:
     """One validator's (or observer's, with ``signer=None``) view of consensus."""
 
-    def __init__(self, app: ConsensusApp, signer: Signer | None, timeouts: Timeouts) -> None:
+    def __init__(self, app: ConsensusApp, signer: Signer | None, timeouts: Timeouts,
+                 on_accept: Callable[[Proposal | Vote | QuorumProof], None] | None = None) -> None:
         self.app = app
         self.signer = signer
         self.timeouts = timeouts
+        self.on_accept = on_accept
         self.height = 0
         self.round = 0
         self.step = Step.COMMITTED
@@ -198,6 +209,8 @@ class Engine:
         self._next_seen: set[bytes] = set()                          # dedupe of the buffer
         self._next_per_key: dict[tuple[bytes, int, int], int] = {}   # (sender, round, type) -> count
         self._next_rounds: dict[bytes, set[int]] = {}                # sender -> buffered rounds
+        self._proposers: dict[tuple[int, int], bytes] = {}           # (height, round) -> proposer, h and h+1
+        self._next_validators: tuple[int, ValidatorSet] | None = None    # (h+1, its set), read once per height
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start_height(self, height: int, now: float, prev_block_time: float) -> list[Action]:
@@ -205,6 +218,7 @@ class Engine:
         self.now = now
         self.height = height
         self.validators = self.app.validator_set(height)
+        self._proposers, self._next_validators = {}, None
         self.prev_block_time = prev_block_time
         self.locked_value: Block | None = None     # [L6]
         self.locked_round = -1                     # [L7]
@@ -259,16 +273,7 @@ class Engine:
             return []
         if p.round > self.round + MAX_ROUND_AHEAD:
             raise ValidationError(Reason.WRONG_ROUND, f"round {p.round} too far ahead of {self.round}")
-        if not -1 <= p.pol_round < p.round:
-            raise ValidationError(Reason.WRONG_ROUND, "pol_round must be -1 or below the round")
-        expected = self.app.proposer(self.height, p.round)
-        if p.proposer != expected:
-            raise ValidationError(Reason.NOT_VALIDATOR, "not the proposer of that round")
-        if p.block.height != self.height:
-            raise ValidationError(Reason.BAD_BLOCK, "proposed block is for another height")
-        # The signature covers the header only: a body that is not the header's (or breaks the caps) is a
-        # relay's doing, refused before anything is stored, cached or relayed (SPEC §4 proposal integrity).
-        self.app.check_body(p.block)
+        self._check_proposal(p)
         prior = self.proposals.get(p.round)
         if prior is not None:
             if p.block.hash == prior.block.hash or self.block_by_hash(p.block.hash) is not None:
@@ -276,6 +281,7 @@ class Engine:
             # An equivocating proposer: only the first proposal is voted on, but the paper's rules [L36],
             # [L49] match any proposal of the round, so keep its block if votes name it (bounded otherwise).
             self._verify_proposal(p)
+            self._accept(p)
             self._keep_other(p.round, p.block)
             out: list[Action] = []
             self._process(out)
@@ -283,6 +289,7 @@ class Engine:
                 return out
             raise ValidationError(Reason.DUPLICATE, "a different proposal for this round was received first")
         self._verify_proposal(p)
+        self._accept(p)
         self.proposals[p.round] = p
         self._blocks[p.block.hash] = p.block
         if p.pol_round == -1:
@@ -344,8 +351,10 @@ class Engine:
                 vote.verify_signature(self.validators.by_address[vote.validator].pubkey, self.app.chain_id)
             except InvalidSignature:
                 raise ValidationError(Reason.BAD_SIGNATURE, "a vote of the quorum does not verify") from None
-        if not vs.justify(q.block_hash):
+        if q.block_hash not in vs.justified and len(vs.justified) >= MAX_JUSTIFIED:     # justify() would refuse
             raise ValidationError(Reason.DUPLICATE, "enough values of that round are justified already")
+        self._accept(q)
+        vs.justify(q.block_hash)
         out: list[Action] = []
         for vote in votes:
             result = self.votes.add(vote)
@@ -388,6 +397,10 @@ class Engine:
             v.verify_signature(val.pubkey, self.app.chain_id)
         except InvalidSignature:
             raise ValidationError(Reason.BAD_SIGNATURE, "vote signature does not verify") from None
+        held = self.votes.sets.get((v.round, v.type))
+        if held is not None and _holds(held, v):          # what votes.add would refuse, found without adding
+            raise ValidationError(Reason.DUPLICATE, "vote already received")
+        self._accept(v)
         out: list[Action] = []
         result = self.votes.add(v)
         if result is False:
@@ -419,7 +432,37 @@ class Engine:
         self._process(out)
         return out
 
+    def precheck(self, kind: type[Proposal | Vote | QuorumProof], height: int, round_: int,
+                 signer: bytes | None) -> Reason | None:
+        """Why a message would surely be refused, judged from its fixed-size fields alone; None if it may not.
+
+        For the P2P layer, before it decodes a message's body (a proposal's may be megabytes): a height other
+        than this one or the next (a quorum proof: this one only), a round too far ahead (``WRONG_ROUND``),
+        a proposal from anyone but its round's proposer or a vote from outside its height's set
+        (``NOT_VALIDATOR``). Each answer is what ``on_proposal``/``on_vote``/``on_quorum`` would raise for
+        the whole message (``WRONG_HEIGHT`` also stands for a message of the height just decided, which they
+        drop), so a message this refuses could never have been accepted.
+        """
+        current = height == self.height and self.step != Step.COMMITTED
+        if not current and (height != self.height + 1 or kind is QuorumProof):
+            return Reason.WRONG_HEIGHT
+        if round_ > (self.round if current else 0) + MAX_ROUND_AHEAD:
+            return Reason.WRONG_ROUND
+        try:
+            if kind is Proposal and signer != self._proposer(height, round_):
+                return Reason.NOT_VALIDATOR
+            if kind is Vote and (signer is None or signer not in self._validators_of(height)):
+                return Reason.NOT_VALIDATOR
+        except ValidationError as exc:     # no validator set known for that height
+            return exc.reason
+        return None
+
     # -- the algorithm ---------------------------------------------------------------------------
+    def _accept(self, msg: Proposal | Vote | QuorumProof) -> None:
+        """``msg`` passed every check: hand it to ``on_accept`` (the WAL) before any state changes."""
+        if self.on_accept is not None:
+            self.on_accept(msg)
+
     def _defer(self, msg: Proposal | Vote, now: float) -> bool:
         """Buffer next-height messages; refuse other heights. True if the message was taken (buffered).
 
@@ -442,13 +485,14 @@ class Engine:
             raise ValidationError(Reason.WRONG_ROUND, f"round {msg.round} too far ahead for the next height")
         sender = msg.proposer if isinstance(msg, Proposal) else msg.validator
         kind = 0 if isinstance(msg, Proposal) else int(msg.type)
+        # The body is checked before the dedupe, whose key holds the header hash only: a swapped body never
+        # takes the genuine proposal's slot, and its relay is charged for it (not let off as a duplicate).
         ident = (b"P" + msg.signature + msg.block.hash) if isinstance(msg, Proposal) else b"V" + msg.encoded
-        if isinstance(msg, Proposal):              # as on_proposal: a swapped body never takes the slot
-            self.app.check_body(msg.block)
+        if isinstance(msg, Proposal):              # as on_proposal will at h+1: nothing it refuses is relayed
+            self._check_proposal(msg)
         if ident in self._next_seen:
             raise ValidationError(Reason.DUPLICATE, "next-height message already buffered")
-        nxt = self.app.validator_set(self.height + 1)     # known a height ahead (set changes apply at h+2)
-        val = nxt.by_address.get(sender)
+        val = self._validators_of(msg.height).by_address.get(sender)
         if val is None:
             raise ValidationError(Reason.NOT_VALIDATOR, "next-height message from a non-validator of that height")
         key = (sender, msg.round, kind)
@@ -472,6 +516,44 @@ class Engine:
         self._next_rounds.setdefault(sender, set()).add(msg.round)
         self._next_height_msgs.append((msg, now))
         return True
+
+    def _check_proposal(self, p: Proposal) -> None:
+        """The checks of a proposal that do not depend on round state: made alike at its height (on_proposal)
+        and one height ahead (``_defer``, before it is buffered and relayed).
+
+        So what a node at h+1 refuses for a fault of the proposal itself, a relay at h refused first and never
+        relayed: the height's faults an honest relay can pass on are only the race-prone ones (a round too
+        far ahead of the receiver's, a duplicate), which blame no one or cost a capped point (SPEC §5). The
+        signature is checked by the callers after their cheap dedupe and caps, against the same set.
+        """
+        if not -1 <= p.pol_round < p.round:
+            raise ValidationError(Reason.WRONG_ROUND, "pol_round must be -1 or below the round")
+        if p.proposer != self._proposer(p.height, p.round):
+            raise ValidationError(Reason.NOT_VALIDATOR, "not the proposer of that round")
+        if p.block.height != p.height:
+            raise ValidationError(Reason.BAD_BLOCK, "proposed block is for another height")
+        # The signature covers the header only: a body that is not the header's (or breaks the caps) is a
+        # relay's doing, refused before anything is stored, cached or relayed (SPEC §4 proposal integrity).
+        self.app.check_body(p.block)
+
+    def _proposer(self, height: int, round_: int) -> bytes:
+        """The proposer of (height, round), for this height and the next (cached: the rotation costs a pass
+        over the set per round; rounds are bounded by MAX_ROUND_AHEAD)."""
+        key = (height, round_)
+        proposer = self._proposers.get(key)
+        if proposer is None:
+            if len(self._proposers) >= MAX_CACHED_PROPOSERS:      # a long stall's rounds: start again
+                self._proposers.clear()
+            proposer = self._proposers[key] = self.app.proposer(height, round_)
+        return proposer
+
+    def _validators_of(self, height: int) -> ValidatorSet:
+        """The validator set of this height or the next (known a height ahead: set changes apply at h+2)."""
+        if height == self.height:
+            return self.validators
+        if self._next_validators is None or self._next_validators[0] != height:
+            self._next_validators = (height, self.app.validator_set(height))
+        return self._next_validators[1]
 
     def _evict_next_round(self, sender: bytes, round_: int) -> None:
         """Drop ``sender``'s buffered next-height messages of ``round_`` (a newer round replaces it)."""
@@ -514,7 +596,7 @@ class Engine:
 
     @property
     def buffered_next_height(self) -> tuple[Proposal | Vote, ...]:
-        """The next height's messages received early (the service re-logs them after a height's WAL marker)."""
+        """The next height's messages received early (judged again, and accepted ones logged, when it starts)."""
         return tuple(msg for msg, _ in self._next_height_msgs)
 
     def _valid(self, block: Block) -> bool:
@@ -692,3 +774,9 @@ class Engine:
 
     def _is_locked_on(self, v: Block) -> bool:
         return self.locked_value is not None and self.locked_value.hash == v.hash
+
+
+def _holds(vs: VoteSet, vote: Vote) -> bool:
+    """Does ``vs`` already hold ``vote`` (counted or waiting)? Exactly when ``VoteSet.add`` returns False."""
+    return (vote.validator in vs.by_hash.get(vote.block_hash, {})
+            or any(w.block_hash == vote.block_hash for w, _ in vs.pending.get(vote.validator, ())))

@@ -1,6 +1,8 @@
 """ConsensusService: drives the pure engine with the clock, the WAL, the store and the network.
 
-Inputs (network messages, timeouts) are written to the WAL, then fed to the engine; the engine's
+Inputs are written to the WAL before the engine acts on them: timeouts as they fire, peers' messages
+once the engine has checked them (its ``on_accept`` hook, called before the message changes any state),
+so a message the engine refuses is never logged (a keyless peer cannot fill the disk). The engine's
 actions are carried out here: broadcast (through ``self.broadcast``, which the P2P service sets),
 schedule a timeout on the injected ``IReactorTime``, commit a decided block to the store (and clear
 the mempool of its txs), record evidence. After a restart the WAL's records of the unfinished height
@@ -19,10 +21,11 @@ rebuilt none of them, every signature of the round was refused, and the node sta
 2. At startup, if the guard's last record is at the height being resumed and that message is not in the
    WAL, it is rebuilt (a vote from the record's sign bytes + signature; a proposal from its intent + the
    signature), appended to the WAL, replayed with the rest, and re-broadcast.
-Inputs from peers are logged before they are processed, so replay re-derives the same state (round,
-lock) and the same signing requests; the guard answers them with the recorded signatures. And should the
-guard still refuse something (a lost WAL), the engine schedules the step's timeout itself and moves to the
-next round (``Engine._refused``): no stall either way.
+Inputs from peers are logged once accepted and before they are processed (and WalSigner syncs the WAL
+before every signature), so replay re-derives the same state (round, lock) and the same signing
+requests; the guard answers them with the recorded signatures. And should the guard still refuse
+something (a lost WAL), the engine schedules the step's timeout itself and moves to the next round
+(``Engine._refused``): no stall either way.
 """
 from __future__ import annotations
 
@@ -139,7 +142,7 @@ class ConsensusService(service.Service):
         timeouts = eng.Timeouts(cfg.timeout_propose, cfg.timeout_propose_delta, cfg.timeout_prevote,
                                 cfg.timeout_prevote_delta, cfg.timeout_precommit, cfg.timeout_precommit_delta,
                                 cfg.block_interval, cfg.precision, cfg.message_delay)
-        self.engine = eng.Engine(self.app, self.signer, timeouts)
+        self.engine = eng.Engine(self.app, self.signer, timeouts, on_accept=self._log_input)
         self.halt_file = os.path.join(cfg.datadir, HALT_FILE)
         if os.path.exists(self.halt_file):
             with open(self.halt_file, encoding="utf-8", errors="replace") as f:
@@ -230,24 +233,33 @@ class ConsensusService(service.Service):
 
     # -- inputs ----------------------------------------------------------------------------------
     def receive_proposal(self, proposal: Proposal, timely: bool | None = None) -> None:
-        """A proposal from a peer (or the WAL). Raises ValidationError if the engine refuses it."""
+        """A proposal from a peer (or the WAL). Raises ValidationError if the engine refuses it (then nothing
+        is logged); an accepted one is logged by :meth:`_log_input` before the engine acts on it."""
         self._check_not_halted()
-        if not self._replaying:
-            self.wal.append(WalKind.PROPOSAL, proposal.encoded)
         self._run(lambda: self.engine.on_proposal(proposal, self.clock.seconds(), timely))
 
     def receive_vote(self, vote: Vote) -> None:
         self._check_not_halted()
-        if not self._replaying:
-            self.wal.append(WalKind.VOTE, vote.encoded)
         self._run(lambda: self.engine.on_vote(vote, self.clock.seconds()))
 
     def receive_quorum(self, proof: QuorumProof) -> None:
         """A peer's QuorumProof (vote propagation). Logged like a vote: its votes may be what locks us."""
         self._check_not_halted()
-        if not self._replaying:
-            self.wal.append(WalKind.QUORUM, proof.encoded)
         self._run(lambda: self.engine.on_quorum(proof, self.clock.seconds()))
+
+    def _log_input(self, msg: Proposal | Vote | QuorumProof) -> None:
+        """The engine's ``on_accept`` hook: a peer input it accepted, logged before it changes any state.
+
+        Flushed, not fsync'd (peers can send it again); :class:`WalSigner` syncs before any signature that
+        may rest on it. Not while replaying (the record is already there). A next-height message is logged
+        here when its height starts and the engine takes it from its buffer, after the marker of the height
+        before, which is where replay looks for it.
+        """
+        if self._replaying:
+            return
+        kind = (WalKind.PROPOSAL if isinstance(msg, Proposal) else WalKind.VOTE if isinstance(msg, Vote)
+                else WalKind.QUORUM)
+        self.wal.append(kind, msg.encoded)
 
     def apply_certified_block(self, block: Block, cert: CommitCertificate) -> None:
         """A decided block from a peer (catch-up): verify its certificate, commit it, move to the next height.
@@ -323,15 +335,13 @@ class ConsensusService(service.Service):
         self._timers.clear()
 
     def _end_height(self, height: int) -> None:
-        """Write ``height``'s WAL marker, then log again the next height's messages the engine holds.
+        """Write ``height``'s WAL marker (before the next height starts).
 
-        They were logged when they arrived, before the marker; replay keeps only records after the last
-        marker, so without this a crash at the next height would lose inputs that may have locked us.
+        The next height's messages the engine buffered are not in the log yet: ``start_height`` judges them
+        again and :meth:`_log_input` logs the ones it takes, after this marker, where replay of the next
+        height finds them.
         """
         self.wal.end_height(height)
-        for msg in self.engine.buffered_next_height:
-            if msg.height == height + 1:
-                self.wal.append(WalKind.PROPOSAL if isinstance(msg, Proposal) else WalKind.VOTE, msg.encoded)
 
     def _check_not_halted(self) -> None:
         if self.halted is not None:

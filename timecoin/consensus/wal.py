@@ -1,12 +1,15 @@
 """The consensus write-ahead log (SPEC §4 "Crash recovery").
 
-Every consensus input of the current height (proposals and votes, ours and peers', and timeouts) is
-appended before it is processed. A record is ``length (4 BE) || crc32 (4 BE) || kind (1) || data``;
+Every consensus input of the current height that the engine accepts (proposals, votes and quorum proofs,
+ours and peers', and timeouts) is appended before it is processed; a peer's message the engine refuses
+is never appended (``Engine.on_accept``). A record is ``length (4 BE) || crc32 (4 BE) || kind (1) || data``;
 an ``END_HEIGHT`` record marks a height as committed. On restart the records after the last marker
 are replayed into the engine, so a validator resumes the height (and round, and lock) it was in. A
 torn or corrupt last record (a crash mid-write) fails its length or CRC check and is cut off; the
 file is truncated there so later appends start clean. After a marker the file is compacted (rewritten
 with just the marker) once it grows past ``rotate_bytes``, so it never holds more than a height or so.
+It is read in a stream at open (two passes, in pieces): memory follows the records after the last marker
+(what replay needs), never the size of the file, and a torn record's claimed length is never allocated.
 Our own messages are fsync'd (``sync=True``); peers' are flushed only, since they can be re-fetched.
 
 ``PROPOSAL_INTENT`` is an unsigned proposal of ours (with its block), fsync'd *before* the guard is asked
@@ -22,11 +25,14 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from twisted.logger import Logger
 
 _HEADER = struct.Struct(">II")
 MAX_RECORD = 64 * 1024 * 1024
+_CHUNK = 64 * 1024              # bytes read at a time while checking a record's CRC at open
+_MAX_MARKER = 1 + 16            # an END_HEIGHT record's body: kind + height (8 bytes; a little slack)
 
 
 class WalKind(enum.IntEnum):
@@ -50,48 +56,43 @@ class WriteAheadLog:
     def __init__(self, path: str, rotate_bytes: int = 1 << 20) -> None:
         self.path = path
         self.rotate_bytes = rotate_bytes
-        records, good_len = self._scan()
-        self._records_at_open = records
+        self._pending_at_open, self._last_end_at_open, good_len = self._scan()
         self._f = open(path, "ab")  # noqa: SIM115 - held open for the node's life
         if self._f.tell() != good_len:
             self.log.warn("WAL {path}: dropped a torn tail of {n} bytes", path=path, n=self._f.tell() - good_len)
             self._f.truncate(good_len)
             self._f.seek(good_len)
 
-    def _scan(self) -> tuple[list[WalRecord], int]:
+    def _scan(self) -> tuple[list[WalRecord], int | None, int]:
+        """(records after the last marker, that marker's height, length of the good prefix), in two passes.
+
+        The first checks every record in chunks (length, kind, CRC) and finds the last marker, holding no
+        record; the second reads only the records after that marker. So memory follows the pending height's
+        records, never the file. The log ends at the first record that is torn or corrupt, or whose claimed
+        length runs past the end of the file (checked before anything of it is read).
+        """
         try:
-            with open(self.path, "rb") as f:
-                data = f.read()
+            f = open(self.path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
-            return [], 0
-        records: list[WalRecord] = []
-        off = 0
-        while off + _HEADER.size <= len(data):
-            length, crc = _HEADER.unpack_from(data, off)
-            body = data[off + _HEADER.size: off + _HEADER.size + length]
-            if length < 1 or length > MAX_RECORD or len(body) != length or zlib.crc32(body) != crc:
-                break
-            try:
-                kind = WalKind(body[0])
-            except ValueError:
-                break
-            records.append(WalRecord(kind, body[1:]))
-            off += _HEADER.size + length
-        return records, off
+            return [], None, 0
+        with f:
+            good, last_end, after_marker = _check_records(f, os.fstat(f.fileno()).st_size)
+            f.seek(after_marker)
+            pending: list[WalRecord] = []
+            off = after_marker
+            while off < good:
+                length, _ = _HEADER.unpack(f.read(_HEADER.size))
+                body = f.read(length)
+                pending.append(WalRecord(WalKind(body[0]), body[1:]))
+                off += _HEADER.size + length
+        return pending, last_end, good
 
     def pending(self) -> list[WalRecord]:
         """Records written after the last END_HEIGHT marker when the log was opened."""
-        recs = self._records_at_open
-        for i in range(len(recs) - 1, -1, -1):
-            if recs[i].kind == WalKind.END_HEIGHT:
-                return recs[i + 1:]
-        return list(recs)
+        return list(self._pending_at_open)
 
     def last_end_height(self) -> int | None:
-        for rec in reversed(self._records_at_open):
-            if rec.kind == WalKind.END_HEIGHT:
-                return int.from_bytes(rec.data, "big")
-        return None
+        return self._last_end_at_open
 
     def append(self, kind: WalKind, data: bytes, sync: bool = False) -> None:
         body = bytes((kind,)) + data
@@ -124,3 +125,38 @@ class WriteAheadLog:
     def close(self) -> None:
         if not self._f.closed:
             self._f.close()
+
+
+def _check_records(f: BinaryIO, size: int) -> tuple[int, int | None, int]:
+    """The first pass of :meth:`WriteAheadLog._scan`: (good length, last marker's height, offset after it).
+
+    Bodies are read in ``_CHUNK`` pieces for their CRC and dropped; only a marker's few bytes are kept.
+    """
+    off, last_end, after_marker = 0, None, 0
+    while off + _HEADER.size <= size:
+        f.seek(off)
+        length, crc = _HEADER.unpack(f.read(_HEADER.size))
+        if length < 1 or length > MAX_RECORD or off + _HEADER.size + length > size:
+            break
+        head = f.read(1)
+        try:
+            kind = WalKind(head[0])
+        except (IndexError, ValueError):
+            break
+        if kind == WalKind.END_HEIGHT and length > _MAX_MARKER:
+            break                                   # never written so: corrupt
+        running, data, left = zlib.crc32(head), b"", length - 1
+        while left:
+            chunk = f.read(min(left, _CHUNK))
+            if not chunk:
+                break
+            running = zlib.crc32(chunk, running)
+            if kind == WalKind.END_HEIGHT:
+                data += chunk
+            left -= len(chunk)
+        if left or running != crc:
+            break
+        off += _HEADER.size + length
+        if kind == WalKind.END_HEIGHT:
+            last_end, after_marker = int.from_bytes(data, "big"), off
+    return off, last_end, after_marker

@@ -40,6 +40,14 @@ from timecoin.wire import messages as m
 AGENT = f"timecoin/{__version__}"
 PROTOCOLS = ("/timecoin/consensus/1.0.0", "/timecoin/sync/1.0.0", "/timecoin/tx/1.0.0", "/timecoin/ping/1.0.0")
 MAX_BLOCKS_PER_RESPONSE = 100
+# get_blocks answers are held to a byte budget per peer (a request is a few bytes, its answer up to a frame):
+# each answer at most SYNC_RESPONSE_BYTES (SPEC §6), and all of a peer's answers a token bucket of bytes,
+# RESPONSE_BYTES_BURST at once and RESPONSE_BYTES_PER_MINUTE after. Honest sync asks several peers for
+# ranges in turn; ~1 MiB/s from each is far above what it applies. Over budget: refused rate_limited.
+SYNC_RESPONSE_BYTES = 4 << 20
+RESPONSE_BYTES_BURST = 16 << 20
+RESPONSE_BYTES_PER_MINUTE = 64 << 20
+MAX_RESPONSE_BUDGETS = 4_096       # peers whose byte budget is tracked; a full (refilled) one is dropped first
 MAX_PEERS_PER_RESPONSE = 100
 DRAIN_BATCH = 256                  # frames handled per reactor turn (one per peer in turn)
 LATENCY_ALPHA = 0.2                # EWMA weight of a new ping sample
@@ -122,6 +130,7 @@ class P2PService(service.Service):
         self._first_proposal: dict[bytes, str] = {}          # block hash -> PeerID that delivered it first
         self._capped: dict[bytes, None] = {}                 # next-height messages refused for a cap (not seen)
         self._capped_height = -1                             # ... while the engine is at this height
+        self._response_budgets: dict[str, tuple[float, float]] = {}   # PeerID -> (bytes left, when), get_blocks
         self._quorum_frames: dict[QuorumProof, tuple[bytes, bytes, bytes]] = {}   # proof -> (id, key id, frame)
         self._fetch: _Fetch | None = None                    # the block wanted by hash (fetch_block), if any
         self.archive = HeightArchive()
@@ -536,16 +545,45 @@ class P2PService(service.Service):
             self._learn(addr, conn.peer_id, "exchange", now)
 
     def _on_get_blocks(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
+        """As many consecutive blocks as fit the answer's size and the peer's byte budget (at least one).
+
+        A peer whose budget is spent is refused rate_limited, uncharged: it cannot know our blocks' sizes.
+        """
+        now = self.reactor.seconds()
+        allowance = self._response_allowance(conn.peer_id, now)
+        if allowance <= 0:
+            conn.reject(Reason.RATE_LIMITED, "get_blocks byte budget spent, ask again later", rid)
+            return
         count = min(body.count, MAX_BLOCKS_PER_RESPONSE)
         out: list[dict[str, Any]] = []
-        budget = self.config.max_frame_bytes - 1024
+        budget = min(self.config.max_frame_bytes - 1024, SYNC_RESPONSE_BYTES, allowance)
+        sent = 0
         for block, cert in self.node.store.get_blocks(body.start, count):
             size = block.size + len(cert.encoded) + 8
             if size > budget and out:
                 break
             budget -= size
+            sent += size
             out.append({"block": block.to_wire(), "certificate": cert.to_wire()})
+        self._response_budgets[conn.peer_id] = (allowance - sent, now)
         conn.send(m.MsgType.BLOCKS, {"blocks": out}, rid)
+
+    def _response_allowance(self, peer_id: str, now: float) -> float:
+        """Bytes of get_blocks answers ``peer_id`` may draw now (refilled; negative: an overdraft still owed)."""
+        left, when = self._response_budgets.get(peer_id, (float(RESPONSE_BYTES_BURST), now))
+        left = min(float(RESPONSE_BYTES_BURST), left + max(now - when, 0.0) * RESPONSE_BYTES_PER_MINUTE / 60.0)
+        if peer_id not in self._response_budgets and len(self._response_budgets) >= MAX_RESPONSE_BUDGETS:
+            self._forget_full_budgets(now)
+        return left
+
+    def _forget_full_budgets(self, now: float) -> None:
+        """Make room in the budget table: drop the budgets refilled to the full burst (forgetting them changes
+        nothing), else the oldest one (that peer's next answer starts from a full burst)."""
+        refill = RESPONSE_BYTES_PER_MINUTE / 60.0
+        full = [p for p, (left, when) in self._response_budgets.items()
+                if left + max(now - when, 0.0) * refill >= RESPONSE_BYTES_BURST]
+        for p in full or [next(iter(self._response_budgets))]:
+            del self._response_budgets[p]
 
     def _on_get_block_hashes(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         hashes = self.node.store.block_hashes(body.start, min(body.count, 10_000))
@@ -632,6 +670,32 @@ class P2PService(service.Service):
             self._first_proposal.setdefault(msg.block.hash, conn.peer_id)
         self._archive(height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=conn)
+
+    def precheck_consensus(self, conn: PeerConnection, payload: bytes) -> bool:
+        """A consensus frame judged by its height, round and signer before its body is decoded: True if dropped.
+
+        Read at fixed offsets (``m.peek_consensus``), so a frame the engine could never accept costs about
+        what reading its header does, whatever its size. A height outside [h, h+1] ([h] for a quorum proof)
+        is dropped uncharged (honest peers send both when one side lags), a far-ahead one remembered as
+        the peer's height; a round too far ahead or a signer that cannot sign it costs what the engine's
+        refusal would (race-prone; a quorum proof's refusals blame no one, as in :meth:`_on_quorum`).
+        Anything else (or a frame too short to read) is decoded and handled as usual.
+        """
+        fields = m.peek_consensus(payload)
+        consensus = self.node.consensus
+        if fields is None or consensus is None or consensus.engine is None:
+            return False
+        engine = consensus.engine
+        kind = _PEEKED_KINDS[fields.msg_type]
+        reason = engine.precheck(kind, fields.height, fields.round, fields.signer)
+        if reason is None:
+            return False
+        if reason == Reason.WRONG_HEIGHT:
+            if kind is not QuorumProof and fields.height > engine.height + 1:
+                conn.height = max(conn.height, fields.height - 1)
+        elif kind is not QuorumProof:
+            self.penalize(conn, reason)
+        return True
 
     def _on_quorum(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         """A peer's proof of > 2/3 of a round's votes for one value (SPEC §4 vote propagation).
@@ -1025,6 +1089,10 @@ class _Fetch:
         self.asked: set[str] = set()
         self.attempts = 0
         self.timer: Any = None
+
+
+_PEEKED_KINDS: dict[m.MsgType, type[Proposal | Vote | QuorumProof]] = {
+    m.MsgType.PROPOSAL: Proposal, m.MsgType.VOTE: Vote, m.MsgType.VOTE_QUORUM: QuorumProof}
 
 
 def _quorum_key(proof: QuorumProof) -> bytes:

@@ -15,7 +15,7 @@ interpreted codecs agree on every message.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from construct import (
     Bytes,
@@ -361,3 +361,50 @@ def decode_message(payload: bytes) -> tuple[MsgType, int, Any]:
     """Decode one envelope: (type, request id, body). DecodeError on anything not canonical."""
     env = ENVELOPE.decode(payload)
     return MsgType(env.type), env.request_id, env.body
+
+
+# -- reading a consensus message's height before decoding it ---------------------------------------
+class ConsensusFields(NamedTuple):
+    """The fixed-offset fields of a consensus envelope, read without decoding its body."""
+
+    msg_type: MsgType
+    height: int
+    round: int
+    signer: bytes | None       # the proposer or the voter; None for a VOTE_QUORUM (its signers are a list)
+
+
+def _offset(layout: Struct, name: str) -> int:
+    """Where field ``name`` starts in ``layout`` (every field before it has a fixed size)."""
+    off = 0
+    for sub in layout.subcons:
+        if sub.name == name:
+            return off
+        off += sub.sizeof()
+    raise KeyError(name)
+
+
+_ENVELOPE_HEAD = Int8ub.sizeof() + Int32ub.sizeof()           # type + request id, then the body
+_PEEK: dict[int, tuple[MsgType, int, int, int | None]] = {     # type byte -> (type, height, round, signer offsets)
+    int(t): (t, _ENVELOPE_HEAD + _offset(layout, "height"), _ENVELOPE_HEAD + _offset(layout, "round"),
+             None if signer is None else _ENVELOPE_HEAD + _offset(layout, signer))
+    for t, layout, signer in ((MsgType.PROPOSAL, Proposal, "proposer"), (MsgType.VOTE, Vote, "validator"),
+                              (MsgType.VOTE_QUORUM, VoteQuorum, None))
+}
+
+
+def peek_consensus(payload: bytes) -> ConsensusFields | None:
+    """The height, round and signer of a PROPOSAL, VOTE or VOTE_QUORUM envelope, read at their fixed offsets.
+
+    Costs the same whatever the size of the body, which is neither decoded nor checked (it may still be
+    malformed): the P2P layer drops a message for a height or from a signer it could never accept before
+    paying for a decode. None for any other type, or a payload too short to hold these fields.
+    """
+    fields = _PEEK.get(payload[0]) if payload else None
+    if fields is None:
+        return None
+    msg_type, height_at, round_at, signer_at = fields
+    if len(payload) < (round_at + 4 if signer_at is None else signer_at + 20):
+        return None
+    return ConsensusFields(msg_type, int.from_bytes(payload[height_at:height_at + 8], "big"),
+                           int.from_bytes(payload[round_at:round_at + 4], "big"),
+                           None if signer_at is None else bytes(payload[signer_at:signer_at + 20]))
