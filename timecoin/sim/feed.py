@@ -47,8 +47,12 @@ class FedPeer:
         self.drain()
 
     def drain(self) -> None:
+        """Run the service's input turns now, as the reactor would, without leaving turns scheduled."""
         service = self.node.p2p
         for _ in range(MAX_DRAIN_TURNS):
+            call, service._drain_call = service._drain_call, None
+            if call is not None and call.active():
+                call.cancel()
             if not service._ready:
                 return
             service._drain()
