@@ -77,7 +77,7 @@ class PeerConnection(Protocol):
         self.ready_at: float | None = None     # when the hello was accepted (None: never reached ready)
         self.pending_ip: str | None = None     # set while an inbound connection counts as pending (pre-auth)
         self.sent_ids: set[bytes] = set()      # current-height consensus message ids the peer has (gossip)
-        self.decoder = FrameDecoder(service.config.max_frame_bytes)
+        self.decoder = FrameDecoder(service.config.max_frame_bytes, m.HEIGHT_AT)
         self.inbox: collections.deque[bytes] = collections.deque()
         self.inbox_bytes = 0
         self.paused = False
@@ -199,14 +199,20 @@ class PeerConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
         if self.state in ("closed", "closing", "tls"):
             return
+        # Consensus frames for heights the engine cannot use are skipped while the stream is cut into frames,
+        # before they cost a copy, a queue slot, a turn or a decode (SPEC §5: every message metered). Honest
+        # peers send them when either side lags (uncharged); a far-ahead height is remembered as the peer's.
+        window = self.service.consensus_window() if self.state == "ready" else None
         try:
-            frames = self.decoder.feed(data)
+            frames = self.decoder.feed(data, window)
         except DecodeError as exc:
             self._queue(getattr(exc, "frames", []))
             self.log.info("Peer {peer} sent a bad frame: {why}", peer=self.peer_id, why=str(exc))
             self.service.penalize(self, exc.reason)
             self.abort()
             return
+        if self.decoder.dropped_above > self.height + 1:
+            self.height = self.decoder.dropped_above - 1
         self._queue(frames)
 
     def _queue(self, frames: list[bytes]) -> None:

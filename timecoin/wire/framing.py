@@ -53,14 +53,21 @@ def encode_frame(payload: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES)
 class FrameDecoder:
     """Incremental decoder: feed stream chunks, get back the complete frame payloads."""
 
-    __slots__ = ("max_frame_bytes", "_buf", "_need", "_error", "frames_decoded")
+    __slots__ = ("max_frame_bytes", "_buf", "_need", "_error", "frames_decoded", "height_at", "frames_dropped",
+                 "dropped_above")
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 height_at: dict[int, int] | None = None) -> None:
         self.max_frame_bytes = _check_max(max_frame_bytes)
         self._buf = bytearray()      # unfinished frame: header bytes, or header + part of the payload
         self._need = 0               # payload length of the frame in _buf once its header is complete
         self._error: DecodeError | None = None
         self.frames_decoded = 0
+        # Payloads whose first byte is a key here carry an 8-byte big-endian height at that offset: with a
+        # ``window``, feed() leaves out those outside it without copying them (see feed).
+        self.height_at = height_at or {}
+        self.frames_dropped = 0
+        self.dropped_above = 0       # the highest height among frames dropped above a window
 
     @property
     def buffered(self) -> int:
@@ -93,8 +100,12 @@ class FrameDecoder:
             raise self._fail(FrameTooLarge(
                 f"frame of at least {least} bytes exceeds max_frame_bytes={self.max_frame_bytes}"), frames)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview, window: tuple[int, int] | None = None) -> list[bytes]:
         """Consume a chunk; return the payloads of every frame it completes, in order.
+
+        With ``window`` = (low, high), a complete frame whose type has a height offset in ``height_at`` and
+        whose height lies outside [low, high] is skipped while it is cut out (never copied, counted in
+        ``frames_dropped``): the cheapest possible look at junk for heights the caller cannot use.
 
         Raises FrameTooLarge for a length prefix above the maximum (before buffering its payload)
         and DecodeError for a zero-length frame; either leaves the decoder failed for good.
@@ -128,16 +139,39 @@ class FrameDecoder:
             self._buf = bytearray()
         unpack = _LENGTH.unpack_from
         limit = self.max_frame_bytes
-        while end - pos >= HEADER_SIZE:
-            (length,) = unpack(data, pos)
-            if length > limit or length == 0:
-                self._check_length(length, frames)
-            start = pos + HEADER_SIZE
-            stop = start + length
-            if stop > end:
-                break
-            frames.append(data[start:stop])
-            pos = stop
+        if window is None or not self.height_at:
+            while end - pos >= HEADER_SIZE:
+                (length,) = unpack(data, pos)
+                if length > limit or length == 0:
+                    self._check_length(length, frames)
+                start = pos + HEADER_SIZE
+                stop = start + length
+                if stop > end:
+                    break
+                frames.append(data[start:stop])
+                pos = stop
+        else:
+            low, high = window
+            height_at = self.height_at
+            while end - pos >= HEADER_SIZE:
+                (length,) = unpack(data, pos)
+                if length > limit or length == 0:
+                    self._check_length(length, frames)
+                start = pos + HEADER_SIZE
+                stop = start + length
+                if stop > end:
+                    break
+                at = height_at.get(data[start])
+                if at is not None and length >= at + 8:
+                    h = int.from_bytes(data[start + at:start + at + 8], "big")
+                    if h < low or h > high:
+                        self.frames_dropped += 1
+                        if h > self.dropped_above:
+                            self.dropped_above = h
+                        pos = stop
+                        continue
+                frames.append(data[start:stop])
+                pos = stop
         if pos < end:
             tail = data[pos:]
             if len(tail) < HEADER_SIZE:

@@ -392,6 +392,10 @@ _PEEK: dict[int, tuple[MsgType, int, int, int | None]] = {     # type byte -> (t
 }
 
 
+# type byte -> offset of the 8-byte big-endian height in the envelope (FrameDecoder's window filter)
+HEIGHT_AT: dict[int, int] = {t: fields[1] for t, fields in _PEEK.items()}
+
+
 def peek_consensus(payload: bytes) -> ConsensusFields | None:
     """The height, round and signer of a PROPOSAL, VOTE or VOTE_QUORUM envelope, read at their fixed offsets.
 
