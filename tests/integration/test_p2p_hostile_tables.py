@@ -1,0 +1,183 @@
+"""Hostile peers against the node's tables and logs, over real TLS on 127.0.0.1 (issue 11, findings 6 and 9).
+
+* Memory held for free (finding 6): junk far-future votes must not grow ``conn.sent_ids``; a flood of
+  ``new_block`` announcements (heights we hold, made-up hashes and our own) must not evict honest
+  seen-cache entries nor write a log line each, and costs the flooder reputation; ``reject`` without a
+  request id is metered and its log line rate-limited; throwaway identities saying hello must not flush
+  the honest entries of the peer store.
+* Honest peers banned by honest peers over rate limits (finding 9): a client syncs from a server whose
+  ``rate_limit`` is far below its own; it backs off on ``rate_limited`` and finishes, not banned.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.logger import globalLogPublisher
+
+from tests.integration.test_p2p_misbehaviour import honest_unaffected, start_pair
+from tests.p2pnet import RawPeer, connect, make_keys, score, wait_for
+from timecoin.errors import Reason
+from timecoin.ledger.block import NIL_HASH, Vote, VoteType
+from timecoin.node import Node
+from timecoin.p2p.discovery import PeerStore, Source, format_multiaddr
+from timecoin.p2p.gossip import SeenCache, message_id
+from timecoin.p2p.service import ENVELOPE_HEADER
+from timecoin.wire import messages as m
+from timecoin.wire.framing import encode_frame
+
+
+async def ready_from_zero(key: Any, target: Node, listen_addrs: list[str] | None = None) -> RawPeer:
+    """A raw peer that says a correct hello claiming height 0 (so every height it announces is new)."""
+    peer = await connect(key, target)
+    body = target.p2p.hello_body() | {"listen_addrs": listen_addrs or [], "agent": "attacker",
+                                      "best_height": 0, "finalized_height": 0}
+    peer.send(m.MsgType.HELLO, body)
+    pid = key.peer_id
+    await wait_for(lambda: pid in target.p2p.connections and target.p2p.connections[pid].state == "ready",
+                   5.0, "attacker admitted")
+    return peer
+
+
+class LogLines:
+    """Every log event that names ``peer`` (a twisted.logger observer on the global publisher)."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("peer") == self.peer_id:
+            self.events.append(event)
+
+    def __enter__(self) -> LogLines:
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self)
+
+
+def frames(payloads: list[bytes]) -> bytes:
+    return b"".join(encode_frame(p) for p in payloads)
+
+
+# -- finding 6 (a): sent_ids holds only what we accepted or sent -------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_junk_far_future_votes_do_not_grow_the_connections_sent_ids(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        key = make_keys(1, seed=60)[0]
+        peer = await connect_ready_plain(key, target)
+        conn = target.p2p.connections[key.peer_id]
+        height = target.consensus.engine.height
+        # Keyless junk: the same made-up signature, rounds and heights far ahead (cheap to make, each distinct).
+        junk = [m.encode_message(m.MsgType.VOTE, Vote(VoteType.PREVOTE, height + 10 + i // 100, i % 100, NIL_HASH,
+                                                      target.key.address, b"\x01" * 64).to_wire())
+                for i in range(20_000)]
+        ids = {message_id(m.MsgType.VOTE, p[ENVELOPE_HEADER:]) for p in junk}
+        peer.transport.write(frames(junk))
+        await wait_for(lambda: conn.messages_in >= len(junk) or peer.lost.called, 30.0, "the junk handled")
+        held = sum(1 for mid in ids if mid in conn.sent_ids)
+        assert held == 0, f"{held} junk vote ids held in sent_ids"
+        assert len(conn.sent_ids) < 1_000                                 # only this height's real traffic
+        assert score(target, key) <= 0                                    # and it earned nothing
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+async def connect_ready_plain(key: Any, target: Node) -> RawPeer:
+    """A raw peer at the target's height (hello with its best height), so it is offered the height's gossip."""
+    peer = await connect(key, target)
+    peer.send(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": [], "agent": "attacker"})
+    await wait_for(lambda: key.peer_id in target.p2p.connections
+                   and target.p2p.connections[key.peer_id].state == "ready", 5.0, "attacker admitted")
+    return peer
+
+
+# -- finding 6 (b): announcements and rejects without a request id are metered ------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_new_block_flood_keeps_honest_seen_entries_logs_little_and_costs_reputation(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        await wait_for(lambda: target.store.tip_height() >= 5, 15.0, "a few blocks")
+        target.p2p.seen = SeenCache(size=2_000)            # small, so a flood that inserts would flush it
+        honest = message_id(m.MsgType.VOTE, b"an honest vote id")
+        target.p2p.seen.add(honest)
+        key = make_keys(1, seed=61)[0]
+        with LogLines(key.peer_id) as lines:
+            peer = await ready_from_zero(key, target)
+            conn = target.p2p.connections[key.peer_id]
+            tip = target.store.tip_height()
+            made_up = [m.encode_message(m.MsgType.NEW_BLOCK, {"height": 1 + i % tip,
+                                                              "hash": hashlib.sha256(b"%d" % i).digest()})
+                       for i in range(10_000)]
+            ours = [m.encode_message(m.MsgType.NEW_BLOCK, {"height": h, "hash": target.store.block_hash_at(h)})
+                    for h in range(1, tip + 1)]
+            flood = made_up[:tip] + ours + made_up[tip:]
+            peer.transport.write(frames(flood))
+            await wait_for(lambda: conn.messages_in >= len(flood) or peer.lost.called, 30.0, "the flood handled")
+            assert honest in target.p2p.seen, "the flood evicted an honest seen-cache entry"
+            assert len(lines.events) <= 10, f"{len(lines.events)} log lines about the flooder"
+            assert score(target, key) < 0
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reject_flood_without_request_id_is_metered_and_logged_little(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        key = make_keys(1, seed=62)[0]
+        with LogLines(key.peer_id) as lines:
+            peer = await ready_from_zero(key, target)
+            conn = target.p2p.connections[key.peer_id]
+            flood = [m.encode_message(m.MsgType.REJECT, {"reason": int(Reason.TIMEOUT), "message": f"no {i}"})
+                     for i in range(10_000)]
+            peer.transport.write(frames(flood))
+            await wait_for(lambda: conn.messages_in >= len(flood) or peer.lost.called, 30.0, "the flood handled")
+            assert len(lines.events) <= 10, f"{len(lines.events)} log lines about the flooder"
+            assert score(target, key) < 0
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+# -- finding 6 (c): throwaway identities do not flush the peer store ----------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_throwaway_identities_saying_hello_do_not_flush_honest_peer_store_entries(tmp_path: Path) -> None:
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        now = reactor.seconds()
+        store = PeerStore(None, rng=random.Random(1), self_id=target.p2p.peer_id, max_peers=20)
+        honest = make_keys(20, seed=63)
+        for i, k in enumerate(honest):
+            addr = format_multiaddr("127.0.0.1", 1000 + i, k.peer_id)        # nobody listens there
+            store.add(addr, Source.EXCHANGE, now)
+            if i % 2 == 0:
+                store.dial_succeeded(addr, now)                             # half of them reached once
+            entry = store.get(k.peer_id)
+            assert entry is not None
+            entry.next_dial = now + 3600                                     # keep the dialer off them
+        target.p2p.peerstore = store
+        for i, k in enumerate(make_keys(60, seed=64)):
+            listen = format_multiaddr("127.0.0.1", 2000 + i, k.peer_id)
+            peer = await ready_from_zero(k, target, [listen])
+            peer.transport.loseConnection()
+            await peer.lost
+        lost = [k.peer_id for k in honest if k.peer_id not in store]
+        assert lost == [], f"{len(lost)} of 20 honest entries flushed"
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
