@@ -28,6 +28,7 @@ from zope.interface import implementer
 from timecoin import crypto
 from timecoin.errors import DecodeError, Reason, TimecoinError
 from timecoin.p2p.discovery import parse_multiaddr
+from timecoin.p2p.gossip import MAX_SENT_IDS, SeenCache
 from timecoin.p2p.identity import PeerAuthError, peer_public_key
 from timecoin.p2p.peers import TX_GOSSIP_BURST, TX_GOSSIP_RATE, gcra
 from timecoin.wire import messages as m
@@ -75,7 +76,8 @@ class PeerConnection(Protocol):
         self.latency: float | None = None      # ping round-trip EWMA, seconds
         self.ready_at: float | None = None     # when the hello was accepted (None: never reached ready)
         self.pending_ip: str | None = None     # set while an inbound connection counts as pending (pre-auth)
-        self.sent_ids: set[bytes] = set()      # current-height consensus message ids the peer has (gossip)
+        # Ids of current-height messages the peer has: ones we accepted from it or sent it (gossip.py).
+        self.sent_ids = SeenCache(MAX_SENT_IDS)
         self.decoder = FrameDecoder(service.config.max_frame_bytes)
         self.inbox: collections.deque[bytes] = collections.deque()
         self.inbox_bytes = 0

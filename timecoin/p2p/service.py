@@ -489,7 +489,6 @@ class P2PService(service.Service):
     def _on_tx(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         mid = message_id(m.MsgType.TX, payload[ENVELOPE_HEADER:])
         if mid in self.seen:                        # a copy of what gossip already brought: free
-            conn.sent_ids.add(mid)
             self.duplicates[m.MsgType.TX] += 1
             return
         if not self.peers.allow_tx(conn.peer_id, self.reactor.seconds()):
@@ -519,8 +518,9 @@ class P2PService(service.Service):
     def _on_consensus(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         msg_type = m.MsgType.PROPOSAL if "proposer" in body else m.MsgType.VOTE
         mid = message_id(msg_type, payload[ENVELOPE_HEADER:])
-        conn.sent_ids.add(mid)
         if mid in self.seen:
+            if mid in self.archive:
+                conn.sent_ids.add(mid)                # it has it: not offered back (only accepted ids are kept)
             self.duplicates[msg_type] += 1
             return
         consensus = self.node.consensus
@@ -560,6 +560,7 @@ class P2PService(service.Service):
                 self.penalize(conn, exc.reason)
             return
         self.seen.add(mid)
+        conn.sent_ids.add(mid)
         self.accepted[msg_type] += 1
         # The first copy of a new valid vote or proposal (copies stopped at the seen-cache above).
         self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
@@ -577,7 +578,6 @@ class P2PService(service.Service):
         accepts it holds the quorum and sends its own proof to its peers (:meth:`_send_quorums`).
         """
         mid = message_id(m.MsgType.VOTE_QUORUM, payload[ENVELOPE_HEADER:])
-        conn.sent_ids.add(mid)
         if mid in self.seen:
             self.duplicates[m.MsgType.VOTE_QUORUM] += 1
             return
@@ -602,6 +602,7 @@ class P2PService(service.Service):
                 self.penalize(conn, exc.reason)
             return                      # DUPLICATE, WRONG_HEIGHT, WRONG_ROUND...: races, no blame
         self.seen.add(mid)
+        conn.sent_ids.add(mid)
         self.accepted[m.MsgType.VOTE_QUORUM] += 1
         self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
 
@@ -614,7 +615,6 @@ class P2PService(service.Service):
 
     def _on_evidence(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         mid = message_id(m.MsgType.EVIDENCE, payload[ENVELOPE_HEADER:])
-        conn.sent_ids.add(mid)
         if mid in self.seen:
             self.duplicates[m.MsgType.EVIDENCE] += 1
             return
@@ -632,6 +632,7 @@ class P2PService(service.Service):
             self.penalize(conn, getattr(exc, "reason", Reason.BAD_EVIDENCE))
             return
         self.accepted[m.MsgType.EVIDENCE] += 1
+        conn.sent_ids.add(mid)                    # verified: not broadcast back to it
         # Queues it for a block and, if new, broadcasts it on (broadcast() charges the equivocator).
         self.node.consensus.record_evidence(ev)
 
