@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from timecoin.p2p import gossip
 from timecoin.p2p.gossip import MAX_ARCHIVED_PER_HEIGHT, MAX_SENT_IDS, HeightArchive, SeenCache, message_id
+from timecoin.p2p.logonce import LogOnce
 
 
 def test_message_ids_depend_on_type_and_body_only() -> None:
@@ -91,3 +92,14 @@ def test_archive_membership_covers_the_current_and_next_height() -> None:
     archive.add(9, b"far", 2, b"r")
     assert b"now" in archive and b"next" in archive and b"far" not in archive
     assert [mid for mid, _, _ in archive.missing(SeenCache(4))] == [b"now"]
+
+
+def test_log_once_lets_one_line_per_key_and_window_through_and_counts_the_rest() -> None:
+    log = LogOnce(window=60.0, max_keys=3)
+    assert log.allow(("p", "fork"), 0.0) == 0
+    assert [log.allow(("p", "fork"), t) for t in (1.0, 30.0, 59.9)] == [None, None, None]
+    assert log.allow(("q", "fork"), 1.0) == 0                        # another peer has its own line
+    assert log.allow(("p", "fork"), 60.0) == 3                       # next window: the quiet ones counted
+    for i in range(10):
+        log.allow((f"x{i}", "fork"), 61.0)
+    assert len(log) == 3                                             # bounded: the oldest keys forgotten

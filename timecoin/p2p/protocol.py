@@ -78,6 +78,8 @@ class PeerConnection(Protocol):
         self.pending_ip: str | None = None     # set while an inbound connection counts as pending (pre-auth)
         # Ids of current-height messages the peer has: ones we accepted from it or sent it (gossip.py).
         self.sent_ids = SeenCache(MAX_SENT_IDS)
+        self.announced = -1                    # highest height it announced (new_block) on this connection
+        self.notice_tat = 0.0                  # GCRA state of its notice budget (P2PService._notice_allowed)
         self.decoder = FrameDecoder(service.config.max_frame_bytes)
         self.inbox: collections.deque[bytes] = collections.deque()
         self.inbox_bytes = 0

@@ -33,6 +33,7 @@ from timecoin.ledger.tx import Transaction
 from timecoin.p2p import discovery, peers
 from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
 from timecoin.p2p.identity import HostIdentity
+from timecoin.p2p.logonce import LogOnce
 from timecoin.p2p.protocol import PeerConnection, RequestFailed
 from timecoin.wire import messages as m
 
@@ -52,6 +53,8 @@ MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered 
 MAX_CAPPED = 10_000                # next-height messages refused for a per-sender cap, remembered per height
 FETCH_RETRY = 0.5                  # s before a block wanted by hash is asked of the next peer
 FETCH_ATTEMPTS = 30                # asks per wanted block (while we are still at its height); sync covers the rest
+NOTICE_RATE = 3_000                # per minute: new_block announcements + rejects without a request id, per peer
+NOTICE_BURST = 500                 # ... at once (honest peers send about one announcement per block)
 # Penalized on a quorum proof: built by its sender from votes it verified, so a bad one is its own provable fault.
 QUORUM_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NOT_VALIDATOR, Reason.BAD_CERTIFICATE})
 
@@ -109,6 +112,7 @@ class P2PService(service.Service):
         self.peerstore: discovery.PeerStore | None = None
         self.connections: dict[str, PeerConnection] = {}     # admitted (hello or ready), by PeerID
         self.seen = SeenCache()
+        self._log_once = LogOnce()                           # repeated per-peer log lines: once per window
         self.relayed: collections.Counter[m.MsgType] = collections.Counter()     # frames flooded to peers, by type
         self.duplicates: collections.Counter[m.MsgType] = collections.Counter()  # seen-cache hits, by type
         self.accepted: collections.Counter[m.MsgType] = collections.Counter()    # new valid messages from peers
@@ -640,39 +644,78 @@ class P2PService(service.Service):
         """A block announcement: flooded with the seen-cache, relayed only once we hold that very block.
 
         An announcement means "the sender holds this block" (sync picks peers by it), so we relay one only
-        when it is true of us too: at a height we hold, with our hash. One above our tip is not relayed
-        (catch-up brings the block and our own commit announces it, same bytes, same id); one that
+        when it is true of us too and news to our peers: our tip, with our hash. One above our tip is not
+        relayed (catch-up brings the block and our own commit announces it, same bytes, same id); one that
         conflicts with our block is not relayed either, and tells sync a fork may exist.
+
+        Metered by validity and by rate (issue 11): a copy of one in the seen-cache is free; otherwise an
+        announcement is valid once per peer and height above the highest it announced before -- a stale or
+        repeated one is dropped -- and every one takes a token of the peer's notice
+        budget (:meth:`_notice_allowed`). Only an announcement we relay enters the seen-cache, so made-up
+        hashes cannot flush it; a fork warning is logged once per peer per window.
         """
-        if body.height > conn.height:
-            conn.height = body.height
-            conn.sent_ids.clear()
         mid = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:])
-        if mid in self.seen:
+        if mid in self.seen:                         # we made or relayed it: true, and free
             self.duplicates[m.MsgType.NEW_BLOCK] += 1
+            self._announced(conn, body.height)
             return
+        if not self._notice_allowed(conn) or body.height <= conn.announced:
+            return                                   # over budget (charged), or stale/repeated: nothing new
+        self._announced(conn, body.height)
         store = self.node.store
-        if body.height > store.tip_height():
+        tip = store.tip_height()
+        if body.height > tip:
             self._maybe_catch_up()
             return
         ours = store.block_hash_at(body.height)
         if ours is None:
             return
-        self.seen.add(mid)
         if ours == body.hash:
-            self._relay(m.MsgType.NEW_BLOCK, mid, payload, exclude=conn)
+            if body.height == tip and self.seen.add(mid):
+                self._relay(m.MsgType.NEW_BLOCK, mid, payload, exclude=conn)
             return
-        self.log.warn("Peer {peer} announces block {h} {theirs}, ours is {ours}: a fork",
-                      peer=conn.peer_id, h=body.height, theirs=body.hash.hex(), ours=ours.hex())
+        quiet = self._log_once.allow((conn.peer_id, "fork"), self.reactor.seconds())
+        if quiet is not None:
+            self.log.warn("Peer {peer} announces block {h} {theirs}, ours is {ours}: a fork "
+                          "({quiet} more such announcements from it since the last line)",
+                          peer=conn.peer_id, h=body.height, theirs=body.hash.hex(), ours=ours.hex(), quiet=quiet)
         fork_suspected = getattr(getattr(self.node, "sync", None), "fork_suspected", None)
         if callable(fork_suspected):
             fork_suspected(conn.peer_id, body.height, body.hash)
 
+    def _announced(self, conn: PeerConnection, height: int) -> None:
+        """The peer holds block ``height``: the first announcement of a new height moves it (and its gossip) on."""
+        conn.announced = max(conn.announced, height)
+        if height > conn.height:
+            conn.height = height
+            conn.sent_ids.clear()
+
+    def _notice_allowed(self, conn: PeerConnection) -> bool:
+        """Take a token of the peer's notice budget (announcements, rejects without a request id).
+
+        Honest peers send about one announcement per block, far inside NOTICE_RATE; over it the notice is
+        dropped and RATE_LIMITED charged (race-prone: at most once per window).
+        """
+        wait, taken = peers.gcra(conn.notice_tat, self.reactor.seconds(), NOTICE_RATE, NOTICE_BURST)
+        if wait > peers.RATE_SLACK:
+            self.record(conn, peers.Event.RATE_LIMITED)
+            return False
+        conn.notice_tat = taken
+        return True
+
     def _on_reject(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
-        self.log.info("Peer {peer} rejected a message: {reason} {why}", peer=conn.peer_id,
-                      reason=_reason_name(body.reason), why=body.message)
+        """A reject without a request id: metered by the notice budget; its log line once per peer per window."""
         if body.reason == Reason.BANNED:
+            self.log.info("Peer {peer} has banned us", peer=conn.peer_id)
             conn.close()
+            return
+        if not self._notice_allowed(conn):
+            return
+        quiet = self._log_once.allow((conn.peer_id, "reject"), self.reactor.seconds())
+        if quiet is not None:
+            self.log.info("Peer {peer} rejected a message: {reason} {why} ({quiet} more rejects from it since "
+                          "the last line)", peer=conn.peer_id, reason=_reason_name(body.reason),
+                          why=body.message, quiet=quiet)
 
     _HANDLERS: dict[m.MsgType, Any] = {
         m.MsgType.PING: _on_ping,
