@@ -339,3 +339,28 @@ def new_entry_bytes(text: str) -> bytes:
     pid = parse_multiaddr(text)[2]
     assert pid is not None
     return discovery.PeerEntry(pid, pid, [text], Source.EXCHANGE, T0).encode()
+
+
+def test_a_flood_of_new_identities_evicts_only_entries_never_reached_and_not_validators() -> None:
+    # Issue 11 finding 6c: peers we reached by dialing, validators and bootstrap peers are evicted last;
+    # a peer that merely connected to us (mark_seen) has proved nothing about its address.
+    ps = new_store(max_peers=8)
+    ps.add(addr(1, PIDS[10]), Source.BOOTSTRAP, T0)
+    for i in (11, 12, 13):
+        ps.add(addr(i, PIDS[i]), Source.EXCHANGE, T0)
+        ps.dial_succeeded(addr(i, PIDS[i]), T0)                    # reached: hearsay that proved true
+    ps.add(addr(14, PIDS[14]), Source.IDENTIFY, T0)
+    ps.mark_validator(PIDS[14])                                     # a validator that connected to us
+    ps.add(addr(15, PIDS[15]), Source.EXCHANGE, T0)
+    ps.mark_seen(PIDS[15], T0 + 1)                                  # connected to us: not "reached"
+    ps.add(addr(16, PIDS[16]), Source.IDENTIFY, T0)
+    ps.add(addr(17, PIDS[17]), Source.EXCHANGE, T0)
+    kept = {PIDS[i] for i in (10, 11, 12, 13, 14)}
+    for i in range(40, 100):                                        # 60 throwaway identities' own addresses
+        ps.add(addr(i, PIDS[i]), Source.IDENTIFY, T0 + i)
+    assert kept <= {e.key for e in ps.entries()} and len(ps) == 8
+    assert PIDS[15] not in ps and PIDS[17] not in ps                # never reached: hearsay went first
+    entry = ps.get(PIDS[11])
+    assert entry is not None and entry.last_seen == T0
+    ps.mark_seen(PIDS[11], T0 + 5)
+    assert entry.last_seen == T0                                    # an inbound hello is not a dial
