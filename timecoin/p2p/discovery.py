@@ -14,9 +14,11 @@ connection reaches ready (TLS, identity and hello accepted): a peer that refuses
 less than :data:`MIN_SESSION` seconds is a *short session* (:meth:`PeerStore.connection_closed`): the
 peer accepts us and then drops us, so its redial backs off exponentially too (without forgetting it).
 A peer that is not a bootstrap peer is forgotten after :data:`MAX_FAILURES` consecutive failures. At
-most ``max_peers`` are kept; a new one evicts the worst (learned by exchange before learned from the
-peer itself before bootstrap, never connected before connected, most failures, oldest), bootstrap peers
-never.
+most ``max_peers`` are kept; a new one evicts the worst, bootstrap peers never: first peers we never
+reached by dialing that are not validators (issue 11: addresses a stranger handed us, before those we
+reached or that belong to a validator), then learned by exchange before learned from the peer itself,
+most failures, oldest. A peer that connected *to* us proves nothing about its address, so
+:meth:`PeerStore.mark_seen` resets its failures but does not count as reaching it.
 
 Peer exchange is untrusted input: :meth:`PeerStore.add_from_exchange` ignores lists longer than
 :data:`MAX_EXCHANGE_ADDRS`, skips malformed, oversized, undialable and ID-less addresses, adds at most
@@ -163,12 +165,13 @@ class PeerEntry:
     addrs: list[str]                            # canonical multiaddrs, most trusted first
     source: Source
     added: float
-    last_seen: float | None = None              # last successful connection
+    last_seen: float | None = None              # last successful dial (we reached its address)
     failures: int = 0                           # consecutive failed dials
     next_dial: float = 0.0
     latency: float | None = None                # ping EWMA (memory only)
     short_sessions: int = 0                     # consecutive connections closed within MIN_SESSION (memory only)
     resolved: str | None = field(default=None)  # the PeerID an ID-less bootstrap address turned out to have
+    validator: bool = False                     # a validator's host key (memory only): evicted last
 
     def encode(self) -> bytes:
         return json.dumps({"addrs": self.addrs, "source": self.source.value, "added": self.added,
@@ -190,9 +193,9 @@ class PeerEntry:
             raise ValueError("bad numbers")
         return entry
 
-    def _badness(self) -> tuple[int, int, int, float]:
-        """Sort key: the smallest is the first to evict."""
-        return (self.source.rank, self.last_seen is not None, -self.failures, self.added)
+    def _badness(self) -> tuple[bool, int, int, float]:
+        """Sort key: the smallest is the first to evict (never reached and not a validator first)."""
+        return (self.last_seen is not None or self.validator, self.source.rank, -self.failures, self.added)
 
 
 class PeerStore:
@@ -425,11 +428,21 @@ class PeerStore:
         return entry.next_dial
 
     def mark_seen(self, peer_id: str, now: float) -> None:
-        """A known peer connected to us: it is alive, so forget its failures."""
+        """A known peer connected to us: it is alive, so forget its failures.
+
+        Not ``last_seen``: that we reached its address is what keeps an entry from eviction, and an inbound
+        connection does not show it.
+        """
         entry = self._entries.get(peer_id)
         if entry is not None:
-            entry.failures, entry.last_seen, entry.next_dial = 0, now, now
+            entry.failures, entry.next_dial = 0, now
             self._save(entry)
+
+    def mark_validator(self, peer_id: str) -> None:
+        """The peer's host key is a validator's (it authenticated as one): its entry is evicted last."""
+        entry = self._entries.get(peer_id)
+        if entry is not None:
+            entry.validator = True
 
     def set_latency(self, peer_id: str, latency: float | None) -> None:
         """The peer's ping EWMA (memory only): ties in dial order and sharing prefer fast peers."""

@@ -80,6 +80,7 @@ class PeerConnection(Protocol):
         self.sent_ids = SeenCache(MAX_SENT_IDS)
         self.announced = -1                    # highest height it announced (new_block) on this connection
         self.notice_tat = 0.0                  # GCRA state of its notice budget (P2PService._notice_allowed)
+        self.identify_learned = False          # its hello listen addresses went to the peer store
         self.decoder = FrameDecoder(service.config.max_frame_bytes)
         self.inbox: collections.deque[bytes] = collections.deque()
         self.inbox_bytes = 0

@@ -423,8 +423,7 @@ class P2PService(service.Service):
         if conn.dialed:
             self.peerstore.dial_succeeded(conn.dialed, now)
         self.peerstore.mark_seen(conn.peer_id, now)
-        for addr in list(hello.listen_addrs)[:8]:
-            self._learn(addr, conn.peer_id, "identify", now)
+        self._learn_identify(conn, now)
         self.log.info("Connected to {kind} peer {peer} ({dir} {ip}:{port}, height {h}, {agent})",
                       kind="validator" if conn.is_validator else "observer", peer=conn.peer_id,
                       dir="in" if conn.inbound else "out", ip=conn.ip, port=conn.port, h=hello.best_height,
@@ -433,6 +432,23 @@ class P2PService(service.Service):
             conn.request(m.MsgType.GET_PEERS, {}).addCallbacks(lambda r: self._on_peers(conn, r), _ignore)
         self._offer(conn)
         self._maybe_catch_up()
+
+    def _learn_identify(self, conn: PeerConnection, now: float) -> None:
+        """Learn the peer's own listen addresses (its hello) once it is worth a peer-store slot (issue 11).
+
+        At once for a peer we dialed (its address works) or a validator (marked, so evicted last); an
+        inbound observer only once its connection has lasted discovery.MIN_SESSION (checked again every
+        gossip round), so throwaway identities saying hello never displace anyone. Once per connection.
+        """
+        if conn.identify_learned or conn.hello is None or conn.state != "ready" or self.peerstore is None:
+            return
+        if conn.inbound and not conn.is_validator and now - (conn.ready_at or now) < discovery.MIN_SESSION:
+            return
+        conn.identify_learned = True
+        for addr in list(conn.hello.listen_addrs)[:8]:
+            self._learn(addr, conn.peer_id, "identify", now)
+        if conn.is_validator:
+            self.peerstore.mark_validator(conn.peer_id)
 
     def _learn(self, addr: str, source: str, kind: str, now: float) -> None:
         try:
@@ -794,9 +810,11 @@ class P2PService(service.Service):
 
     def _gossip(self) -> None:
         frames = self._quorum_proofs()
+        now = self.reactor.seconds()
         for conn in list(self.connections.values()):
             self._offer(conn)
             self._send_quorums(conn, frames)
+            self._learn_identify(conn, now)
 
     def _quorum_proofs(self) -> list[tuple[bytes, bytes, bytes]]:
         """(id, key id, frame) of each > 2/3 quorum the engine holds at its height (encoded once per proof)."""
