@@ -19,14 +19,16 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
+from tests.chaingen import ChainBuilder, make_genesis
 from tests.integration.test_p2p_misbehaviour import honest_unaffected, start_pair
-from tests.p2pnet import RawPeer, connect, make_keys, score, wait_for
+from tests.p2pnet import Net, RawPeer, banned, connect, make_keys, score, wait_for
 from timecoin.errors import Reason
 from timecoin.ledger.block import NIL_HASH, Vote, VoteType
 from timecoin.node import Node
 from timecoin.p2p.discovery import PeerStore, Source, format_multiaddr
 from timecoin.p2p.gossip import SeenCache, message_id
 from timecoin.p2p.service import ENVELOPE_HEADER
+from timecoin.store import Store
 from timecoin.wire import messages as m
 from timecoin.wire.framing import encode_frame
 
@@ -181,3 +183,30 @@ async def test_throwaway_identities_saying_hello_do_not_flush_honest_peer_store_
     finally:
         await net.stop()
 
+
+
+# -- finding 9: an honest client backs off on rate_limited; the server does not ban it --------------------
+@pytest_twisted.ensureDeferred
+async def test_a_client_syncs_from_a_server_with_a_much_lower_rate_limit_and_is_not_banned(tmp_path: Path) -> None:
+    # node0 serves 300 generated blocks with rate_limit 120/min (burst 4); node1, empty, is configured
+    # for 2,400/min (burst 40) and so assumes node0 allows that much. Pings are rare so requests dominate.
+    spec = make_genesis(validators=1, chain_id="timecoin-ratelimit")
+    net = Net(tmp_path, 0, observers=2, genesis=spec.genesis, keys=make_keys(2, seed=80), sync_interval="1",
+              ping_interval="10", rate_limit="2400", rate_limit_burst="40")
+    net.nodes[0] = net.make(0, rate_limit="120", rate_limit_burst="4")
+    builder = ChainBuilder(Store(net.chain_path(0)), spec)
+    builder.build(300)
+    top = builder.store.block_hash_at(300)
+    builder.store.close()
+    try:
+        await net.start(connect=False)
+        server, client = net.nodes
+        net.connect(1, [0])
+        await wait_for(lambda: client.store.tip_height() >= 300 or banned(server, client.key), 25.0,
+                       "the client synced (or was banned)")
+        assert not banned(server, client.key), f"banned at height {client.store.tip_height()} of 300"
+        assert client.store.block_hash_at(300) == top
+        assert score(server, client.key) >= -5
+        assert client.p2p.peer_id in server.p2p.connections
+    finally:
+        await net.stop()
