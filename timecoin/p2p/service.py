@@ -55,6 +55,7 @@ FETCH_RETRY = 0.5                  # s before a block wanted by hash is asked of
 FETCH_ATTEMPTS = 30                # asks per wanted block (while we are still at its height); sync covers the rest
 NOTICE_RATE = 3_000                # per minute: new_block announcements + rejects without a request id, per peer
 NOTICE_BURST = 500                 # ... at once (honest peers send about one announcement per block)
+FLOOD_REFUSALS = 2                 # refusals per RACE_WINDOW, in units of max_inflight_requests, before REQUEST_FLOOD
 # Penalized on a quorum proof: built by its sender from votes it verified, so a bad one is its own provable fault.
 QUORUM_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NOT_VALIDATOR, Reason.BAD_CERTIFICATE})
 
@@ -388,7 +389,7 @@ class P2PService(service.Service):
             return
         if msg_type in RATE_LIMITED_TYPES and not self.peers.allow_request(conn.peer_id, self.reactor.seconds()):
             conn.reject(Reason.RATE_LIMITED, "rate limited", request_id)
-            self.penalize(conn, Reason.RATE_LIMITED)
+            self._refused(conn)
             return
         if msg_type in RESPONSES or (msg_type == m.MsgType.REJECT and request_id):
             if not conn.answer(request_id, msg_type, body):
@@ -399,6 +400,19 @@ class P2PService(service.Service):
             self.record(conn, peers.Event.UNSOLICITED)
             return
         handler(self, conn, request_id, body, payload)
+
+    def _refused(self, conn: PeerConnection) -> None:
+        """Charge a request refused for the rate limit: RATE_LIMITED (race-prone: an honest peer configured
+        for more than we allow is refused too, and backs off), or REQUEST_FLOOD once the peer has gone on
+        past FLOOD_REFUSALS x max_inflight_requests refusals in one RACE_WINDOW on this connection (an
+        honest client has at most its in-flight requests on the way when the first refusal reaches it).
+        """
+        now = self.reactor.seconds()
+        if not 0 <= now - conn.refused_since < peers.RACE_WINDOW:
+            conn.refused_since, conn.refused = now, 0
+        conn.refused += 1
+        flood = conn.refused > FLOOD_REFUSALS * self.config.max_inflight_requests
+        self.record(conn, peers.Event.REQUEST_FLOOD if flood else peers.Event.RATE_LIMITED)
 
     def _on_hello(self, conn: PeerConnection, hello: Any) -> None:
         genesis = self.node.genesis
@@ -727,6 +741,12 @@ class P2PService(service.Service):
             return
         if not self._notice_allowed(conn):
             return
+        if body.reason == Reason.RATE_LIMITED:
+            # Our ping (the one unnumbered message the peer limits) was refused: it allows less than we
+            # assumed. Pace slower, and do not count that ping as unanswered (it never will be).
+            conn.back_off()
+            if conn.ping_sent:
+                del conn.ping_sent[min(conn.ping_sent, key=conn.ping_sent.__getitem__)]
         quiet = self._log_once.allow((conn.peer_id, "reject"), self.reactor.seconds())
         if quiet is not None:
             self.log.info("Peer {peer} rejected a message: {reason} {why} ({quiet} more rejects from it since "
