@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
@@ -25,10 +26,12 @@ from tests.p2pnet import Net, RawPeer, banned, connect, make_keys, score, wait_f
 from timecoin.errors import Reason
 from timecoin.ledger.block import NIL_HASH, Vote, VoteType
 from timecoin.node import Node
+from timecoin.p2p import discovery
 from timecoin.p2p.discovery import PeerStore, Source, format_multiaddr
 from timecoin.p2p.gossip import SeenCache, message_id
+from timecoin.p2p.peers import ADDR_PREFIX
 from timecoin.p2p.service import ENVELOPE_HEADER
-from timecoin.store import Store
+from timecoin.store import PEERS, Store
 from timecoin.wire import messages as m
 from timecoin.wire.framing import encode_frame
 
@@ -184,6 +187,28 @@ async def test_throwaway_identities_saying_hello_do_not_flush_honest_peer_store_
         await net.stop()
 
 
+
+@pytest_twisted.ensureDeferred
+async def test_an_inbound_peers_listen_address_is_a_claim_until_its_connection_has_lasted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discovery, "MIN_SESSION", 1.0)
+    net = Net(tmp_path, 1)
+    try:
+        await net.start(connect=False)
+        target = net.nodes[0]
+        key = make_keys(1, seed=65)[0]
+        await ready_from_zero(key, target, [format_multiaddr("127.0.0.1", 3000, key.peer_id)])
+        entry = target.p2p.peerstore.get(key.peer_id)
+        assert entry is not None and entry.claimed                   # a stranger's word: memory only
+
+        def stored() -> set[str]:
+            return {k[len(ADDR_PREFIX):].decode() for k, _ in target.store.items(PEERS, ADDR_PREFIX)}
+
+        assert key.peer_id not in stored()
+        await wait_for(lambda: not entry.claimed, 5.0, "the claim confirmed once the connection lasted")
+        assert key.peer_id in stored()
+    finally:
+        await net.stop()
 
 # -- finding 9: an honest client backs off on rate_limited; the server does not ban it --------------------
 @pytest_twisted.ensureDeferred
