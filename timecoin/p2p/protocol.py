@@ -82,7 +82,7 @@ class PeerConnection(Protocol):
         self.sent_ids = SeenCache(MAX_SENT_IDS)
         self.announced = -1                    # highest height it announced (new_block) on this connection
         self.notice_tat = 0.0                  # GCRA state of its notice budget (P2PService._notice_allowed)
-        self.identify_learned = False          # its hello listen addresses went to the peer store
+        self.identify = ""                     # its hello listen addresses in the peer store: "", "claimed", "learned"
         self.refused = 0                       # its requests refused for the rate limit since refused_since
         self.refused_since = 0.0
         self.decoder = FrameDecoder(service.config.max_frame_bytes)

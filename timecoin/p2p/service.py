@@ -448,30 +448,32 @@ class P2PService(service.Service):
         self._maybe_catch_up()
 
     def _learn_identify(self, conn: PeerConnection, now: float) -> None:
-        """Learn the peer's own listen addresses (its hello) once it is worth a peer-store slot (issue 11).
+        """Learn the peer's own listen addresses (its hello); from a stranger, only as a claim (issue 11).
 
-        At once for a peer we dialed (its address works) or a validator (marked, so evicted last); an
-        inbound observer only once its connection has lasted discovery.MIN_SESSION (checked again every
-        gossip round), so throwaway identities saying hello never displace anyone. Once per connection.
+        From a peer we dialed (its address works) or a validator (marked: evicted last) they count in full
+        at once. From an inbound observer they are only *claimed* -- kept in memory, never written, the
+        first evicted -- until its connection has lasted discovery.MIN_SESSION (checked every gossip
+        round), so throwaway identities saying hello displace no one and write nothing.
         """
-        if conn.identify_learned or conn.hello is None or conn.state != "ready" or self.peerstore is None:
+        if conn.identify == "learned" or conn.hello is None or conn.state != "ready" or self.peerstore is None:
             return
-        if conn.inbound and not conn.is_validator and now - (conn.ready_at or now) < discovery.MIN_SESSION:
+        claimed = conn.inbound and not conn.is_validator and now - (conn.ready_at or now) < discovery.MIN_SESSION
+        if claimed and conn.identify == "claimed":
             return
-        conn.identify_learned = True
+        conn.identify = "claimed" if claimed else "learned"
         for addr in list(conn.hello.listen_addrs)[:8]:
-            self._learn(addr, conn.peer_id, "identify", now)
+            self._learn(addr, conn.peer_id, "identify", now, claimed)
         if conn.is_validator:
             self.peerstore.mark_validator(conn.peer_id)
 
-    def _learn(self, addr: str, source: str, kind: str, now: float) -> None:
+    def _learn(self, addr: str, source: str, kind: str, now: float, claimed: bool = False) -> None:
         try:
             _, _, pid = discovery.parse_multiaddr(addr)
         except ValueError:
             return
         if pid is None or pid == self.peer_id or (kind == "identify" and pid != source):
             return
-        self.peerstore.add(addr, kind, now)
+        self.peerstore.add(addr, kind, now, claimed=claimed)
 
     def _on_ping(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         conn.send(m.MsgType.PONG, {"nonce": body.nonce, "payload": body.payload}, rid)
