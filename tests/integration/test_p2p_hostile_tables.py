@@ -235,3 +235,29 @@ async def test_a_client_syncs_from_a_server_with_a_much_lower_rate_limit_and_is_
         assert client.p2p.peer_id in server.p2p.connections
     finally:
         await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_ping_slows_our_pace_and_is_not_counted_as_unanswered(tmp_path: Path) -> None:
+    # Pings have no request id: a peer whose limit our ping exceeded answers reject rate_limited, id 0.
+    net = Net(tmp_path, 1, ping_interval="3600")                       # the test sends the ping itself
+    try:
+        await net.start(connect=False)
+        target = net.nodes[0]
+        key = make_keys(1, seed=81)[0]
+        peer = await ready_from_zero(key, target)
+        conn = target.p2p.connections[key.peer_id]
+        full = conn.assumed_rate
+
+        def refuse(msg_type: m.MsgType, rid: int, body: Any) -> None:
+            if msg_type == m.MsgType.PING:
+                peer.send(m.MsgType.REJECT, {"reason": int(Reason.RATE_LIMITED), "message": "rate limited"}, rid)
+
+        peer.on_message = refuse
+        target.p2p._ping_all()
+        await wait_for(lambda: conn.assumed_rate < full, 5.0, "our pace halved")
+        assert conn.assumed_rate == pytest.approx(full / 2, rel=1e-2)
+        assert not conn.ping_sent                                      # never to be answered: not outstanding
+        assert score(target, key) == 0 and key.peer_id in target.p2p.connections
+    finally:
+        await net.stop()
