@@ -157,6 +157,32 @@ async def test_a_reject_flood_without_request_id_is_metered_and_logged_little(tm
         await net.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_evidence_we_cannot_judge_does_not_enter_the_seen_cache(tmp_path: Path) -> None:
+    # Keyless junk "evidence" for heights far ahead (no validator set to judge it by): dropped unblamed,
+    # and so it must not take seen-cache room from honest entries either.
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        target.p2p.seen = SeenCache(size=2_000)
+        honest = message_id(m.MsgType.VOTE, b"an honest vote id")
+        target.p2p.seen.add(honest)
+        key = make_keys(1, seed=66)[0]
+        peer = await connect_ready_plain(key, target)
+        conn = target.p2p.connections[key.peer_id]
+        far = target.store.tip_height() + 1_000_000
+        junk = []
+        for i in range(5_000):
+            a, b = (Vote(VoteType.PREVOTE, far + i, 0, h, target.key.address, b"\x01" * 64)
+                    for h in (NIL_HASH, b"\x07" * 32))
+            junk.append(m.encode_message(m.MsgType.EVIDENCE, {"vote_a": a.to_wire(), "vote_b": b.to_wire()}))
+        peer.transport.write(frames(junk))
+        await wait_for(lambda: conn.messages_in >= len(junk) or peer.lost.called, 30.0, "the junk handled")
+        assert honest in target.p2p.seen, "junk evidence evicted an honest seen-cache entry"
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
 # -- finding 6 (c): throwaway identities do not flush the peer store ----------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_throwaway_identities_saying_hello_do_not_flush_honest_peer_store_entries(tmp_path: Path) -> None:
