@@ -654,12 +654,12 @@ class P2PService(service.Service):
         if mid in self.seen:
             self.duplicates[m.MsgType.EVIDENCE] += 1
             return
-        self.seen.add(mid)
         try:
             ev = Evidence.from_wire(body)
             vs = self.node.store.validator_set(ev.height)
             if vs is None:
-                return                            # too old or too new for us to judge: drop, no blame
+                return                            # too old or too new for us to judge: drop, no blame, not seen
+            self.seen.add(mid)                    # judged from here on: copies are free
             ev.verify(vs, self.node.genesis.chain_id)
         except (DecodeError, ValueError):
             self.penalize(conn, Reason.MALFORMED)
