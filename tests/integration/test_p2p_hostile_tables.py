@@ -239,12 +239,12 @@ async def test_an_inbound_peers_listen_address_is_a_claim_until_its_connection_h
 # -- finding 9: an honest client backs off on rate_limited; the server does not ban it --------------------
 @pytest_twisted.ensureDeferred
 async def test_a_client_syncs_from_a_server_with_a_much_lower_rate_limit_and_is_not_banned(tmp_path: Path) -> None:
-    # node0 serves 300 generated blocks with rate_limit 120/min (burst 4); node1, empty, is configured
+    # node0 serves 300 generated blocks with rate_limit 180/min (burst 4); node1, empty, is configured
     # for 2,400/min (burst 40) and so assumes node0 allows that much. Pings are rare so requests dominate.
     spec = make_genesis(validators=1, chain_id="timecoin-ratelimit")
     net = Net(tmp_path, 0, observers=2, genesis=spec.genesis, keys=make_keys(2, seed=80), sync_interval="1",
               ping_interval="10", rate_limit="2400", rate_limit_burst="40")
-    net.nodes[0] = net.make(0, rate_limit="120", rate_limit_burst="4")
+    net.nodes[0] = net.make(0, rate_limit="180", rate_limit_burst="4")
     builder = ChainBuilder(Store(net.chain_path(0)), spec)
     builder.build(300)
     top = builder.store.block_hash_at(300)
