@@ -339,3 +339,55 @@ def new_entry_bytes(text: str) -> bytes:
     pid = parse_multiaddr(text)[2]
     assert pid is not None
     return discovery.PeerEntry(pid, pid, [text], Source.EXCHANGE, T0).encode()
+
+
+def test_a_flood_of_new_identities_evicts_only_entries_never_reached_and_not_validators() -> None:
+    # Issue 11 finding 6c: peers we reached by dialing, validators and bootstrap peers are evicted last;
+    # a peer that merely connected to us (mark_seen) has proved nothing about its address.
+    ps = new_store(max_peers=8)
+    ps.add(addr(1, PIDS[10]), Source.BOOTSTRAP, T0)
+    for i in (11, 12, 13):
+        ps.add(addr(i, PIDS[i]), Source.EXCHANGE, T0)
+        ps.dial_succeeded(addr(i, PIDS[i]), T0)                    # reached: hearsay that proved true
+    ps.add(addr(14, PIDS[14]), Source.IDENTIFY, T0)
+    ps.mark_validator(PIDS[14])                                     # a validator that connected to us
+    ps.add(addr(15, PIDS[15]), Source.EXCHANGE, T0)
+    ps.mark_seen(PIDS[15], T0 + 1)                                  # connected to us: not "reached"
+    ps.add(addr(16, PIDS[16]), Source.IDENTIFY, T0)
+    ps.add(addr(17, PIDS[17]), Source.EXCHANGE, T0)
+    kept = {PIDS[i] for i in (10, 11, 12, 13, 14)}
+    for i in range(40, 100):                                        # 60 throwaway identities' own addresses
+        ps.add(addr(i, PIDS[i]), Source.IDENTIFY, T0 + i)
+    assert kept <= {e.key for e in ps.entries()} and len(ps) == 8
+    assert PIDS[15] not in ps and PIDS[17] not in ps                # never reached: hearsay went first
+    entry = ps.get(PIDS[11])
+    assert entry is not None and entry.last_seen == T0
+    ps.mark_seen(PIDS[11], T0 + 5)
+    assert entry.last_seen == T0                                    # an inbound hello is not a dial
+
+
+def test_a_strangers_claimed_address_is_memory_only_unshared_and_evicted_first(tmp_path: Path) -> None:
+    # The listen address an inbound observer's hello gives is a claim until its connection has lasted.
+    with open_store(tmp_path) as store:
+        ps = new_store(store, max_peers=4)
+        ps.add(addr(1, PIDS[10]), Source.EXCHANGE, T0)                   # hearsay, never reached
+        ps.add(addr(2, PIDS[11]), Source.EXCHANGE, T0)
+        assert ps.add(addr(3, PIDS[12]), Source.IDENTIFY, T0 + 1, claimed=True)
+        for i in range(40, 100):                                         # throwaway identities' claims
+            ps.add(addr(i, PIDS[i]), Source.IDENTIFY, T0 + i, claimed=True)
+        assert PIDS[10] in ps and PIDS[11] in ps and len(ps) == 4         # claims evicted one another only
+        claims = {e.key for e in ps.entries() if e.claimed}
+        assert len(claims) == 2
+        stored = {k[len(ADDR_PREFIX):].decode() for k, _ in store.items(PEERS, ADDR_PREFIX)}
+        assert stored == {PIDS[10], PIDS[11]}                           # nothing of the claims written
+        assert not claims & {a.rsplit("/", 1)[1] for a in ps.sample(10)}  # nor shared in peer exchange
+        # Its connection lasted: the same address added unclaimed is an ordinary entry, written.
+        last = max(claims, key=lambda k: ps.get(k).added)                # type: ignore[union-attr]
+        entry = ps.get(last)
+        assert entry is not None
+        ps.add(entry.addrs[0], Source.IDENTIFY, T0 + 200)
+        assert not entry.claimed and last in {k[len(ADDR_PREFIX):].decode() for k, _ in store.items(PEERS, ADDR_PREFIX)}
+        # A claimed entry a dial reaches is no claim either.
+        other = next(iter(claims - {last}))
+        ps.dial_succeeded(ps.get(other).addrs[0], T0 + 201)             # type: ignore[union-attr]
+        assert not ps.get(other).claimed                                # type: ignore[union-attr]

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from timecoin.p2p import gossip
-from timecoin.p2p.gossip import MAX_ARCHIVED_PER_HEIGHT, HeightArchive, SeenCache, message_id
+from timecoin.p2p.gossip import MAX_ARCHIVED_PER_HEIGHT, MAX_SENT_IDS, HeightArchive, SeenCache, message_id
+from timecoin.p2p.logonce import LogOnce
 
 
 def test_message_ids_depend_on_type_and_body_only() -> None:
@@ -70,3 +71,35 @@ def test_archive_is_bounded() -> None:
     for i in range(MAX_ARCHIVED_PER_HEIGHT + 10):
         arch.add(1, i.to_bytes(4, "big"), 14, b"x")
     assert len(arch) == MAX_ARCHIVED_PER_HEIGHT
+
+
+def test_a_connections_sent_ids_is_capped_and_clears() -> None:
+    # PeerConnection.sent_ids is a SeenCache of MAX_SENT_IDS: a peer can never make it hold more.
+    sent = SeenCache(MAX_SENT_IDS)
+    for i in range(MAX_SENT_IDS + 500):
+        sent.add(i.to_bytes(32, "big"))
+    assert len(sent) == MAX_SENT_IDS and (MAX_SENT_IDS + 499).to_bytes(32, "big") in sent
+    assert (0).to_bytes(32, "big") not in sent                     # the oldest went first
+    sent.clear()
+    assert len(sent) == 0
+
+
+def test_archive_membership_covers_the_current_and_next_height() -> None:
+    archive = HeightArchive()
+    archive.reset(5)
+    archive.add(5, b"now", 2, b"p")
+    archive.add(6, b"next", 2, b"q")
+    archive.add(9, b"far", 2, b"r")
+    assert b"now" in archive and b"next" in archive and b"far" not in archive
+    assert [mid for mid, _, _ in archive.missing(SeenCache(4))] == [b"now"]
+
+
+def test_log_once_lets_one_line_per_key_and_window_through_and_counts_the_rest() -> None:
+    log = LogOnce(window=60.0, max_keys=3)
+    assert log.allow(("p", "fork"), 0.0) == 0
+    assert [log.allow(("p", "fork"), t) for t in (1.0, 30.0, 59.9)] == [None, None, None]
+    assert log.allow(("q", "fork"), 1.0) == 0                        # another peer has its own line
+    assert log.allow(("p", "fork"), 60.0) == 3                       # next window: the quiet ones counted
+    for i in range(10):
+        log.allow((f"x{i}", "fork"), 61.0)
+    assert len(log) == 3                                             # bounded: the oldest keys forgotten

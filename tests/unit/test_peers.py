@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
 
 from timecoin.config import NodeConfig, build_config
 from timecoin.crypto import PrivateKey
 from timecoin.errors import Reason
-from timecoin.p2p import peers
+from timecoin.p2p import peers, protocol
 from timecoin.p2p.peers import (
     BAN_THRESHOLD,
     DECAY_INTERVAL,
@@ -27,7 +30,9 @@ from timecoin.p2p.peers import (
     event_for_reason,
 )
 from timecoin.p2p.pending import PendingTable
+from timecoin.p2p.protocol import PACE_FRACTION, PeerConnection
 from timecoin.store import BANS, PEERS, Store
+from timecoin.wire import messages as m
 
 PIDS = [PrivateKey(bytes([i + 1]) * 32).peer_id for i in range(12)]
 A, B, C, D = PIDS[:4]
@@ -36,7 +41,7 @@ PUBLIC_IP = "203.0.113.7"                # TEST-NET-3
 OTHER_IP = "198.51.100.9"                # TEST-NET-2
 
 PROVABLE = {Event.INVALID_SIGNATURE, Event.FORGED_CERTIFICATE, Event.EQUIVOCATION, Event.MALFORMED_FRAME,
-            Event.OVERSIZED_FRAME, Event.INVALID_BLOCK}
+            Event.OVERSIZED_FRAME, Event.INVALID_BLOCK, Event.REQUEST_FLOOD}
 GOOD = {Event.VALID_BLOCK, Event.USEFUL_RESPONSE, Event.VALID_CONSENSUS_MESSAGE, Event.VALID_TX}
 
 
@@ -189,8 +194,7 @@ def test_one_provable_offence_bans_a_neutral_peer_by_id_and_ip(event: Event) -> 
     assert again.banned and not again.newly_banned    # an existing ban is not extended
 
 
-@pytest.mark.parametrize("event", [Event.TIMEOUT, Event.RATE_LIMITED, Event.UNSOLICITED, Event.STALE_DATA,
-                                   Event.SLOW_RESPONSE])
+@pytest.mark.parametrize("event", [Event.TIMEOUT, Event.UNSOLICITED, Event.STALE_DATA, Event.SLOW_RESPONSE])
 def test_ambiguous_faults_need_several_for_a_ban(event: Event) -> None:
     mgr = PeerManager(None, config())
     needed = -(BAN_THRESHOLD // -DELTAS[event])        # ceil(50 / cost)
@@ -495,6 +499,82 @@ def test_token_bucket_burst_then_refill_rate() -> None:
     later = start + 3600
     assert sum(mgr.allow_request(A, later) for _ in range(30)) == 20
 
+
+
+def test_rate_limited_is_race_prone_a_burst_of_refusals_costs_one_charge_a_window() -> None:
+    # Issue 11 finding 9: an honest client configured for more than we allow is refused; it must not be
+    # banned for it (it backs off: PeerConnection.back_off). A flood that ignores refusals is REQUEST_FLOOD.
+    mgr = PeerManager(None, config())
+    assert Event.RATE_LIMITED in RACE_PRONE
+    deltas = [mgr.record(A, Event.RATE_LIMITED, T0 + k * 0.5).delta for k in range(100)]
+    assert deltas == [DELTAS[Event.RATE_LIMITED]] + [0] * 99
+    assert not mgr.is_banned(A, None, T0 + 50)
+    assert mgr.record(A, Event.RATE_LIMITED, T0 + RACE_WINDOW).delta == DELTAS[Event.RATE_LIMITED]
+
+
+class _Service:
+    """What a PeerConnection needs of the P2P service to send requests and pace them."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.config = cfg
+        self.peers = None
+
+    def penalize(self, conn: Any, reason: Reason) -> None:
+        pass
+
+
+def _client(rate_limit: int, burst: int) -> tuple[PeerConnection, task.Clock, StringTransport]:
+    clock = task.Clock()
+    clock.advance(T0)
+    conn = PeerConnection(_Service(config(rate_limit=rate_limit, rate_limit_burst=burst)), clock, inbound=False)
+    transport = StringTransport()
+    conn.transport, conn.state = transport, "ready"
+    return conn, clock, transport
+
+
+def _refuse(conn: PeerConnection, rid: int) -> None:
+    conn.answer(rid, m.MsgType.REJECT, SimpleNamespace(reason=int(Reason.RATE_LIMITED), message="rate limited"))
+
+
+def test_a_client_backs_off_on_rate_limited_and_recovers_slowly() -> None:
+    conn, clock, transport = _client(rate_limit=600, burst=12)
+    full = 600 * PACE_FRACTION
+    assert conn.assumed_rate == full
+    failed: list[Any] = []
+    for _ in range(10):                                          # the burst we allow ourselves, sent at once
+        conn.request(m.MsgType.GET_STATUS, {}).addErrback(failed.append)
+    sent = transport.value()
+    _refuse(conn, 3)                                             # the peer allows less than we assumed
+    assert len(failed) == 1 and conn.assumed_rate == full / 2
+    _refuse(conn, 5)                                             # sent before the back-off: no second halving
+    assert conn.assumed_rate == full / 2
+    # The next request waits a whole interval at the halved rate (the burst is gone).
+    conn.request(m.MsgType.GET_STATUS, {}).addErrback(failed.append)
+    assert transport.value() == sent
+    clock.advance(60 / (full / 2) - 0.01)
+    assert transport.value() == sent
+    clock.advance(0.02)
+    assert len(transport.value()) > len(sent)
+    _refuse(conn, 11)                                            # refused again at the slower pace: halve again
+    assert conn.assumed_rate == pytest.approx(full / 4, rel=1e-2)   # (it has recovered 0.2 s worth)
+    clock.advance(protocol.PACE_RECOVERY)                                 # recovers slowly: doubles per PACE_RECOVERY
+    assert conn.assumed_rate == pytest.approx(full / 2, rel=1e-2)
+    clock.advance(10 * protocol.PACE_RECOVERY)
+    assert conn.assumed_rate == full                             # never above what we were configured for
+
+
+def test_requests_queued_before_a_back_off_are_paced_again() -> None:
+    conn, clock, transport = _client(rate_limit=600, burst=3)     # a burst of 1 for us: the rest are queued
+    failed: list[Any] = []
+    for _ in range(4):
+        conn.request(m.MsgType.GET_STATUS, {}).addErrback(failed.append)
+    first = len(transport.value())
+    assert first > 0
+    _refuse(conn, 1)                                             # at 270/min now: ~0.22 s apart, not 0.11
+    clock.advance(0.2)
+    assert len(transport.value()) == first                       # the queued ones did not go at the old pace
+    clock.advance(3 * 60 / (600 * PACE_FRACTION / 2) + 0.05)
+    assert len(transport.value()) > first and failed and conn.in_flight == 3
 
 
 def test_tx_gossip_has_its_own_budget_separate_from_requests() -> None:

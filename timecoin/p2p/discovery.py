@@ -14,9 +14,15 @@ connection reaches ready (TLS, identity and hello accepted): a peer that refuses
 less than :data:`MIN_SESSION` seconds is a *short session* (:meth:`PeerStore.connection_closed`): the
 peer accepts us and then drops us, so its redial backs off exponentially too (without forgetting it).
 A peer that is not a bootstrap peer is forgotten after :data:`MAX_FAILURES` consecutive failures. At
-most ``max_peers`` are kept; a new one evicts the worst (learned by exchange before learned from the
-peer itself before bootstrap, never connected before connected, most failures, oldest), bootstrap peers
-never.
+most ``max_peers`` are kept; a new one evicts the worst, bootstrap peers never: first peers we never
+reached by dialing that are not validators (issue 11: addresses strangers handed us, before those we
+reached or that belong to a validator), among them *claims* first (below), then learned by exchange
+before learned from the peer itself, most failures, oldest. A peer that connected *to* us proves
+nothing about its address, so :meth:`PeerStore.mark_seen` resets its failures but does not count as
+reaching it, and the listen address a stranger's hello gives is added as a *claim* (``claimed=True``):
+kept in memory only, not shared in peer exchange, evicted before anything else, until it is added again
+unclaimed (its connection lasted) or a dial reaches it. So throwaway identities saying hello cannot
+flush honest entries, nor write to the database.
 
 Peer exchange is untrusted input: :meth:`PeerStore.add_from_exchange` ignores lists longer than
 :data:`MAX_EXCHANGE_ADDRS`, skips malformed, oversized, undialable and ID-less addresses, adds at most
@@ -163,12 +169,14 @@ class PeerEntry:
     addrs: list[str]                            # canonical multiaddrs, most trusted first
     source: Source
     added: float
-    last_seen: float | None = None              # last successful connection
+    last_seen: float | None = None              # last successful dial (we reached its address)
     failures: int = 0                           # consecutive failed dials
     next_dial: float = 0.0
     latency: float | None = None                # ping EWMA (memory only)
     short_sessions: int = 0                     # consecutive connections closed within MIN_SESSION (memory only)
     resolved: str | None = field(default=None)  # the PeerID an ID-less bootstrap address turned out to have
+    validator: bool = False                     # a validator's host key (memory only): evicted last
+    claimed: bool = False                       # only a stranger's word for it (memory only): evicted first
 
     def encode(self) -> bytes:
         return json.dumps({"addrs": self.addrs, "source": self.source.value, "added": self.added,
@@ -190,9 +198,10 @@ class PeerEntry:
             raise ValueError("bad numbers")
         return entry
 
-    def _badness(self) -> tuple[int, int, int, float]:
-        """Sort key: the smallest is the first to evict."""
-        return (self.source.rank, self.last_seen is not None, -self.failures, self.added)
+    def _badness(self) -> tuple[bool, bool, int, int, float]:
+        """Sort key: the smallest is the first to evict (never reached and not a validator first; claims first)."""
+        return (self.last_seen is not None or self.validator, not self.claimed, self.source.rank, -self.failures,
+                self.added)
 
 
 class PeerStore:
@@ -235,12 +244,14 @@ class PeerStore:
             store.write_many(PEERS, dict.fromkeys(bad))
 
     def _save(self, entry: PeerEntry) -> None:
+        if entry.claimed:
+            return                                  # a claim lives in memory only
         if self.store is not None and entry.peer_id is not None and entry.key == entry.peer_id:
             self.store.put(PEERS, ADDR_PREFIX + entry.peer_id.encode(), entry.encode())
 
     def _drop(self, entry: PeerEntry) -> None:
         self._entries.pop(entry.key, None)
-        if self.store is not None and entry.key == entry.peer_id and entry.peer_id is not None:
+        if self.store is not None and entry.key == entry.peer_id and entry.peer_id is not None and not entry.claimed:
             self.store.delete(PEERS, ADDR_PREFIX + entry.peer_id.encode())
 
     # -- reading ---------------------------------------------------------------------------------
@@ -265,11 +276,13 @@ class PeerStore:
         return self._entries.get(peer_id if peer_id is not None else format_multiaddr(host, port))
 
     # -- learning addresses ----------------------------------------------------------------------
-    def add(self, addr: str, source: Source | str, now: float) -> bool:
+    def add(self, addr: str, source: Source | str, now: float, claimed: bool = False) -> bool:
         """Learn ``addr``; True if it is a new peer or a new address of a known one.
 
         ValueError for text that is not a multiaddr, or an ID-less address not from bootstrap; False
-        (ignored) for our own PeerID and undialable hosts.
+        (ignored) for our own PeerID and undialable hosts. ``claimed``: a stranger's own word (module
+        docstring); it makes a new entry a claim, never an existing one, and an unclaimed add of a
+        claimed entry confirms it.
         """
         source = Source(source)
         host, port, peer_id = parse_multiaddr(addr)
@@ -288,11 +301,15 @@ class PeerStore:
             return False
         entry = self._entries.get(peer_id)
         if entry is None:
-            entry = self._entries[peer_id] = PeerEntry(peer_id, peer_id, [text], source, now, next_dial=now)
+            entry = self._entries[peer_id] = PeerEntry(peer_id, peer_id, [text], source, now, next_dial=now,
+                                                       claimed=claimed)
             self._save(entry)
             self._evict()
             return peer_id in self._entries
         changed = False
+        if entry.claimed and not claimed:
+            entry.claimed = False
+            changed = True
         if source.rank > entry.source.rank:
             entry.source = source
             changed = True
@@ -393,6 +410,7 @@ class PeerStore:
         entry.failures = 0
         entry.last_seen = now
         entry.next_dial = now
+        entry.claimed = False                      # reached: no longer anyone's word for it
         if entry.peer_id is None:
             if peer_id is not None:
                 entry.resolved = peer_id
@@ -425,11 +443,21 @@ class PeerStore:
         return entry.next_dial
 
     def mark_seen(self, peer_id: str, now: float) -> None:
-        """A known peer connected to us: it is alive, so forget its failures."""
+        """A known peer connected to us: it is alive, so forget its failures.
+
+        Not ``last_seen``: that we reached its address is what keeps an entry from eviction, and an inbound
+        connection does not show it.
+        """
         entry = self._entries.get(peer_id)
         if entry is not None:
-            entry.failures, entry.last_seen, entry.next_dial = 0, now, now
+            entry.failures, entry.next_dial = 0, now
             self._save(entry)
+
+    def mark_validator(self, peer_id: str) -> None:
+        """The peer's host key is a validator's (it authenticated as one): its entry is evicted last."""
+        entry = self._entries.get(peer_id)
+        if entry is not None:
+            entry.validator = True
 
     def set_latency(self, peer_id: str, latency: float | None) -> None:
         """The peer's ping EWMA (memory only): ties in dial order and sharing prefer fast peers."""
@@ -474,7 +502,8 @@ class PeerStore:
     def sample(self, limit: int, rng: random.Random | None = None) -> list[str]:
         """Up to ``limit`` addresses to share in a peers reply: peers we reached first, at random."""
         rng = rng or self.rng
-        shareable = [e for e in self._entries.values() if e.peer_id is not None and e.key == e.peer_id]
+        shareable = [e for e in self._entries.values()
+                     if e.peer_id is not None and e.key == e.peer_id and not e.claimed]
         reached = [e for e in shareable if e.last_seen is not None and e.failures == 0]
         others = [e for e in shareable if not (e.last_seen is not None and e.failures == 0)]
         rng.shuffle(reached)

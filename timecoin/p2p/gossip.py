@@ -3,7 +3,10 @@
 Two sans-I/O parts the P2P service combines:
 
 * :class:`SeenCache` — ids of messages already processed (bounded, oldest forgotten first), so each
-  transaction, proposal, vote, evidence or announcement is handled and relayed once.
+  transaction, proposal, vote, evidence or announcement is handled and relayed once. The same bounded
+  set, :data:`MAX_SENT_IDS` long, is each connection's ``sent_ids``: ids of messages the peer has
+  because we accepted them from it or sent them to it (never ids of what it sent that we did not
+  accept, so junk cannot make it grow).
 * :class:`HeightArchive` — the consensus messages of the current height (and, apart, the next one's),
   kept so they can be offered again to peers that were not connected (or lost a message) when they
   were first sent. The engine
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Container
 
 DEFAULT_SEEN_SIZE = 100_000
+MAX_SENT_IDS = 16_384                 # per connection: a height's archive (10,000 + 2,000) plus relayed txs and quorums
 MAX_ARCHIVED_PER_HEIGHT = 10_000      # proposals + votes of one height (bounded: rounds x validators x 2)
 MAX_ARCHIVED_NEXT_HEIGHT = 2_000      # of the next height, received early (the engine keeps <= 24 per validator)
 
@@ -48,6 +53,9 @@ class SeenCache:
         if len(self._ids) > self.size:
             self._ids.popitem(last=False)
         return True
+
+    def clear(self) -> None:
+        self._ids.clear()
 
 
 class HeightArchive:
@@ -86,7 +94,11 @@ class HeightArchive:
         if len(frames) < bound:
             frames.setdefault(mid, (msg_type, payload))
 
-    def missing(self, known: set[bytes]) -> list[tuple[bytes, int, bytes]]:
+    def __contains__(self, mid: object) -> bool:
+        """True if ``mid`` is archived, at the current height or the next."""
+        return mid in self._frames or mid in self._next
+
+    def missing(self, known: Container[bytes]) -> list[tuple[bytes, int, bytes]]:
         """(id, type, payload) of every archived message of the current height not in ``known``."""
         return [(mid, t, p) for mid, (t, p) in self._frames.items() if mid not in known]
 

@@ -10,9 +10,12 @@ Reputation
     cost a few points, so several are needed. A score drifts back toward 0 by one point per
     :data:`DECAY_INTERVAL` seconds, computed lazily from ``now`` (nothing is written for decay).
     Race-prone faults (:data:`RACE_PRONE`: an invalid tx, a message for another height or round, a vote
-    by a non-validator) are what honest peers send when blocks and gossip cross, so at most one of them
-    is charged per :data:`RACE_WINDOW` per peer: a racing honest peer loses at most a point a minute and
-    decay gives it back, while a peer that sends them on purpose gains nothing by it.
+    by a non-validator, txs over the gossip budget, a request over the rate limit) are what honest peers
+    send when blocks and gossip cross or when their limits differ from ours, so at most one of them is
+    charged per :data:`RACE_WINDOW` per peer: a racing honest peer loses at most a point a minute (five
+    for a rate-limit hit, which it answers by backing off) and decay gives it back, while a peer that
+    sends them on purpose gains nothing by it. A peer that keeps sending requests after many refusals in
+    one window has ignored them on purpose: that is :data:`Event.REQUEST_FLOOD`, provable.
     Good deliveries (:data:`GOOD`: the first copy of a valid vote, proposal or tx, a certified block we
     committed, a useful answer) raise a score *slowly*: at most :data:`GOOD_PER_WINDOW` points per
     :data:`GOOD_WINDOW` per peer, whatever the number of deliveries, so relaying a busy network's traffic
@@ -119,6 +122,7 @@ class Event(enum.Enum):
     MALFORMED_FRAME = "malformed_frame"
     OVERSIZED_FRAME = "oversized_frame"
     INVALID_BLOCK = "invalid_block"
+    REQUEST_FLOOD = "request_flood"
     # ambiguous faults
     TIMEOUT = "timeout"
     STALE_DATA = "stale_data"
@@ -146,11 +150,14 @@ DELTAS: dict[Event, int] = {
     Event.MALFORMED_FRAME: -50,          # bytes that are not a canonical message, or data before hello
     Event.OVERSIZED_FRAME: -50,          # a length prefix above max_frame_bytes
     Event.INVALID_BLOCK: -50,            # a certified block that fails validation (or is too large)
+    Event.REQUEST_FLOOD: -50,            # kept requesting after 2 x max_inflight_requests refusals in a RACE_WINDOW
+                                         # (an honest client backs off at the first: PeerConnection.back_off)
     # -- ambiguous faults: slow links and lagging honest peers do these too; several make a ban ---------
     Event.TIMEOUT: -5,                   # a request or ping left unanswered past its timeout
     Event.STALE_DATA: -3,                # old or missing data it claimed to have (lagging peer, clock skew)
     Event.SLOW_RESPONSE: -2,             # answered, but below the minimum useful rate
-    Event.RATE_LIMITED: -5,              # a request over its token bucket (it was answered rate_limited)
+    Event.RATE_LIMITED: -5,              # a request over its token bucket, answered rate_limited (RACE_PRONE: a peer
+                                         # configured for more than we allow is honest; it backs off)
     Event.UNSOLICITED: -3,               # a response or pong to nothing we asked (or a second hello)
     Event.INVALID_TX: -1,                # a tx refused by state rules: often a race with a block (RACE_PRONE)
     Event.WRONG_HEIGHT_ROUND: -1,        # consensus message for a height/round it cannot be (RACE_PRONE)
@@ -166,7 +173,7 @@ DELTAS: dict[Event, int] = {
 GOOD: frozenset[Event] = frozenset(e for e, d in DELTAS.items() if d > 0)
 
 RACE_PRONE: frozenset[Event] = frozenset({Event.INVALID_TX, Event.WRONG_HEIGHT_ROUND, Event.NOT_VALIDATOR,
-                                          Event.TX_OVER_BUDGET})
+                                          Event.TX_OVER_BUDGET, Event.RATE_LIMITED})
 
 # Reject reasons of the peer's input -> the event charged. None: not the sender's fault (our limits, its
 # network or version, duplicates from gossip), so no reputation change.

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from timecoin import crypto
 from timecoin.errors import DecodeError, Reason, TimecoinError
 from timecoin.p2p.discovery import parse_multiaddr
+from timecoin.p2p.gossip import MAX_SENT_IDS, SeenCache
 from timecoin.p2p.identity import PeerAuthError, peer_public_key
 from timecoin.p2p.peers import TX_GOSSIP_BURST, TX_GOSSIP_RATE, gcra
 from timecoin.wire import messages as m
@@ -41,6 +42,8 @@ HANDSHAKE_TIMEOUT = 10.0            # TLS + hello must complete within this (fro
 PRE_TLS_TIMEOUT = 3.0               # ... and TLS alone within this: a socket idle before TLS loses its slot
 PACE_FRACTION = 0.9                 # our request rate to a peer, as a fraction of its (assumed) rate_limit
 PACE_BURST_MARGIN = 2               # requests of its burst we leave unused (pings share the budget)
+PACE_RECOVERY = 300.0               # s for a backed-off pace to double again (up to our own rate_limit)
+PACE_MIN_RATE = 1.0                 # requests per minute: the slowest pace back-offs go down to
 REQUEST_TIMEOUT = 15.0              # SPEC §6: an unanswered request moves on after ~15 s
 MAX_TX_BACKLOG = 10_000             # txs queued for one peer by our relay pacing; beyond, new ones are not sent
 
@@ -76,7 +79,13 @@ class PeerConnection(Protocol):
         self.latency: float | None = None      # ping round-trip EWMA, seconds
         self.ready_at: float | None = None     # when the hello was accepted (None: never reached ready)
         self.pending_ip: str | None = None     # set while an inbound connection counts as pending (pre-auth)
-        self.sent_ids: set[bytes] = set()      # current-height consensus message ids the peer has (gossip)
+        # Ids of current-height messages the peer has: ones we accepted from it or sent it (gossip.py).
+        self.sent_ids = SeenCache(MAX_SENT_IDS)
+        self.announced = -1                    # highest height it announced (new_block) on this connection
+        self.notice_tat = 0.0                  # GCRA state of its notice budget (P2PService._notice_allowed)
+        self.identify = ""                     # its hello listen addresses in the peer store: "", "claimed", "learned"
+        self.refused = 0                       # its requests refused for the rate limit since refused_since
+        self.refused_since = 0.0
         self.decoder = FrameDecoder(service.config.max_frame_bytes, m.HEIGHT_AT)
         self.inbox: collections.deque[bytes] = collections.deque()
         self.inbox_bytes = 0
@@ -87,6 +96,11 @@ class PeerConnection(Protocol):
         self._handshake_timer: Any = None
         self.ping_sent: dict[int, float] = {}
         self._pace_tat = 0.0                   # GCRA theoretical arrival time of our next request (pace())
+        self._pace_factor = 1.0                # share of our own rate we assume it allows (halved per back_off)
+        self._pace_factor_at = 0.0             # when it was last halved (it doubles back per PACE_RECOVERY)
+        self._backoffs = 0                     # back-offs so far (a request paced before the last is paced again)
+        self._backoff_rid = 0                  # requests numbered below this were paced before the last back-off
+        self._last_rid = 0
         self._tx_queue: collections.deque[bytes] = collections.deque()   # relayed txs waiting for budget
         self._tx_tat = 0.0                     # the same GCRA for the peer's tx gossip budget
         self._tx_flush: Any = None
@@ -307,12 +321,13 @@ class PeerConnection(Protocol):
         if len(self._requests) >= self.service.config.max_inflight_requests:
             return defer.fail(RequestFailed(Reason.RATE_LIMITED, "max_inflight_requests open to this peer"))
         rid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        self._last_rid = rid
         d: defer.Deferred[Any] = defer.Deferred()
         delay = self.pace()
         timer = self.clock.callLater(delay + timeout, self._request_timed_out, rid)
         self._requests[rid] = (d, timer, msg_type)
         if delay > 0:
-            self.clock.callLater(delay, self._send_request, rid, msg_type, body)
+            self.clock.callLater(delay, self._send_request, rid, msg_type, body, self._backoffs)
         else:
             self.send(msg_type, body, rid)
         return d
@@ -322,16 +337,69 @@ class PeerConnection(Protocol):
 
         Peers limit our requests with a token bucket (``rate_limit`` per minute, ``rate_limit_burst``);
         we assume theirs is configured like ours and stay a margin inside it (GCRA), so an honest node
-        syncing hard is slowed down instead of refused and charged.
+        syncing hard is slowed down instead of refused and charged. A peer configured lower tells us so
+        by refusing one (``rate_limited``): :meth:`back_off` then lowers what we assume of it.
         """
-        cfg = self.service.config
-        wait, self._pace_tat = gcra(self._pace_tat, self.clock.seconds(), cfg.rate_limit * PACE_FRACTION,
-                                    cfg.rate_limit_burst - PACE_BURST_MARGIN)
+        now = self.clock.seconds()
+        rate, burst = self._pace_limits(now)
+        wait, self._pace_tat = gcra(self._pace_tat, now, rate, burst)
         return wait
 
-    def _send_request(self, rid: int, msg_type: m.MsgType, body: Any) -> None:
-        if rid in self._requests and self.state == "ready":
-            self.send(msg_type, body, rid)
+    def _pace_limits(self, now: float) -> tuple[float, int]:
+        """(requests per minute, burst) we assume the peer allows us at ``now``."""
+        cfg = self.service.config
+        factor = self._pace_share(now)
+        rate = max(cfg.rate_limit * PACE_FRACTION * factor, PACE_MIN_RATE)
+        return rate, max(1, int((cfg.rate_limit_burst - PACE_BURST_MARGIN) * factor))
+
+    def _pace_share(self, now: float) -> float:
+        """The backed-off share of our own rate, doubling back per PACE_RECOVERY seconds (never above 1)."""
+        if self._pace_factor >= 1.0:
+            return 1.0
+        elapsed = max(now - self._pace_factor_at, 0.0)
+        return min(1.0, self._pace_factor * 2.0 ** (elapsed / PACE_RECOVERY))
+
+    @property
+    def assumed_rate(self) -> float:
+        """Requests per minute we now pace ourselves to with this peer."""
+        return self._pace_limits(self.clock.seconds())[0]
+
+    def back_off(self, request_id: int = 0) -> None:
+        """The peer refused a request of ours (``rate_limited``): it allows less than we assumed.
+
+        Halve the rate and burst we assume (down to PACE_MIN_RATE), recovering slowly (doubling per
+        PACE_RECOVERY), and push the pacing state so our next request waits a whole interval at the new
+        rate (the peer's bucket is empty now). A refusal of a request paced before the last back-off
+        (already in flight then) halves nothing more; requests queued at the old pace are paced again
+        before they go (:meth:`_send_request`). ``request_id`` 0: an unnumbered message (a ping).
+        """
+        now = self.clock.seconds()
+        rate, _ = self._pace_limits(now)
+        if request_id:
+            stale = request_id < self._backoff_rid
+        else:
+            stale = self._backoffs > 0 and now - self._pace_factor_at < 60.0 / rate
+        if not stale:
+            self._pace_factor = self._pace_share(now) / 2
+            self._pace_factor_at = now
+            self._backoffs += 1
+            self._backoff_rid = self._last_rid + 1
+        rate, burst = self._pace_limits(now)
+        self._pace_tat = max(self._pace_tat, now + burst * 60.0 / rate)
+
+    def _send_request(self, rid: int, msg_type: m.MsgType, body: Any, paced_at: int) -> None:
+        entry = self._requests.get(rid)
+        if entry is None or self.state != "ready":
+            return
+        if paced_at != self._backoffs:
+            # Paced before a back-off: pace it again at the slower rate; its timeout counts from sending.
+            wait = self.pace()
+            if wait > 0:
+                if entry[1].active():
+                    entry[1].delay(wait)
+                self.clock.callLater(wait, self._send_request, rid, msg_type, body, self._backoffs)
+                return
+        self.send(msg_type, body, rid)
 
     def _request_timed_out(self, rid: int) -> None:
         entry = self._requests.pop(rid, None)
@@ -349,7 +417,10 @@ class PeerConnection(Protocol):
         if timer.active():
             timer.cancel()
         if msg_type == m.MsgType.REJECT:
-            d.errback(RequestFailed(_reason(body.reason), body.message))
+            reason = _reason(body.reason)
+            if reason == Reason.RATE_LIMITED:
+                self.back_off(request_id)
+            d.errback(RequestFailed(reason, body.message))
         else:
             d.callback((msg_type, body))
         return True

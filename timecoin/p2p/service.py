@@ -33,6 +33,7 @@ from timecoin.ledger.tx import Transaction
 from timecoin.p2p import discovery, peers
 from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
 from timecoin.p2p.identity import HostIdentity
+from timecoin.p2p.logonce import LogOnce
 from timecoin.p2p.pending import PendingTable
 from timecoin.p2p.protocol import PeerConnection, RequestFailed
 from timecoin.wire import messages as m
@@ -65,6 +66,9 @@ MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered 
 MAX_CAPPED = 10_000                # next-height messages refused for a per-sender cap, remembered per height
 FETCH_RETRY = 0.5                  # s before a block wanted by hash is asked of the next peer
 FETCH_ATTEMPTS = 30                # asks per wanted block (while we are still at its height); sync covers the rest
+NOTICE_RATE = 3_000                # per minute: new_block announcements + rejects without a request id, per peer
+NOTICE_BURST = 500                 # ... at once (honest peers send about one announcement per block)
+FLOOD_REFUSALS = 2                 # refusals per RACE_WINDOW, in units of max_inflight_requests, before REQUEST_FLOOD
 # Penalized on a quorum proof: built by its sender from votes it verified, so a bad one is its own provable fault.
 QUORUM_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NOT_VALIDATOR, Reason.BAD_CERTIFICATE})
 
@@ -124,6 +128,7 @@ class P2PService(service.Service):
         self.peerstore: discovery.PeerStore | None = None
         self.connections: dict[str, PeerConnection] = {}     # admitted (hello or ready), by PeerID
         self.seen = SeenCache()
+        self._log_once = LogOnce()                           # repeated per-peer log lines: once per window
         self.relayed: collections.Counter[m.MsgType] = collections.Counter()     # frames flooded to peers, by type
         self.duplicates: collections.Counter[m.MsgType] = collections.Counter()  # seen-cache hits, by type
         self.accepted: collections.Counter[m.MsgType] = collections.Counter()    # new valid messages from peers
@@ -458,7 +463,7 @@ class P2PService(service.Service):
             return
         if msg_type in RATE_LIMITED_TYPES and not self.peers.allow_request(conn.peer_id, self.reactor.seconds()):
             conn.reject(Reason.RATE_LIMITED, "rate limited", request_id)
-            self.penalize(conn, Reason.RATE_LIMITED)
+            self._refused(conn)
             return
         if msg_type in RESPONSES or (msg_type == m.MsgType.REJECT and request_id):
             if not conn.answer(request_id, msg_type, body):
@@ -469,6 +474,19 @@ class P2PService(service.Service):
             self.record(conn, peers.Event.UNSOLICITED)
             return
         handler(self, conn, request_id, body, payload)
+
+    def _refused(self, conn: PeerConnection) -> None:
+        """Charge a request refused for the rate limit: RATE_LIMITED (race-prone: an honest peer configured
+        for more than we allow is refused too, and backs off), or REQUEST_FLOOD once the peer has gone on
+        past FLOOD_REFUSALS x max_inflight_requests refusals in one RACE_WINDOW on this connection (an
+        honest client has at most its in-flight requests on the way when the first refusal reaches it).
+        """
+        now = self.reactor.seconds()
+        if not 0 <= now - conn.refused_since < peers.RACE_WINDOW:
+            conn.refused_since, conn.refused = now, 0
+        conn.refused += 1
+        flood = conn.refused > FLOOD_REFUSALS * self.config.max_inflight_requests
+        self.record(conn, peers.Event.REQUEST_FLOOD if flood else peers.Event.RATE_LIMITED)
 
     def _on_hello(self, conn: PeerConnection, hello: Any) -> None:
         genesis = self.node.genesis
@@ -493,8 +511,7 @@ class P2PService(service.Service):
         if conn.dialed:
             self.peerstore.dial_succeeded(conn.dialed, now)
         self.peerstore.mark_seen(conn.peer_id, now)
-        for addr in list(hello.listen_addrs)[:8]:
-            self._learn(addr, conn.peer_id, "identify", now)
+        self._learn_identify(conn, now)
         self.log.info("Connected to {kind} peer {peer} ({dir} {ip}:{port}, height {h}, {agent})",
                       kind="validator" if conn.is_validator else "observer", peer=conn.peer_id,
                       dir="in" if conn.inbound else "out", ip=conn.ip, port=conn.port, h=hello.best_height,
@@ -504,14 +521,33 @@ class P2PService(service.Service):
         self._offer(conn)
         self._maybe_catch_up()
 
-    def _learn(self, addr: str, source: str, kind: str, now: float) -> None:
+    def _learn_identify(self, conn: PeerConnection, now: float) -> None:
+        """Learn the peer's own listen addresses (its hello); from a stranger, only as a claim (issue 11).
+
+        From a peer we dialed (its address works) or a validator (marked: evicted last) they count in full
+        at once. From an inbound observer they are only *claimed* -- kept in memory, never written, the
+        first evicted -- until its connection has lasted discovery.MIN_SESSION (checked every gossip
+        round), so throwaway identities saying hello displace no one and write nothing.
+        """
+        if conn.identify == "learned" or conn.hello is None or conn.state != "ready" or self.peerstore is None:
+            return
+        claimed = conn.inbound and not conn.is_validator and now - (conn.ready_at or now) < discovery.MIN_SESSION
+        if claimed and conn.identify == "claimed":
+            return
+        conn.identify = "claimed" if claimed else "learned"
+        for addr in list(conn.hello.listen_addrs)[:8]:
+            self._learn(addr, conn.peer_id, "identify", now, claimed)
+        if conn.is_validator:
+            self.peerstore.mark_validator(conn.peer_id)
+
+    def _learn(self, addr: str, source: str, kind: str, now: float, claimed: bool = False) -> None:
         try:
             _, _, pid = discovery.parse_multiaddr(addr)
         except ValueError:
             return
         if pid is None or pid == self.peer_id or (kind == "identify" and pid != source):
             return
-        self.peerstore.add(addr, kind, now)
+        self.peerstore.add(addr, kind, now, claimed=claimed)
 
     def _on_ping(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         conn.send(m.MsgType.PONG, {"nonce": body.nonce, "payload": body.payload}, rid)
@@ -592,7 +628,6 @@ class P2PService(service.Service):
     def _on_tx(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         mid = message_id(m.MsgType.TX, payload[ENVELOPE_HEADER:])
         if mid in self.seen:                        # a copy of what gossip already brought: free
-            conn.sent_ids.add(mid)
             self.duplicates[m.MsgType.TX] += 1
             return
         if not self.peers.allow_tx(conn.peer_id, self.reactor.seconds()):
@@ -622,8 +657,9 @@ class P2PService(service.Service):
     def _on_consensus(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         msg_type = m.MsgType.PROPOSAL if "proposer" in body else m.MsgType.VOTE
         mid = message_id(msg_type, payload[ENVELOPE_HEADER:])
-        conn.sent_ids.add(mid)
         if mid in self.seen:
+            if mid in self.archive:
+                conn.sent_ids.add(mid)                # it has it: not offered back (only accepted ids are kept)
             self.duplicates[msg_type] += 1
             return
         consensus = self.node.consensus
@@ -663,6 +699,7 @@ class P2PService(service.Service):
                 self.penalize(conn, exc.reason)
             return
         self.seen.add(mid)
+        conn.sent_ids.add(mid)
         self.accepted[msg_type] += 1
         # The first copy of a new valid vote or proposal (copies stopped at the seen-cache above).
         self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
@@ -712,7 +749,6 @@ class P2PService(service.Service):
         accepts it holds the quorum and sends its own proof to its peers (:meth:`_send_quorums`).
         """
         mid = message_id(m.MsgType.VOTE_QUORUM, payload[ENVELOPE_HEADER:])
-        conn.sent_ids.add(mid)
         if mid in self.seen:
             self.duplicates[m.MsgType.VOTE_QUORUM] += 1
             return
@@ -737,6 +773,7 @@ class P2PService(service.Service):
                 self.penalize(conn, exc.reason)
             return                      # DUPLICATE, WRONG_HEIGHT, WRONG_ROUND...: races, no blame
         self.seen.add(mid)
+        conn.sent_ids.add(mid)
         self.accepted[m.MsgType.VOTE_QUORUM] += 1
         self.credit(conn.peer_id, peers.Event.VALID_CONSENSUS_MESSAGE)
 
@@ -749,16 +786,15 @@ class P2PService(service.Service):
 
     def _on_evidence(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
         mid = message_id(m.MsgType.EVIDENCE, payload[ENVELOPE_HEADER:])
-        conn.sent_ids.add(mid)
         if mid in self.seen:
             self.duplicates[m.MsgType.EVIDENCE] += 1
             return
-        self.seen.add(mid)
         try:
             ev = Evidence.from_wire(body)
             vs = self.node.store.validator_set(ev.height)
             if vs is None:
-                return                            # too old or too new for us to judge: drop, no blame
+                return                            # too old or too new for us to judge: drop, no blame, not seen
+            self.seen.add(mid)                    # judged from here on: copies are free
             ev.verify(vs, self.node.genesis.chain_id)
         except (DecodeError, ValueError):
             self.penalize(conn, Reason.MALFORMED)
@@ -767,6 +803,7 @@ class P2PService(service.Service):
             self.penalize(conn, getattr(exc, "reason", Reason.BAD_EVIDENCE))
             return
         self.accepted[m.MsgType.EVIDENCE] += 1
+        conn.sent_ids.add(mid)                    # verified: not broadcast back to it
         # Queues it for a block and, if new, broadcasts it on (broadcast() charges the equivocator).
         self.node.consensus.record_evidence(ev)
 
@@ -774,39 +811,84 @@ class P2PService(service.Service):
         """A block announcement: flooded with the seen-cache, relayed only once we hold that very block.
 
         An announcement means "the sender holds this block" (sync picks peers by it), so we relay one only
-        when it is true of us too: at a height we hold, with our hash. One above our tip is not relayed
-        (catch-up brings the block and our own commit announces it, same bytes, same id); one that
+        when it is true of us too and news to our peers: our tip, with our hash. One above our tip is not
+        relayed (catch-up brings the block and our own commit announces it, same bytes, same id); one that
         conflicts with our block is not relayed either, and tells sync a fork may exist.
+
+        Metered by validity and by rate (issue 11): a copy of one in the seen-cache is free; otherwise an
+        announcement is valid once per peer and height above the highest it announced before -- a stale or
+        repeated one is dropped -- and every one takes a token of the peer's notice
+        budget (:meth:`_notice_allowed`). Only an announcement we relay enters the seen-cache, so made-up
+        hashes cannot flush it; a fork warning is logged once per peer per window.
         """
-        if body.height > conn.height:
-            conn.height = body.height
-            conn.sent_ids.clear()
         mid = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:])
-        if mid in self.seen:
+        if mid in self.seen:                         # we made or relayed it: true, and free
             self.duplicates[m.MsgType.NEW_BLOCK] += 1
+            self._announced(conn, body.height)
             return
+        if not self._notice_allowed(conn) or body.height <= conn.announced:
+            return                                   # over budget (charged), or stale/repeated: nothing new
+        self._announced(conn, body.height)
         store = self.node.store
-        if body.height > store.tip_height():
+        tip = store.tip_height()
+        if body.height > tip:
             self._maybe_catch_up()
             return
         ours = store.block_hash_at(body.height)
         if ours is None:
             return
-        self.seen.add(mid)
         if ours == body.hash:
-            self._relay(m.MsgType.NEW_BLOCK, mid, payload, exclude=conn)
+            if body.height == tip and self.seen.add(mid):
+                self._relay(m.MsgType.NEW_BLOCK, mid, payload, exclude=conn)
             return
-        self.log.warn("Peer {peer} announces block {h} {theirs}, ours is {ours}: a fork",
-                      peer=conn.peer_id, h=body.height, theirs=body.hash.hex(), ours=ours.hex())
+        quiet = self._log_once.allow((conn.peer_id, "fork"), self.reactor.seconds())
+        if quiet is not None:
+            self.log.warn("Peer {peer} announces block {h} {theirs}, ours is {ours}: a fork "
+                          "({quiet} more such announcements from it since the last line)",
+                          peer=conn.peer_id, h=body.height, theirs=body.hash.hex(), ours=ours.hex(), quiet=quiet)
         fork_suspected = getattr(getattr(self.node, "sync", None), "fork_suspected", None)
         if callable(fork_suspected):
             fork_suspected(conn.peer_id, body.height, body.hash)
 
+    def _announced(self, conn: PeerConnection, height: int) -> None:
+        """The peer holds block ``height``: the first announcement of a new height moves it (and its gossip) on."""
+        conn.announced = max(conn.announced, height)
+        if height > conn.height:
+            conn.height = height
+            conn.sent_ids.clear()
+
+    def _notice_allowed(self, conn: PeerConnection) -> bool:
+        """Take a token of the peer's notice budget (announcements, rejects without a request id).
+
+        Honest peers send about one announcement per block, far inside NOTICE_RATE; over it the notice is
+        dropped and RATE_LIMITED charged (race-prone: at most once per window).
+        """
+        wait, taken = peers.gcra(conn.notice_tat, self.reactor.seconds(), NOTICE_RATE, NOTICE_BURST)
+        if wait > peers.RATE_SLACK:
+            self.record(conn, peers.Event.RATE_LIMITED)
+            return False
+        conn.notice_tat = taken
+        return True
+
     def _on_reject(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
-        self.log.info("Peer {peer} rejected a message: {reason} {why}", peer=conn.peer_id,
-                      reason=_reason_name(body.reason), why=body.message)
+        """A reject without a request id: metered by the notice budget; its log line once per peer per window."""
         if body.reason == Reason.BANNED:
+            self.log.info("Peer {peer} has banned us", peer=conn.peer_id)
             conn.close()
+            return
+        if not self._notice_allowed(conn):
+            return
+        if body.reason == Reason.RATE_LIMITED:
+            # Our ping (the one unnumbered message the peer limits) was refused: it allows less than we
+            # assumed. Pace slower, and do not count that ping as unanswered (it never will be).
+            conn.back_off()
+            if conn.ping_sent:
+                del conn.ping_sent[min(conn.ping_sent, key=conn.ping_sent.__getitem__)]
+        quiet = self._log_once.allow((conn.peer_id, "reject"), self.reactor.seconds())
+        if quiet is not None:
+            self.log.info("Peer {peer} rejected a message: {reason} {why} ({quiet} more rejects from it since "
+                          "the last line)", peer=conn.peer_id, reason=_reason_name(body.reason),
+                          why=body.message, quiet=quiet)
 
     _HANDLERS: dict[m.MsgType, Any] = {
         m.MsgType.PING: _on_ping,
@@ -885,9 +967,11 @@ class P2PService(service.Service):
 
     def _gossip(self) -> None:
         frames = self._quorum_proofs()
+        now = self.reactor.seconds()
         for conn in list(self.connections.values()):
             self._offer(conn)
             self._send_quorums(conn, frames)
+            self._learn_identify(conn, now)
 
     def _quorum_proofs(self) -> list[tuple[bytes, bytes, bytes]]:
         """(id, key id, frame) of each > 2/3 quorum the engine holds at its height (encoded once per proof)."""
