@@ -212,3 +212,31 @@ def test_speed_100k_small_frames_in_one_chunk() -> None:
     assert count == n
     print(f"framing: same stream in 4 KiB chunks: {elapsed * 1000:.1f} ms")
     assert elapsed < 2.0
+
+
+# -- the height window (issue 11 finding 7: junk for far heights costs about what cutting its frame does) ----
+def _vote_payload(height: int) -> bytes:
+    from timecoin.ledger.block import Vote, VoteType
+    from timecoin.wire import messages as msgs
+    vote = Vote(VoteType.PREVOTE, height, 0, b"\x01" * 32, b"\x02" * 20, b"\x03" * 64)
+    return msgs.encode_message(msgs.MsgType.VOTE, vote.to_wire())
+
+
+def test_a_window_skips_consensus_frames_for_other_heights_and_keeps_everything_else_in_order() -> None:
+    from timecoin.wire import messages as msgs
+    ping = msgs.encode_message(msgs.MsgType.PING, {"nonce": 1, "payload": b""})
+    payloads = [_vote_payload(9), ping, _vote_payload(10), _vote_payload(11), _vote_payload(500), _vote_payload(12)]
+    decoder = FrameDecoder(1 << 20, msgs.HEIGHT_AT)
+    got = decoder.feed(b"".join(encode_frame(p) for p in payloads), (10, 11))
+    assert got == [ping, payloads[2], payloads[3]]
+    assert decoder.frames_dropped == 3 and decoder.dropped_above == 500
+    # Without a window (or without offsets) every frame is returned, as before.
+    assert FrameDecoder(1 << 20, msgs.HEIGHT_AT).feed(b"".join(encode_frame(p) for p in payloads)) == payloads
+    assert FrameDecoder(1 << 20).feed(b"".join(encode_frame(p) for p in payloads), (10, 11)) == payloads
+
+
+def test_a_frame_too_short_to_hold_a_height_is_kept_for_the_decoder_to_refuse() -> None:
+    from timecoin.wire import messages as msgs
+    short = bytes((int(msgs.MsgType.VOTE),)) + b"\x00" * 6
+    decoder = FrameDecoder(1 << 20, msgs.HEIGHT_AT)
+    assert decoder.feed(encode_frame(short), (10, 11)) == [short]

@@ -250,8 +250,9 @@ class PeerConnection(Protocol):
         if self.paused and self.inbox_bytes <= MAX_QUEUED_BYTES // 2 and self.transport is not None:
             self.paused = False
             self.transport.resumeProducing()
-        if self.state == "ready" and self.service.precheck_consensus(self, payload):
-            self.messages_in += 1               # a consensus frame judged by its header fields, never decoded
+        if self.state == "ready" and (self.service.precheck_consensus(self, payload)
+                                      or self.service.precheck_notice(self, payload)):
+            self.messages_in += 1               # judged by its fixed-offset fields, never decoded
             return bool(self.inbox) and self.state not in ("closed", "closing")
         try:
             msg_type, request_id, body = m.decode_message(payload)

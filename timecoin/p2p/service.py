@@ -68,6 +68,7 @@ FETCH_RETRY = 0.5                  # s before a block wanted by hash is asked of
 FETCH_ATTEMPTS = 30                # asks per wanted block (while we are still at its height); sync covers the rest
 NOTICE_RATE = 3_000                # per minute: new_block announcements + rejects without a request id, per peer
 NOTICE_BURST = 500                 # ... at once (honest peers send about one announcement per block)
+NEW_BLOCK_PAYLOAD = ENVELOPE_HEADER + 8 + 32   # a new_block envelope: type, request id, height, hash
 FLOOD_REFUSALS = 2                 # refusals per RACE_WINDOW, in units of max_inflight_requests, before REQUEST_FLOOD
 # Penalized on a quorum proof: built by its sender from votes it verified, so a bad one is its own provable fault.
 QUORUM_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NOT_VALIDATOR, Reason.BAD_CERTIFICATE})
@@ -817,17 +818,17 @@ class P2PService(service.Service):
 
         Metered by validity and by rate (issue 11): a copy of one in the seen-cache is free; otherwise an
         announcement is valid once per peer and height above the highest it announced before -- a stale or
-        repeated one is dropped -- and every one takes a token of the peer's notice
-        budget (:meth:`_notice_allowed`). Only an announcement we relay enters the seen-cache, so made-up
-        hashes cannot flush it; a fork warning is logged once per peer per window.
+        repeated one is dropped -- and every one takes a token of the peer's notice budget; both checks run
+        before the body is decoded (:meth:`precheck_notice`). Only an announcement we relay enters the
+        seen-cache, so made-up hashes cannot flush it; a fork warning is logged once per peer per window.
         """
         mid = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:])
         if mid in self.seen:                         # we made or relayed it: true, and free
             self.duplicates[m.MsgType.NEW_BLOCK] += 1
             self._announced(conn, body.height)
             return
-        if not self._notice_allowed(conn) or body.height <= conn.announced:
-            return                                   # over budget (charged), or stale/repeated: nothing new
+        if body.height <= conn.announced:
+            return                                   # stale/repeated (its budget token: precheck_notice)
         self._announced(conn, body.height)
         store = self.node.store
         tip = store.tip_height()
@@ -857,6 +858,29 @@ class P2PService(service.Service):
             conn.height = height
             conn.sent_ids.clear()
 
+    def precheck_notice(self, conn: PeerConnection, payload: bytes) -> bool:
+        """Meter a notice (new_block, reject without a request id) before its body is decoded: True if dropped.
+
+        An announcement is read at its fixed offsets. A copy of one we made or relayed (in the seen-cache) is
+        free; any other notice takes a token of the peer's notice budget (:meth:`_notice_allowed`; over it,
+        RATE_LIMITED, race-prone). One for a height at or below what the peer announced before is stale and
+        dropped here; so is any notice over the budget. So a flood costs about a hash each, never a decode.
+        """
+        kind = payload[0] if payload else -1
+        if kind == m.MsgType.REJECT:
+            return payload[1:ENVELOPE_HEADER] == b"\0\0\0\0" and not self._notice_allowed(conn)
+        if kind != m.MsgType.NEW_BLOCK or len(payload) != NEW_BLOCK_PAYLOAD:
+            return False                              # not a notice, or malformed: the decoder says why
+        height = int.from_bytes(payload[ENVELOPE_HEADER:ENVELOPE_HEADER + 8], "big")
+        ours = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:]) in self.seen
+        if height <= conn.announced:                  # stale or repeated: nothing new, dropped here
+            if ours:
+                self.duplicates[m.MsgType.NEW_BLOCK] += 1     # a copy of ours coming back: free
+            else:
+                self._notice_allowed(conn)            # made up or stale: it costs a token (charged over budget)
+            return True
+        return False if ours else not self._notice_allowed(conn)
+
     def _notice_allowed(self, conn: PeerConnection) -> bool:
         """Take a token of the peer's notice budget (announcements, rejects without a request id).
 
@@ -871,12 +895,11 @@ class P2PService(service.Service):
         return True
 
     def _on_reject(self, conn: PeerConnection, rid: int, body: Any, payload: bytes) -> None:
-        """A reject without a request id: metered by the notice budget; its log line once per peer per window."""
+        """A reject without a request id: metered by the notice budget (:meth:`precheck_notice`, before it is
+        decoded); its log line once per peer per window."""
         if body.reason == Reason.BANNED:
             self.log.info("Peer {peer} has banned us", peer=conn.peer_id)
             conn.close()
-            return
-        if not self._notice_allowed(conn):
             return
         if body.reason == Reason.RATE_LIMITED:
             # Our ping (the one unnumbered message the peer limits) was refused: it allows less than we
