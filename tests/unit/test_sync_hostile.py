@@ -1,0 +1,91 @@
+"""Sync against hostile peers (issue 11, SYNC findings 1-3): real LMDB stores, certified chains, task.Clock.
+
+Peers are the SyncPeers of ``timecoin/sim/syncpeers.py`` answering through ``clock.callLater``; the
+syncing node (``SimSyncer``) runs the production apply and certificate check, and its clock jumps from
+one scheduled call to the next, so times are simulated seconds.
+
+1. A liar claiming a huge height, extending the honest hashes with made-up ones and serving one block
+   per request (late, or at once) loses its work to the honest peers and its standing, and the run
+   takes at most 1.5x the honest-only time.
+2. A crowd of fresh power-0 identities agreeing on made-up hashes cannot outvote a validator: the run
+   reaches the honest tip and the Sybils that voted are charged.
+3. A backer withholding the chunk at the head of the in-order apply cannot make the node hold more
+   received-but-unapplied blocks than the in-flight bound (8 chunks of 20).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chaingen import ChainBuilder, ChainSpec, build_chain, make_genesis
+from tests.syncpeers import SimSyncer, SlowLiar, TimedPeer
+from timecoin.p2p.peers import Event
+from timecoin.sync.manager import DEFAULT_REQUEST_TIMEOUT
+
+BLOCKS = 400
+LATENCY = 0.05                     # seconds an honest answer takes, plus PER_BLOCK per block served
+PER_BLOCK = 0.005
+GENESIS_TIME = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def spec() -> ChainSpec:
+    return make_genesis(validators=4, chain_id="timecoin-hostile", genesis_time=GENESIS_TIME)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, spec: ChainSpec) -> Iterator[ChainBuilder]:
+    builder = build_chain(str(tmp_path_factory.mktemp("hostile") / "chain"), spec, BLOCKS)
+    yield builder
+    builder.store.close()
+
+
+def syncer_at(path: Path, spec: ChainSpec) -> SimSyncer:
+    return SimSyncer(str(path), spec, request_timeout=DEFAULT_REQUEST_TIMEOUT)
+
+
+def honest_peers(chain: ChainBuilder, syncer: SimSyncer, n: int = 2, **kwargs: Any) -> list[TimedPeer]:
+    return [TimedPeer(f"honest{i}", chain.store, syncer.clock, LATENCY, PER_BLOCK, **kwargs) for i in range(n)]
+
+
+def assert_honest_tip(syncer: SimSyncer, chain: ChainBuilder) -> None:
+    assert syncer.store.tip_height() == BLOCKS
+    for h in (1, BLOCKS // 2, BLOCKS):
+        assert syncer.store.block_hash_at(h) == chain.store.block_hash_at(h)
+
+
+def honest_only_seconds(tmp_path: Path, spec: ChainSpec, chain: ChainBuilder) -> float:
+    syncer = syncer_at(tmp_path / "honest-only", spec)
+    result = syncer.sync(honest_peers(chain, syncer))
+    assert_honest_tip(syncer, chain)
+    syncer.close()
+    return result.seconds
+
+
+# -- 1. one peer throttles sync ------------------------------------------------------------------------
+LIARS = {
+    "late single blocks": {},                                            # 1 block per request, at 14.9 s
+    "prompt single blocks": {"body_delay": LATENCY},                     # 1 block per request, at once
+    "late hashes too": {"hash_delay": DEFAULT_REQUEST_TIMEOUT - 0.1},   # and its vote comes at 14.9 s
+}
+
+
+@pytest.mark.parametrize("kind", list(LIARS))
+def test_a_liar_extending_the_hashes_and_serving_one_block_at_a_time_loses_its_work_and_standing(
+        tmp_path: Path, spec: ChainSpec, chain: ChainBuilder, kind: str) -> None:
+    base = honest_only_seconds(tmp_path, spec, chain)
+    syncer = syncer_at(tmp_path / "s", spec)
+    honest = honest_peers(chain, syncer)
+    liar = SlowLiar("liar", chain.store, syncer.clock, latency=LATENCY / 2, **LIARS[kind])   # ranked first
+    result = syncer.sync([liar, *honest])
+    assert_honest_tip(syncer, chain)
+    ratio = result.seconds / base
+    assert ratio <= 1.5, f"{kind}: {result.seconds:.2f} s with the liar, {base:.2f} s honest-only ({ratio:.1f}x)"
+    # A height only the liar vouched for (above the honest tip) was never accepted: never asked of anyone.
+    assert all(s + n - 1 <= BLOCKS for p in [liar, *honest] for s, n in p.block_requests)
+    assert all(p.block_requests for p in honest)                     # the honest peers served bodies
+    assert Event.SLOW_RESPONSE in liar.penalties and liar.score < 0, (liar.penalties, liar.rewards)
+    assert not any(p.penalties for p in honest)
