@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.chaingen import ChainBuilder, ChainSpec, build_chain, make_genesis
-from tests.syncpeers import SimSyncer, SlowLiar, TimedPeer
+from tests.syncpeers import SimSyncer, SlowLiar, SybilPeer, TimedPeer
 from timecoin.p2p.peers import Event
 from timecoin.sync.manager import DEFAULT_REQUEST_TIMEOUT
 
@@ -89,3 +89,23 @@ def test_a_liar_extending_the_hashes_and_serving_one_block_at_a_time_loses_its_w
     assert all(p.block_requests for p in honest)                     # the honest peers served bodies
     assert Event.SLOW_RESPONSE in liar.penalties and liar.score < 0, (liar.penalties, liar.rewards)
     assert not any(p.penalties for p in honest)
+
+
+# -- 2. the hash vote counts trust, not identities -----------------------------------------------------
+@pytest.mark.parametrize("diverge_at", [1, BLOCKS // 2])
+def test_a_sybil_crowd_cannot_outvote_a_validator(tmp_path: Path, spec: ChainSpec, chain: ChainBuilder,
+                                                  diverge_at: int) -> None:
+    base = honest_only_seconds(tmp_path, spec, chain)
+    syncer = syncer_at(tmp_path / "s", spec)
+    observer = TimedPeer("observer", chain.store, syncer.clock, LATENCY, PER_BLOCK)
+    validator = TimedPeer("validator", chain.store, syncer.clock, LATENCY, PER_BLOCK, power=10)
+    sybils = [SybilPeer(f"sybil{i}", chain.store, syncer.clock, claim=BLOCKS + 100, diverge_at=diverge_at)
+              for i in range(18)]
+    result = syncer.sync([*sybils, observer, validator])
+    assert_honest_tip(syncer, chain)
+    assert result.failed_ranges == 0
+    assert result.seconds <= 1.5 * base, (result.seconds, base)
+    assert validator.hash_requests                                   # the validator always votes
+    voters = [s for s in sybils if s.hash_requests]
+    assert voters and all(s.penalties for s in voters)               # made-up hashes were charged
+    assert not validator.penalties and not observer.penalties
