@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from tests.chaingen import ChainBuilder, ChainSpec, build_chain, make_genesis
-from tests.syncpeers import SimSyncer, SlowLiar, SybilPeer, TimedPeer
+from tests.syncpeers import SimSyncer, SlowLiar, SybilPeer, TimedPeer, Withholder
 from timecoin.p2p.peers import Event
-from timecoin.sync.manager import DEFAULT_REQUEST_TIMEOUT
+from timecoin.sync.manager import DEFAULT_RANGES_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, PEER_PENDING_BLOCKS
 
 BLOCKS = 400
 LATENCY = 0.05                     # seconds an honest answer takes, plus PER_BLOCK per block served
@@ -109,3 +109,33 @@ def test_a_sybil_crowd_cannot_outvote_a_validator(tmp_path: Path, spec: ChainSpe
     voters = [s for s in sybils if s.hash_requests]
     assert voters and all(s.penalties for s in voters)               # made-up hashes were charged
     assert not validator.penalties and not observer.penalties
+
+
+# -- 3. the reorder buffer is bounded by the in-flight limit ---------------------------------------------
+def test_a_backer_withholding_the_head_chunk_cannot_grow_the_reorder_buffer(tmp_path: Path, spec: ChainSpec,
+                                                                           chain: ChainBuilder) -> None:
+    syncer = syncer_at(tmp_path / "s", spec)
+    withholder = Withholder("withholder", chain.store, syncer.clock)  # fastest: voted, and a body server
+    honest = honest_peers(chain, syncer)
+    peers: list[TimedPeer] = [withholder, *honest]
+    held: list[int] = [0]
+
+    def measure() -> None:
+        """Heights requested and not answered, or received and not applied (distinct, above our tip)."""
+        tip = syncer.store.tip_height()
+        heights = {h for p in peers for h in p.delivered if h > tip}
+        for p in peers:
+            for start, count in p.outstanding.values():
+                heights.update(h for h in range(start, start + count) if h > tip)
+        held[0] = max(held[0], len(heights))
+
+    for p in peers:
+        p.observer = measure
+    syncer.sync(peers)
+    assert_honest_tip(syncer, chain)
+    bound = DEFAULT_RANGES_IN_FLIGHT * PEER_PENDING_BLOCKS
+    assert held[0] <= bound, f"{held[0]} blocks requested or received but not applied (bound {bound})"
+    assert syncer.manager.max_buffered_blocks <= bound
+    assert syncer.manager.max_buffered_blocks >= 3 * PEER_PENDING_BLOCKS      # the pipeline did fill
+    assert withholder.block_requests and withholder.penalties        # it lost its chunk, and was charged
+    assert not any(p.penalties for p in honest)
