@@ -57,9 +57,9 @@ def assert_honest_tip(syncer: SimSyncer, chain: ChainBuilder) -> None:
         assert syncer.store.block_hash_at(h) == chain.store.block_hash_at(h)
 
 
-def honest_only_seconds(tmp_path: Path, spec: ChainSpec, chain: ChainBuilder) -> float:
+def honest_only_seconds(tmp_path: Path, spec: ChainSpec, chain: ChainBuilder, n: int = 2) -> float:
     syncer = syncer_at(tmp_path / "honest-only", spec)
-    result = syncer.sync(honest_peers(chain, syncer))
+    result = syncer.sync(honest_peers(chain, syncer, n))
     assert_honest_tip(syncer, chain)
     syncer.close()
     return result.seconds
@@ -95,7 +95,7 @@ def test_a_liar_extending_the_hashes_and_serving_one_block_at_a_time_loses_its_w
 @pytest.mark.parametrize("diverge_at", [1, BLOCKS // 2])
 def test_a_sybil_crowd_cannot_outvote_a_validator(tmp_path: Path, spec: ChainSpec, chain: ChainBuilder,
                                                   diverge_at: int) -> None:
-    base = honest_only_seconds(tmp_path, spec, chain)
+    alone = honest_only_seconds(tmp_path, spec, chain, 1)           # from one honest peer alone
     syncer = syncer_at(tmp_path / "s", spec)
     observer = TimedPeer("observer", chain.store, syncer.clock, LATENCY, PER_BLOCK)
     validator = TimedPeer("validator", chain.store, syncer.clock, LATENCY, PER_BLOCK, power=10)
@@ -104,7 +104,8 @@ def test_a_sybil_crowd_cannot_outvote_a_validator(tmp_path: Path, spec: ChainSpe
     result = syncer.sync([*sybils, observer, validator])
     assert_honest_tip(syncer, chain)
     assert result.failed_ranges == 0
-    assert result.seconds <= 1.5 * base, (result.seconds, base)
+    # No stall: at worst the validator serves every body (the rest of the committee were Sybils).
+    assert result.seconds <= 1.5 * alone, (result.seconds, alone)
     assert validator.hash_requests                                   # the validator always votes
     voters = [s for s in sybils if s.hash_requests]
     assert voters and all(s.penalties for s in voters)               # made-up hashes were charged

@@ -2,9 +2,10 @@
 
 * :class:`StorePeer`: what a remote node holding a store would answer, at once.
 * :class:`TimedPeer`: the same, each answer ``latency + per_block * blocks`` seconds of a ``task.Clock``
-  later (``clock.callLater``); its score is the DELTAS sum of what it was charged and credited, and like a
-  real peer (``ConnectionPeer.usable``) it is unusable below 0. It records the requests it holds and
-  the heights it delivered, so a test can measure what the syncing node buffers.
+  later (``clock.callLater``); its score is the DELTAS sum of what it was charged and credited, credits
+  capped as the peer manager caps them (GOOD_PER_WINDOW per GOOD_WINDOW), and like a real peer
+  (``ConnectionPeer.usable``) it is unusable below 0. It records the requests it holds and the heights
+  it delivered, so a test can measure what the syncing node buffers.
 * Hostile peers (issue 11): :class:`SlowLiar` (claims a huge height, extends the honest hash list with
   made-up hashes, serves one real block per request just under the request timeout), :class:`SybilPeer`
   (a fresh power-0 identity of a crowd agreeing on made-up hashes), :class:`Withholder` (votes the honest
@@ -27,7 +28,7 @@ from twisted.python.failure import Failure
 
 from timecoin.errors import Reason
 from timecoin.ledger.block import Block, CommitCertificate
-from timecoin.p2p.peers import DELTAS, Event
+from timecoin.p2p.peers import DELTAS, GOOD_PER_WINDOW, GOOD_WINDOW, Event
 from timecoin.sim.chaingen import ChainSpec, build_chain, initialize, make_genesis
 from timecoin.store import Store
 from timecoin.sync.apply import apply_batch, certificate_problem
@@ -121,9 +122,29 @@ class TimedPeer(StorePeer):
         self.delivered: set[int] = set()
         self.observer: Callable[[], None] | None = None
         self._numbers = itertools.count(1)
+        self._credit = 0                            # credits granted (capped per GOOD_WINDOW)
+        self._window, self._earned = float("-inf"), 0
 
     def usable(self) -> bool:
         return self._usable and self.score >= 0
+
+    @property
+    def score(self) -> int:
+        return self._score + sum(DELTAS[e] for e in self.penalties) + self._credit
+
+    @score.setter
+    def score(self, value: int) -> None:
+        self._score = value - sum(DELTAS[e] for e in self.penalties) - self._credit
+
+    def reward(self, event: Event) -> None:
+        """Recorded; the score gains at most GOOD_PER_WINDOW points per GOOD_WINDOW of the clock."""
+        self.rewards.append(event)
+        now = self.clock.seconds()
+        if now - self._window >= GOOD_WINDOW:
+            self._window, self._earned = now, 0
+        granted = max(0, min(DELTAS[event], GOOD_PER_WINDOW - self._earned))
+        self._earned += granted
+        self._credit += granted
 
     def later(self, delay: float, make: Callable[[], Any], body: tuple[int, int] | None = None) -> defer.Deferred[Any]:
         """A Deferred firing with ``make()`` after ``delay`` seconds; cancelling it drops the request."""

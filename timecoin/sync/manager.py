@@ -4,19 +4,26 @@ One sync run:
 
 1. **Peer state.** Every usable peer is asked for its status (height, tip and finalized hash, genesis
    hash); the round trip is its latency. Peers of another genesis are left out.
-2. **Best peers.** Candidates for a window are the peers whose height covers it, best first: highest
-   height, then lowest latency; never a banned or negative-reputation peer.
+2. **Voters by trust.** Candidates to vote on a window's hashes are the peers whose height covers it,
+   plus every trusted peer (a validator's host key, or reputation >= TRUSTED_SCORE) even below it; most
+   trusted first: validators, then by reputation, then lowest latency (a claimed height only breaks
+   ties: anyone can claim one). Never a banned or negative-reputation peer.
 3. **Hashes from 3, bodies from 1.** For each window the block hashes are asked of ``redundancy``
-   peers; a hash is accepted only when at least 2/3 of the peers that answered for that height agree.
+   peers; a hash is accepted only when at least 2/3 of the peers that answered for that height agree,
+   and trust outweighs numbers: untrusted voters neither outvote nor deny a trusted voter's hash (nor a
+   trusted "no block there"); such a conflict is a split that a certificate settles.
    A peer whose list ends below a height answered "no block there": a height only one voter of three
    vouches for is not accepted, and where 2/3 say so the window ends (the claims above it are not
    sought this run). A voter that answers less than its status claimed is charged ``stale_data``; one
    still silent when 2/3 have answered and decided the vote is dropped once late (``_late_after``) and
    charged ``slow_response``. On a split more peers are asked (as many as could make a 2/3 majority),
-   until one exists or every peer covering the window has answered. A split left at the next height is
-   settled by certificates (``verify``): a peer that serves a block whose certificate does not verify
-   is charged and its vote dropped (numerator and denominator), as in fork resolution. Voters outvoted
-   by the majority are charged ``stale_data`` once the majority's blocks were verified and applied.
+   until one exists or every peer covering the window has answered (only trusted ones when the split
+   is a trusted voter's). A split left at the next height is settled by certificates (``verify``),
+   trusted voters' hashes tried first: the hash whose block's certificate verifies wins; a peer that
+   serves a block whose certificate does not verify is charged and its vote dropped (numerator and
+   denominator), as in fork resolution. When a trusted voter has no block there and no other voter can
+   serve a certified one, the run seeks nothing above our tip. Voters outvoted by the majority are
+   charged ``stale_data`` once the majority's blocks were verified and applied.
 4. **Bodies, at most ``max_pending_per_peer`` (20) blocks pending per peer.** The window is fetched in
    chunks of at most that size from the voters whose hashes cover the chunk (a shorter, agreeing list
    backs its prefix); each server holds at most that many requested blocks at once, and up to
@@ -88,6 +95,10 @@ RESPONSE_SAMPLES = 32              # recent response times kept per kind (rollin
 # An honest server answers a range with every block that fits its frame budget (max_frame_bytes - 1 KiB,
 # 8 MiB by default; blocks are at most 4 MiB), so it stops short only after at least this much.
 SHORT_ANSWER_BYTES = 1 << 20
+# Trusted voters (SPEC §5 reputation, §6 votes): a validator's host key, or a peer whose reputation shows
+# minutes of useful service (scores earn at most ~2 net points a minute; a fresh identity holds 0).
+TRUSTED_SCORE = 10
+MAX_HEIGHT = 2 ** 63
 
 
 class _Outcome(enum.Enum):
@@ -181,6 +192,7 @@ class StateSyncManager:
         self._times: dict[str, deque[float]] = {"small": deque(maxlen=RESPONSE_SAMPLES),
                                                 "body": deque(maxlen=RESPONSE_SAMPLES)}
         self._slow: set[str] = set()              # peers charged slow_response in this run: no more chunks
+        self._ceiling = MAX_HEIGHT                # this run seeks no height above (a trusted "no block there")
 
     # -- peer state ------------------------------------------------------------------------------
     async def query_peers(self, peers: list[SyncPeer]) -> dict[str, PeerStatus]:
@@ -205,6 +217,19 @@ class StateSyncManager:
         return sorted((p for p in peers if p.peer_id in statuses and statuses[p.peer_id].height >= min_height
                        and p.usable()), key=key)
 
+    def voters(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus], min_height: int) -> list[SyncPeer]:
+        """Usable peers to vote on hashes from ``min_height``, most trusted first: validators, then by
+        reputation, then lowest latency (a claimed height only decides a tie: anyone can claim one).
+
+        Those covering ``min_height``, and every trusted peer (``_trusted``) even below it: its "no block
+        there" must be heard, or a crowd could vote made-up heights past every validator's tip.
+        """
+        def key(p: SyncPeer) -> tuple[bool, int, float, int]:
+            st = statuses[p.peer_id]
+            return (p.power <= 0, -p.score, st.latency if p.latency is None else p.latency, -st.height)
+        return sorted((p for p in peers if p.peer_id in statuses and p.usable()
+                       and (statuses[p.peer_id].height >= min_height or _trusted(p))), key=key)
+
     def best_peer(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus]) -> SyncPeer | None:
         ranked = self.ranked(self.same_genesis(peers, statuses), statuses)
         return ranked[0] if ranked else None
@@ -228,6 +253,7 @@ class StateSyncManager:
         self._penalized = {}
         self._fork = False
         self._slow = set()
+        self._ceiling = MAX_HEIGHT
         self.progress = SyncProgress(start, start, target, t0, 0, 0.0, None, True, len(peers))
         failed = 0
         try:
@@ -290,7 +316,7 @@ class StateSyncManager:
     def _target(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus], excluded: set[str]) -> int:
         heights = [statuses[p.peer_id].height for p in peers
                    if p.peer_id in statuses and p.peer_id not in excluded and p.usable()]
-        return max(heights, default=self.tip_height())
+        return min(max(heights, default=self.tip_height()), self._ceiling)
 
     # -- hashes from 3 (more on a split) ---------------------------------------------------------
     async def _vote_hashes(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus], start: int, count: int,
@@ -302,44 +328,53 @@ class StateSyncManager:
         charged: a peer a block ahead is honest). A voter whose shorter list is a prefix of the accepted
         one backs that prefix (``coverage``) and serves bodies from it.
         """
-        pool = [p for p in self.ranked(peers, statuses, start) if p.peer_id not in excluded]
+        pool = [p for p in self.voters(peers, statuses, start) if p.peer_id not in excluded]
         if not pool:
             return None
         by_id = {p.peer_id: p for p in pool}
+        trusted = {p.peer_id for p in pool if _trusted(p)}
         answers: dict[str, list[bytes]] = {}
+        certified: dict[int, bytes] = {}
         voters: list[SyncPeer] = []
 
         async def ask(batch: list[SyncPeer]) -> None:
             voters.extend(batch)
             await self._ask_hashes(batch, start, count, statuses, answers,
-                                   lambda: _tally(answers, count).split is None)
+                                   lambda: _tally(answers, count, trusted).split is None)
 
         await ask(pool[:self.redundancy])
         rest = pool[self.redundancy:]
         settled = False
-        tally = _tally(answers, count)
+        tally = _tally(answers, count, trusted)
         for _ in range(len(pool) + 1):                   # bounded: each pass asks a new peer or settles once
             if tally.split is None:
                 break
             split = tally.split
-            if rest:                                     # ask as many more as could make a 2/3 majority
+            helpers = [p for p in rest if not tally.trusted_split or p.peer_id in trusted]
+            if helpers:                                  # ask as many more as could make a 2/3 majority
                 best, answered = tally.counts
-                need = max(1, 2 * answered - 3 * best)
+                batch = helpers[:max(1, 2 * answered - 3 * best)]
                 self.log.info("Sync: no 2/3 agreement on block {h} among {n} peers; asking {k} more",
-                              h=start + split, n=answered, k=min(need, len(rest)))
-                await ask(rest[:need])
-                rest = rest[need:]
+                              h=start + split, n=answered, k=len(batch))
+                rest = [p for p in rest if p not in batch]
+                await ask(batch)
             elif split == 0 and not settled and self.verify is not None and start == self.tip_height() + 1:
                 settled = True
-                await self._settle_by_certificate(start, answers, by_id, excluded, statuses)
+                await self._settle_by_certificate(start, answers, by_id, excluded, statuses, trusted, certified)
             else:
                 self.log.info("Sync: no 2/3 agreement on block {h} among {n} peers", h=start + split,
                               n=tally.counts[1])
                 break
-            tally = _tally(answers, count)
+            tally = _tally(answers, count, trusted, certified)
         accepted = tally.accepted
         for pid, index in tally.denied.items():          # 2/3 said there is no such block: not sought this run
             statuses[pid] = _lowered(statuses[pid], start + index - 1)
+        if settled and 0 not in certified and any(not answers.get(pid, [None]) for pid in trusted):
+            # A trusted voter has no block here and no other voter could serve one with a valid certificate:
+            # the heights above our tip are not sought this run (the next cycle asks again).
+            self.log.info("Sync: no certified block {h} behind any claim above it; ending the run", h=start)
+            self._ceiling = min(self._ceiling, start - 1)
+            return _Vote([], [], {}, {})
         if not accepted:
             return None
         coverage = {p.peer_id: n for p in voters if (n := _common(answers.get(p.peer_id, []), accepted))}
@@ -412,13 +447,15 @@ class StateSyncManager:
 
     async def _settle_by_certificate(self, height: int, answers: dict[str, list[bytes]],
                                      by_id: dict[str, SyncPeer], excluded: set[str],
-                                     statuses: dict[str, PeerStatus]) -> None:
-        """A split at the next height: drop the votes of peers whose block there is not certified.
+                                     statuses: dict[str, PeerStatus], trusted: set[str],
+                                     certified: dict[int, bytes]) -> None:
+        """A split at the next height: the certificate is the final arbiter.
 
-        For each competing hash its backers are asked in turn for the block until one serves it with a
-        certificate that verifies; a backer that serves a forged one is charged and left out of the run,
-        one that does not serve the block it voted for is charged ``stale_data`` and its claim lowered;
-        either vote is dropped.
+        Competing hashes are tried in turn, those a trusted voter backs first, then the most voted; each
+        hash's voters (trusted first) are asked for the block until one serves it with a certificate that
+        verifies: that hash wins (``certified[0]``), whatever the count. A voter that serves a forged one is
+        charged and left out of the run, one that does not serve the block it voted for is charged
+        ``stale_data`` and its claim lowered; either vote is dropped.
         """
         verify = self.verify
         assert verify is not None
@@ -426,7 +463,10 @@ class StateSyncManager:
         for pid, hs in answers.items():
             if hs:
                 candidates.setdefault(hs[0], []).append(pid)
-        for their_hash, pids in sorted(candidates.items()):
+        for pids in candidates.values():
+            pids.sort(key=lambda pid: pid not in trusted)
+        order = sorted(candidates.items(), key=lambda kv: (kv[1][0] not in trusted, -len(kv[1]), kv[0]))
+        for their_hash, pids in order:
             for pid in pids:
                 peer = by_id[pid]
                 try:
@@ -445,7 +485,8 @@ class StateSyncManager:
                     answers.pop(pid, None)
                     excluded.add(pid)
                     continue
-                break                                    # this hash is certified: its other votes stand
+                certified[0] = their_hash                # certified: it wins, the other votes at it fall
+                return
 
     def _charge_outvoted(self, vote: _Vote, statuses: dict[str, PeerStatus]) -> None:
         """Charge the outvoted peers whose disputed height the majority's verified blocks now cover."""
@@ -792,6 +833,11 @@ class _Window:
                     req.d.cancel()
 
 
+def _trusted(peer: SyncPeer) -> bool:
+    """A validator's host key, or a peer with minutes of useful service: a fresh identity is not."""
+    return peer.power > 0 or peer.score >= TRUSTED_SCORE
+
+
 def _served_bytes(items: Items) -> int:
     return sum(block.size + len(cert.encoded) for block, cert in items)
 
@@ -807,15 +853,23 @@ class _Tally:
     accepted: list[bytes]
     split: int | None = None                     # index of the first height with no 2/3 choice, if any
     counts: tuple[int, int] = (0, 0)             # (votes of the best choice, voters) at the split
+    trusted_split: bool = False                  # a trusted voter's hash is in it: untrusted votes cannot settle it
     denied: dict[str, int] = field(default_factory=dict)    # peer id -> index of its hash 2/3 said is no block
 
 
-def _tally(answers: dict[str, list[bytes]], count: int) -> _Tally:
-    """The hashes >= 2/3 of the live voters agree on, height by height.
+def _tally(answers: dict[str, list[bytes]], count: int, trusted: set[str] | frozenset[str] = frozenset(),
+           certified: dict[int, bytes] | None = None) -> _Tally:
+    """The hashes the live voters agree on, height by height.
 
-    A voter whose list ends before a height votes "no block there" (None): a height only one voter of
-    three vouches for is not accepted, and when 2/3 say None the list ends there. A peer outvoted at some
-    height no longer counts above it: its later hashes chain off a block the majority rejected.
+    A voter whose list ends before a height votes "no block there" (None). A hash is accepted with at
+    least 2/3 of the votes there, None counted: a height only one voter of three vouches for is not, and
+    when 2/3 say None the list ends. Trust outweighs numbers: a hash a trusted voter (a validator, a
+    well-scored peer) vouches for is not denied by untrusted None votes, nor outvoted by other hashes
+    of untrusted voters, and a trusted None is not outvoted by untrusted hashes: such a conflict, and
+    trusted voters that disagree, are a split that only a certificate (or more trusted voters) settles.
+    A ``certified`` hash wins its height outright. A peer outvoted at some height no longer counts above
+    it: its later hashes chain off a block the majority rejected (a voter that said None at a certified
+    height is behind: dropped too).
     """
     live = dict(answers)
     accepted: list[bytes] = []
@@ -823,20 +877,45 @@ def _tally(answers: dict[str, list[bytes]], count: int) -> _Tally:
         votes: dict[bytes | None, list[str]] = {}
         for pid, hs in live.items():
             votes.setdefault(hs[i] if i < len(hs) else None, []).append(pid)
-        if all(h is None for h in votes):
+        if certified and i in certified:
+            best: bytes | None = certified[i]
+        elif all(h is None for h in votes):
             break                                        # nobody vouches for a block here
-        answered = sum(len(v) for v in votes.values())
-        best, who = max(votes.items(), key=lambda kv: (len(kv[1]), kv[0] is not None, kv[0] or b""))
-        if 3 * len(who) < 2 * answered:
-            return _Tally(accepted, i, (len(who), answered))
+        else:
+            choice = _choose(votes, trusted)
+            if isinstance(choice, _Tally):
+                choice.accepted, choice.split = accepted, i
+                return choice
+            best = choice
         if best is None:
             return _Tally(accepted, denied={pid: i for h, pids in votes.items() if h is not None for pid in pids})
         for other, pids in votes.items():
-            if other is not None and other != best:
+            if other != best and (other is not None or (certified and i in certified)):
                 for pid in pids:
                     del live[pid]
         accepted.append(best)
     return _Tally(accepted)
+
+
+def _choose(votes: dict[bytes | None, list[str]], trusted: set[str] | frozenset[str]) -> bytes | None | _Tally:
+    """The choice at one height (a hash, or None: no block), or a split (a _Tally without its accepted list)."""
+    answered = sum(len(v) for v in votes.values())
+    vouched = {h for h, pids in votes.items() if any(p in trusted for p in pids)}
+    if len(vouched) > 1:                                 # trusted voters disagree (a hash, another or None)
+        best = max(len(votes[h]) for h in vouched)
+        return _Tally([], 0, (best, answered), trusted_split=True)
+    if vouched:
+        (mine,) = vouched
+        if mine is None:                                 # a trusted "no block" against untrusted hashes
+            return _Tally([], 0, (len(votes[None]), answered), trusted_split=True)
+        rivals = [h for h in votes if h is not None and h != mine]
+        if rivals and 3 * len(votes[mine]) < 2 * answered:
+            return _Tally([], 0, (len(votes[mine]), answered), trusted_split=True)
+        return mine
+    best_choice, who = max(votes.items(), key=lambda kv: (len(kv[1]), kv[0] is not None, kv[0] or b""))
+    if 3 * len(who) < 2 * answered:
+        return _Tally([], 0, (len(who), answered))
+    return best_choice
 
 
 def _lowered(status: PeerStatus, height: int) -> PeerStatus:
