@@ -113,11 +113,21 @@ def test_a_sybil_crowd_cannot_outvote_a_validator(tmp_path: Path, spec: ChainSpe
 
 
 # -- 3. the reorder buffer is bounded by the in-flight limit ---------------------------------------------
+WITHHOLDERS = {
+    # never answers: its chunk is asked of another server once late, and it is charged
+    "never answers": (None, LATENCY, PER_BLOCK),
+    # answers the real blocks 0.2 s late, under the 0.25 s lateness floor, while the others serve at once
+    "slow, never late": (0.2, 0.001, 0.0),
+}
+
+
+@pytest.mark.parametrize("kind", list(WITHHOLDERS))
 def test_a_backer_withholding_the_head_chunk_cannot_grow_the_reorder_buffer(tmp_path: Path, spec: ChainSpec,
-                                                                           chain: ChainBuilder) -> None:
+                                                                           chain: ChainBuilder, kind: str) -> None:
+    delay, latency, per_block = WITHHOLDERS[kind]
     syncer = syncer_at(tmp_path / "s", spec)
-    withholder = Withholder("withholder", chain.store, syncer.clock)  # fastest: voted, and a body server
-    honest = honest_peers(chain, syncer)
+    withholder = Withholder("withholder", chain.store, syncer.clock, delay=delay)   # fastest: voted, serves
+    honest = [TimedPeer(f"honest{i}", chain.store, syncer.clock, latency, per_block) for i in range(2)]
     peers: list[TimedPeer] = [withholder, *honest]
     held: list[int] = [0]
 
@@ -138,5 +148,7 @@ def test_a_backer_withholding_the_head_chunk_cannot_grow_the_reorder_buffer(tmp_
     assert held[0] <= bound, f"{held[0]} blocks requested or received but not applied (bound {bound})"
     assert syncer.manager.max_buffered_blocks <= bound
     assert syncer.manager.max_buffered_blocks >= 3 * PEER_PENDING_BLOCKS      # the pipeline did fill
-    assert withholder.block_requests and withholder.penalties        # it lost its chunk, and was charged
+    assert withholder.block_requests
+    if delay is None:
+        assert withholder.penalties                                  # it lost its chunk, and was charged
     assert not any(p.penalties for p in honest)

@@ -272,18 +272,22 @@ class SybilPeer(TimedPeer):
 
 
 class Withholder(TimedPeer):
-    """Issue 11 finding 3: votes the honest hashes, but never answers a body request ``withhold(start, count)``
-    selects (default: every one), so the chunk it was given blocks the in-order apply."""
+    """Issue 11 finding 3: votes the honest hashes, but holds back a body request ``withhold(start, count)``
+    selects (default: every one), so the chunk it was given blocks the in-order apply: it never answers,
+    or with ``delay`` answers the real blocks that many seconds later."""
 
     def __init__(self, peer_id: str, store: Store, clock: Clock, latency: float = 0.001,
-                 withhold: Callable[[int, int], bool] | None = None) -> None:
+                 withhold: Callable[[int, int], bool] | None = None, delay: float | None = None) -> None:
         super().__init__(peer_id, store, clock, latency=latency)
         self.withhold = withhold
+        self.delay = delay
 
     def get_blocks(self, start: int, count: int) -> defer.Deferred[Items]:
         if self.withhold is not None and not self.withhold(start, count):
             return super().get_blocks(start, count)
         self.block_requests.append((start, count))
+        if self.delay is not None:
+            return self.later(self.delay, lambda: self.serve(start, count), (start, count))
         return self.later(1e9, lambda: [], (start, count))       # never, in any test's time
 
 
