@@ -27,7 +27,9 @@ One sync run:
 4. **Bodies, at most ``max_pending_per_peer`` (20) blocks pending per peer.** The window is fetched in
    chunks of at most that size from the voters whose hashes cover the chunk (a shorter, agreeing list
    backs its prefix); each server holds at most that many requested blocks at once, and up to
-   ``max_ranges_in_flight`` chunks are in flight across servers. A server whose request fails or times
+   ``max_ranges_in_flight`` chunks are in flight across servers, received-but-unapplied chunks counted:
+   only chunks within ``max_ranges_in_flight`` chunks of the next block to apply are requested
+   (``max_buffered_blocks`` is a run's high-water mark). A server whose request fails or times
    out leaves the window, a chunk is never retried on the server that just failed it, and ``usable()``
    is checked at every assignment. SPEC §6 "served below a minimum rate moves to another peer": the
    head chunk is asked of a second server once its request is late (HEDGE_FACTOR times the typical
@@ -193,6 +195,7 @@ class StateSyncManager:
                                                 "body": deque(maxlen=RESPONSE_SAMPLES)}
         self._slow: set[str] = set()              # peers charged slow_response in this run: no more chunks
         self._ceiling = MAX_HEIGHT                # this run seeks no height above (a trusted "no block there")
+        self.max_buffered_blocks = 0              # this run's high-water mark of blocks in flight + received, unapplied
 
     # -- peer state ------------------------------------------------------------------------------
     async def query_peers(self, peers: list[SyncPeer]) -> dict[str, PeerStatus]:
@@ -254,6 +257,7 @@ class StateSyncManager:
         self._fork = False
         self._slow = set()
         self._ceiling = MAX_HEIGHT
+        self.max_buffered_blocks = 0
         self.progress = SyncProgress(start, start, target, t0, 0, 0.0, None, True, len(peers))
         failed = 0
         try:
@@ -673,7 +677,9 @@ class _Window:
     """The body requests of one window: chunks, their servers and load, requests in flight, chunks ready.
 
     Chunks of at most ``size`` blocks go to the backers whose vote covers them, at most ``cap`` blocks
-    pending per server, at most ``max_ranges_in_flight`` chunks in flight. A server whose request fails
+    pending per server, at most ``max_ranges_in_flight`` chunks in flight, and only chunks within ``limit``
+    (``max_ranges_in_flight * size``) blocks of the head: received-but-unapplied blocks count against
+    the in-flight bound. A server whose request fails
     or times out leaves the window and never gets that chunk again. The head chunk (the next to apply)
     is *hedged* once its request is late (``_late_after("body")``): a second server is asked, the first
     good answer wins and the other request is cancelled; a server outpaced by a request sent after its
@@ -691,6 +697,10 @@ class _Window:
         self.statuses = statuses
         self.cap = max(1, manager.max_pending_per_peer)
         self.size = max(1, min(manager.batch, self.cap))
+        # Received-but-unapplied blocks count against the in-flight bound: only chunks within this many
+        # blocks of the head are requested, so ready + in flight never exceeds it (a withheld head chunk
+        # cannot make the others pile up a whole window of up to 4 MiB blocks).
+        self.limit = manager.max_ranges_in_flight * self.size
         self.lengths: dict[int, int] = {s: min(self.size, self.end - s) for s in range(start, self.end, self.size)}
         self.todo: list[int] = sorted(self.lengths)       # chunk starts waiting for a server, lowest first
         self.failed_on: dict[int, set[str]] = {}
@@ -735,12 +745,16 @@ class _Window:
         self.poke()
 
     def assign(self) -> None:
+        """Give waiting chunks to servers, lowest first, inside the window of ``limit`` blocks from the head."""
         for p in [p for p in self.servers if not p.usable()]:
             self.servers.remove(p)                       # banned or negative meanwhile: no more work
         while self.todo and len(self.inflight) < self.m.max_ranges_in_flight:
-            if not self.send(self.todo[0]):
-                return
+            s = self.todo[0]
+            if s + self.lengths[s] > self.next_apply + self.limit or not self.send(s):
+                break
             self.todo.pop(0)
+        held = sum(len(items) for items in self.ready.values()) + sum(self.lengths[s] for s in self.inflight)
+        self.m.max_buffered_blocks = max(self.m.max_buffered_blocks, held)
 
     def hedge(self) -> None:
         """Ask a second server for the head chunk once its request is late, and for chunks of slow servers."""
