@@ -112,6 +112,23 @@ def test_a_sybil_crowd_cannot_outvote_a_validator(tmp_path: Path, spec: ChainSpe
     assert not validator.penalties and not observer.penalties
 
 
+def test_sybils_faster_than_a_validator_cannot_get_it_dropped_from_the_vote(tmp_path: Path, spec: ChainSpec,
+                                                                           chain: ChainBuilder) -> None:
+    """The Sybils serve the real blocks below 200, far faster than the validator (it answers in 0.3 s):
+    its answers are waited for, and being outpaced costs it no standing, so it still anchors the vote
+    on their made-up hashes from 200 on."""
+    alone = honest_only_seconds(tmp_path, spec, chain, 1)
+    syncer = syncer_at(tmp_path / "s", spec)
+    validator = TimedPeer("validator", chain.store, syncer.clock, 0.3, PER_BLOCK, power=10)
+    sybils = [SybilPeer(f"sybil{i}", chain.store, syncer.clock, claim=BLOCKS + 100, diverge_at=BLOCKS // 2)
+              for i in range(18)]
+    result = syncer.sync([*sybils, validator])
+    assert_honest_tip(syncer, chain)
+    assert not validator.penalties and validator.usable()
+    assert result.failed_ranges == 0
+    assert result.seconds <= 3 * alone, (result.seconds, alone)
+
+
 # -- 3. the reorder buffer is bounded by the in-flight limit ---------------------------------------------
 WITHHOLDERS = {
     # never answers: its chunk is asked of another server once late, and it is charged
