@@ -8,21 +8,21 @@ One sync run:
    plus every trusted peer (a validator's host key, or reputation >= TRUSTED_SCORE) even below it; most
    trusted first: validators, then by reputation, then lowest latency (a claimed height only breaks
    ties: anyone can claim one). Never a banned or negative-reputation peer.
-3. **Hashes from 3, bodies from 1.** For each window the block hashes are asked of ``redundancy``
-   peers; a hash is accepted only when at least 2/3 of the peers that answered for that height agree,
-   and trust outweighs numbers: untrusted voters neither outvote nor deny a trusted voter's hash (nor a
-   trusted "no block there"); such a conflict is a split that a certificate settles.
-   A peer whose list ends below a height answered "no block there": a height only one voter of three
-   vouches for is not accepted, and where 2/3 say so the window ends (the claims above it are not
-   sought this run). A voter that answers less than its status claimed is charged ``stale_data``; one
-   still silent when 2/3 have answered and decided the vote is dropped once late (``_late_after``) and
-   charged ``slow_response``. On a split more peers are asked (as many as could make a 2/3 majority),
-   until one exists or every peer covering the window has answered (only trusted ones when the split
-   is a trusted voter's). A split left at the next height is settled by certificates (``verify``),
-   trusted voters' hashes tried first: the hash whose block's certificate verifies wins; a peer that
-   serves a block whose certificate does not verify is charged and its vote dropped (numerator and
-   denominator), as in fork resolution. When a trusted voter has no block there and no other voter can
-   serve a certified one, the run seeks nothing above our tip. Voters outvoted by the majority are
+3. **Hashes from 3, bodies from 1.** For each window the block hashes are asked of ``redundancy`` peers;
+   a hash is accepted only when at least 2/3 of the peers that answered for that height agree, and trust
+   outweighs numbers: untrusted voters neither outvote nor deny a trusted voter's hash (nor a trusted
+   "no block there"); such a conflict is a split that a certificate settles. A peer whose list ends
+   below a height answered "no block there": a height only one voter of three vouches for is not
+   accepted, and where 2/3 say so the window ends (the claims above it are not sought this run). A voter
+   that answers less than its status claimed is charged ``stale_data``; an untrusted one still silent
+   when 2/3 have answered and decided the vote is dropped once late (``_late_after``) and charged
+   ``slow_response`` (a trusted one is waited for). On a split more peers are asked (as many as could
+   make a 2/3 majority), until one exists or every peer covering the window has answered (only trusted
+   ones when the split is a trusted voter's). A split left at the next height is settled by certificates
+   (``verify``), trusted voters' hashes tried first: the hash whose block's certificate verifies wins; a
+   peer that serves a block whose certificate does not verify is charged and its vote dropped (numerator
+   and denominator), as in fork resolution. When a trusted voter has no block there and no other voter
+   can serve a certified one, the run seeks nothing above our tip. Voters outvoted by the majority are
    charged ``stale_data`` once the majority's blocks were verified and applied.
 4. **Bodies, at most ``max_pending_per_peer`` (20) blocks pending per peer.** The window is fetched in
    chunks of at most that size from the voters whose hashes cover the chunk (a shorter, agreeing list
@@ -34,8 +34,9 @@ One sync run:
    is checked at every assignment. SPEC §6 "served below a minimum rate moves to another peer": the
    head chunk is asked of a second server once its request is late (HEDGE_FACTOR times the typical
    response time); the first good answer wins, and a server outpaced by a later request, or one that
-   serves a short range without a frame budget's reason, is charged ``slow_response`` and given no more
-   chunks this run (its chunks in flight are asked of others).
+   serves a short range without a frame budget's reason, is charged ``slow_response`` (a validator's host
+   only loses its work: it anchors the vote) and given no more chunks this run (its chunks in flight
+   are asked of others).
 5. **Applied in order, one LMDB write transaction per ``batch`` blocks** (``apply``): the consecutive
    chunks that have arrived are applied together, up to ``batch`` blocks. A block that fails
    verification is charged to its server, which is left out of the run. A block whose parent is not
@@ -343,7 +344,7 @@ class StateSyncManager:
 
         async def ask(batch: list[SyncPeer]) -> None:
             voters.extend(batch)
-            await self._ask_hashes(batch, start, count, statuses, answers,
+            await self._ask_hashes(batch, start, count, statuses, answers, trusted,
                                    lambda: _tally(answers, count, trusted).split is None)
 
         await ask(pool[:self.redundancy])
@@ -393,12 +394,13 @@ class StateSyncManager:
         return _Vote(accepted, backers, coverage, minority)
 
     async def _ask_hashes(self, batch: list[SyncPeer], start: int, count: int, statuses: dict[str, PeerStatus],
-                          answers: dict[str, list[bytes]], decided: Callable[[], bool]) -> None:
+                          answers: dict[str, list[bytes]], trusted: set[str], decided: Callable[[], bool]) -> None:
         """Ask ``batch`` for the hashes from ``start``; wait for every answer, or until the others are late.
 
         Once at least 2/3 of the batch answered and their answers decide the vote (``decided``), the rest
         get until they are late (``_late_after``): then they are dropped from the vote and charged
-        ``slow_response`` (a slow voter must not hold every window up to the request timeout).
+        ``slow_response`` (a slow voter must not hold every window up to the request timeout). A trusted
+        voter is waited for (up to the request timeout): faster Sybils must not silence it.
         """
         pending: dict[str, defer.Deferred[Any]] = {}
         wake: list[defer.Deferred[None] | None] = [None]
@@ -424,7 +426,8 @@ class StateSyncManager:
                 if not pending:
                     return
                 now = self.clock.seconds()
-                if now >= late and 3 * (len(batch) - len(pending)) >= 2 * len(batch) and decided():
+                if (now >= late and 3 * (len(batch) - len(pending)) >= 2 * len(batch)
+                        and not trusted.intersection(pending) and decided()):
                     for peer in batch:
                         if peer.peer_id in pending:
                             self._charge_slow(peer, f"hashes from {start} still not sent when the others "
@@ -597,9 +600,17 @@ class StateSyncManager:
         return _Served(items, server.peer_id)
 
     def _charge_slow(self, peer: SyncPeer, why: str) -> None:
-        """Charge ``slow_response`` (once per run); the peer is given no more chunks this run while others can."""
-        if peer.peer_id not in self._slow:
-            self._slow.add(peer.peer_id)
+        """Charge ``slow_response`` (once per run); the peer is given no more chunks this run while others can.
+
+        A validator's host only loses its work, not its standing: a negative score would make it
+        unusable, and peers that merely outpace it could then remove the anchor of the hash vote.
+        """
+        if peer.peer_id in self._slow:
+            return
+        self._slow.add(peer.peer_id)
+        if peer.power > 0:
+            self.log.info("Sync: validator peer {peer} slow, not charged: {why}", peer=peer.peer_id, why=why)
+        else:
             self._charge(peer, Event.SLOW_RESPONSE, why)
 
     def _late_after(self, kind: str) -> float:
