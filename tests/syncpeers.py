@@ -1,4 +1,14 @@
 """Re-exports :mod:`timecoin.sim.syncpeers` (SyncPeer implementations over stores, honest and hostile)."""
-from timecoin.sim.syncpeers import StorePeer
+from timecoin.sim.syncpeers import (
+    SimSyncer,
+    SlowLiar,
+    StorePeer,
+    SybilPeer,
+    TimedPeer,
+    Withholder,
+    liar_sync_ratio,
+    made_up_hash,
+)
 
-__all__ = ["StorePeer"]
+__all__ = ["SimSyncer", "SlowLiar", "StorePeer", "SybilPeer", "TimedPeer", "Withholder", "liar_sync_ratio",
+           "made_up_hash"]

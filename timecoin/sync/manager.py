@@ -4,20 +4,39 @@ One sync run:
 
 1. **Peer state.** Every usable peer is asked for its status (height, tip and finalized hash, genesis
    hash); the round trip is its latency. Peers of another genesis are left out.
-2. **Best peers.** Candidates for a window are the peers whose height covers it, best first: highest
-   height, then lowest latency; never a banned or negative-reputation peer.
-3. **Hashes from 3, bodies from 1.** For each window the block hashes are asked of ``redundancy``
-   peers; a hash is accepted only when at least 2/3 of the peers that answered for that height agree.
-   On a split more peers are asked (as many as could make a 2/3 majority), until one exists or every
-   peer covering the window has answered. A split left at the next height is settled by certificates
-   (``verify``): a peer that serves a block whose certificate does not verify is charged and its vote
-   dropped (numerator and denominator), as in fork resolution. Voters outvoted by the majority are
+2. **Voters by trust.** Candidates to vote on a window's hashes are the peers whose height covers it,
+   plus every trusted peer (a validator's host key, or reputation >= TRUSTED_SCORE) even below it; most
+   trusted first: validators, then by reputation, then lowest latency (a claimed height only breaks
+   ties: anyone can claim one). Never a banned or negative-reputation peer.
+3. **Hashes from 3, bodies from 1.** For each window the block hashes are asked of ``redundancy`` peers;
+   a hash is accepted only when at least 2/3 of the peers that answered for that height agree, and trust
+   outweighs numbers: untrusted voters neither outvote nor deny a trusted voter's hash (nor a trusted
+   "no block there"); such a conflict is a split that a certificate settles. A peer whose list ends
+   below a height answered "no block there": a height only one voter of three vouches for is not
+   accepted, and where 2/3 say so the window ends (the claims above it are not sought this run). A voter
+   that answers less than its status claimed is charged ``stale_data``; an untrusted one still silent
+   when 2/3 have answered and decided the vote is dropped once late (``_late_after``) and charged
+   ``slow_response`` (a trusted one is waited for). On a split more peers are asked (as many as could
+   make a 2/3 majority), until one exists or every peer covering the window has answered (only trusted
+   ones when the split is a trusted voter's). A split left at the next height is settled by certificates
+   (``verify``), trusted voters' hashes tried first: the hash whose block's certificate verifies wins; a
+   peer that serves a block whose certificate does not verify is charged and its vote dropped (numerator
+   and denominator), as in fork resolution. When a trusted voter has no block there and no other voter
+   can serve a certified one, the run seeks nothing above our tip. Voters outvoted by the majority are
    charged ``stale_data`` once the majority's blocks were verified and applied.
 4. **Bodies, at most ``max_pending_per_peer`` (20) blocks pending per peer.** The window is fetched in
-   chunks of at most that size from peers that voted for every accepted hash; each server holds at
-   most that many requested blocks at once, and up to ``max_ranges_in_flight`` chunks are in flight
-   across servers. A server whose request fails or times out leaves the window, a chunk is never
-   retried on the server that just failed it, and ``usable()`` is checked at every assignment.
+   chunks of at most that size from the voters whose hashes cover the chunk (a shorter, agreeing list
+   backs its prefix); each server holds at most that many requested blocks at once, and up to
+   ``max_ranges_in_flight`` chunks are in flight across servers, received-but-unapplied chunks counted:
+   only chunks within ``max_ranges_in_flight`` chunks of the next block to apply are requested
+   (``max_buffered_blocks`` is a run's high-water mark). A server whose request fails or times
+   out leaves the window, a chunk is never retried on the server that just failed it, and ``usable()``
+   is checked at every assignment. SPEC §6 "served below a minimum rate moves to another peer": the
+   head chunk is asked of a second server once its request is late (HEDGE_FACTOR times the typical
+   response time); the first good answer wins, and a server outpaced by a later request, or one that
+   serves a short range without a frame budget's reason, is charged ``slow_response`` (a validator's host
+   only loses its work: it anchors the vote) and given no more chunks this run (its chunks in flight
+   are asked of others).
 5. **Applied in order, one LMDB write transaction per ``batch`` blocks** (``apply``): the consecutive
    chunks that have arrived are applied together, up to ``batch`` blocks. A block that fails
    verification is charged to its server, which is left out of the run. A block whose parent is not
@@ -35,6 +54,8 @@ from __future__ import annotations
 
 import bisect
 import enum
+import statistics
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +88,20 @@ MAX_REPLANS = 100                  # re-plans (consensus committed a height mean
 MAX_RUN_BLOCKS = 10_000_000       # one run's bound; the coordinator's next cycle goes on from there
 HASH_WINDOW = 1000                 # hashes voted per request (one request per voter per window)
 PROGRESS_EVERY = 2.0               # seconds between progress log lines
+# SPEC §6 "served below a minimum rate moves to another peer": the minimum is relative to what this
+# node's peers achieve. A request is *late* after HEDGE_FACTOR times the typical (median) response time
+# of its kind, i.e. served below 1/HEDGE_FACTOR of the typical rate, and never before HEDGE_MIN_S
+# (jitter on fast links is not slowness) nor after the request timeout.
+HEDGE_FACTOR = 3.0
+HEDGE_MIN_S = 0.25
+RESPONSE_SAMPLES = 32              # recent response times kept per kind (rolling)
+# An honest server answers a range with every block that fits its frame budget (max_frame_bytes - 1 KiB,
+# 8 MiB by default; blocks are at most 4 MiB), so it stops short only after at least this much.
+SHORT_ANSWER_BYTES = 1 << 20
+# Trusted voters (SPEC §5 reputation, §6 votes): a validator's host key, or a peer whose reputation shows
+# minutes of useful service (scores earn at most ~2 net points a minute; a fresh identity holds 0).
+TRUSTED_SCORE = 10
+MAX_HEIGHT = 2 ** 63
 
 
 class _Outcome(enum.Enum):
@@ -114,7 +149,20 @@ class SyncResult:
 class _Vote:
     hashes: list[bytes]
     backers: list[SyncPeer]
+    coverage: dict[str, int]                      # backer id -> how many of ``hashes`` (from the first) it voted
     minority: dict[str, tuple[SyncPeer, int]]     # outvoted peer id -> (peer, first height it differs at)
+
+
+@dataclass(eq=False)
+class _Request:
+    """One body request in flight: a chunk may have two (the first and a hedge), the first good answer wins."""
+
+    server: SyncPeer
+    start: int
+    count: int
+    sent: float
+    d: defer.Deferred[Any] | None = None
+    cancelled: bool = False                       # by us: its result is ignored and never charged
 
 
 class StateSyncManager:
@@ -144,6 +192,11 @@ class StateSyncManager:
         self._last_log = 0.0
         self._more_peers: Callable[[], list[SyncPeer]] | None = None
         self._fork = False
+        self._times: dict[str, deque[float]] = {"small": deque(maxlen=RESPONSE_SAMPLES),
+                                                "body": deque(maxlen=RESPONSE_SAMPLES)}
+        self._slow: set[str] = set()              # peers charged slow_response in this run: no more chunks
+        self._ceiling = MAX_HEIGHT                # this run seeks no height above (a trusted "no block there")
+        self.max_buffered_blocks = 0              # this run's high-water mark of blocks in flight + received, unapplied
 
     # -- peer state ------------------------------------------------------------------------------
     async def query_peers(self, peers: list[SyncPeer]) -> dict[str, PeerStatus]:
@@ -168,6 +221,19 @@ class StateSyncManager:
         return sorted((p for p in peers if p.peer_id in statuses and statuses[p.peer_id].height >= min_height
                        and p.usable()), key=key)
 
+    def voters(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus], min_height: int) -> list[SyncPeer]:
+        """Usable peers to vote on hashes from ``min_height``, most trusted first: validators, then by
+        reputation, then lowest latency (a claimed height only decides a tie: anyone can claim one).
+
+        Those covering ``min_height``, and every trusted peer (``_trusted``) even below it: its "no block
+        there" must be heard, or a crowd could vote made-up heights past every validator's tip.
+        """
+        def key(p: SyncPeer) -> tuple[bool, int, float, int]:
+            st = statuses[p.peer_id]
+            return (p.power <= 0, -p.score, st.latency if p.latency is None else p.latency, -st.height)
+        return sorted((p for p in peers if p.peer_id in statuses and p.usable()
+                       and (statuses[p.peer_id].height >= min_height or _trusted(p))), key=key)
+
     def best_peer(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus]) -> SyncPeer | None:
         ranked = self.ranked(self.same_genesis(peers, statuses), statuses)
         return ranked[0] if ranked else None
@@ -190,6 +256,9 @@ class StateSyncManager:
         t0 = self.clock.seconds()
         self._penalized = {}
         self._fork = False
+        self._slow = set()
+        self._ceiling = MAX_HEIGHT
+        self.max_buffered_blocks = 0
         self.progress = SyncProgress(start, start, target, t0, 0, 0.0, None, True, len(peers))
         failed = 0
         try:
@@ -222,7 +291,7 @@ class StateSyncManager:
             if vote is None:
                 failed += 1
                 continue
-            outcome = await self._fetch_and_apply(tip + 1, vote.hashes, vote.backers, excluded)
+            outcome = await self._fetch_and_apply(tip + 1, vote, excluded, statuses)
             self._charge_outvoted(vote, statuses)
             if outcome is _Outcome.STOP:
                 break
@@ -252,56 +321,69 @@ class StateSyncManager:
     def _target(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus], excluded: set[str]) -> int:
         heights = [statuses[p.peer_id].height for p in peers
                    if p.peer_id in statuses and p.peer_id not in excluded and p.usable()]
-        return max(heights, default=self.tip_height())
+        return min(max(heights, default=self.tip_height()), self._ceiling)
 
     # -- hashes from 3 (more on a split) ---------------------------------------------------------
     async def _vote_hashes(self, peers: list[SyncPeer], statuses: dict[str, PeerStatus], start: int, count: int,
                            excluded: set[str]) -> _Vote | None:
-        """Hashes from ``start`` that >= 2/3 of the answering peers agree on, and the peers that sent them all."""
-        pool = [p for p in self.ranked(peers, statuses, start) if p.peer_id not in excluded]
+        """Hashes from ``start`` that >= 2/3 of the answering peers agree on, and the peers that voted them.
+
+        A voter whose list ends before a height says "no block there"; when 2/3 say so the accepted list
+        ends, and the claims of the peers that vouched for a hash there are lowered for this run (not
+        charged: a peer a block ahead is honest). A voter whose shorter list is a prefix of the accepted
+        one backs that prefix (``coverage``) and serves bodies from it.
+        """
+        pool = [p for p in self.voters(peers, statuses, start) if p.peer_id not in excluded]
         if not pool:
             return None
         by_id = {p.peer_id: p for p in pool}
+        trusted = {p.peer_id for p in pool if _trusted(p)}
         answers: dict[str, list[bytes]] = {}
+        certified: dict[int, bytes] = {}
         voters: list[SyncPeer] = []
 
         async def ask(batch: list[SyncPeer]) -> None:
             voters.extend(batch)
-            results = await defer.DeferredList([self._timed(p, p.get_block_hashes(start, count)) for p in batch],
-                                               consumeErrors=True)
-            for peer, (ok, value) in zip(batch, results, strict=True):
-                if not ok:
-                    continue
-                answers[peer.peer_id] = list(value)[:count]
-                if not value:
-                    self._charge(peer, Event.STALE_DATA, f"claimed height {statuses[peer.peer_id].height} "
-                                                         f"but has no block {start}")
-                    statuses[peer.peer_id] = _lowered(statuses[peer.peer_id], start - 1)
+            await self._ask_hashes(batch, start, count, statuses, answers, trusted,
+                                   lambda: _tally(answers, count, trusted).split is None)
 
         await ask(pool[:self.redundancy])
         rest = pool[self.redundancy:]
         settled = False
-        accepted, split, counts = _tally(answers, count)
+        tally = _tally(answers, count, trusted)
         for _ in range(len(pool) + 1):                   # bounded: each pass asks a new peer or settles once
-            if split is None:
+            if tally.split is None:
                 break
-            if rest:                                     # ask as many more as could make a 2/3 majority
-                best, answered = counts
-                need = max(1, 2 * answered - 3 * best)
+            split = tally.split
+            helpers = [p for p in rest if not tally.trusted_split or p.peer_id in trusted]
+            if helpers:                                  # ask as many more as could make a 2/3 majority
+                best, answered = tally.counts
+                batch = helpers[:max(1, 2 * answered - 3 * best)]
                 self.log.info("Sync: no 2/3 agreement on block {h} among {n} peers; asking {k} more",
-                              h=start + split, n=answered, k=min(need, len(rest)))
-                await ask(rest[:need])
-                rest = rest[need:]
+                              h=start + split, n=answered, k=len(batch))
+                rest = [p for p in rest if p not in batch]
+                await ask(batch)
             elif split == 0 and not settled and self.verify is not None and start == self.tip_height() + 1:
                 settled = True
-                await self._settle_by_certificate(start, answers, by_id, excluded)
+                await self._settle_by_certificate(start, answers, by_id, excluded, statuses, trusted, certified)
             else:
-                self.log.info("Sync: no 2/3 agreement on block {h} among {n} peers", h=start + split, n=counts[1])
+                self.log.info("Sync: no 2/3 agreement on block {h} among {n} peers", h=start + split,
+                              n=tally.counts[1])
                 break
-            accepted, split, counts = _tally(answers, count)
+            tally = _tally(answers, count, trusted, certified)
+        accepted = tally.accepted
+        for pid, index in tally.denied.items():          # 2/3 said there is no such block: not sought this run
+            statuses[pid] = _lowered(statuses[pid], start + index - 1)
+        if settled and 0 not in certified and any(not answers.get(pid, [None]) for pid in trusted):
+            # A trusted voter has no block here and no other voter could serve one with a valid certificate:
+            # the heights above our tip are not sought this run (the next cycle asks again).
+            self.log.info("Sync: no certified block {h} behind any claim above it; ending the run", h=start)
+            self._ceiling = min(self._ceiling, start - 1)
+            return _Vote([], [], {}, {})
         if not accepted:
             return None
-        backers = [p for p in voters if answers.get(p.peer_id, [])[:len(accepted)] == accepted]
+        coverage = {p.peer_id: n for p in voters if (n := _common(answers.get(p.peer_id, []), accepted))}
+        backers = [p for p in voters if p.peer_id in coverage]
         if not backers:
             return None
         minority: dict[str, tuple[SyncPeer, int]] = {}
@@ -309,15 +391,78 @@ class StateSyncManager:
             diff = next((i for i in range(min(len(hs), len(accepted))) if hs[i] != accepted[i]), None)
             if diff is not None:
                 minority[pid] = (by_id[pid], start + diff)
-        return _Vote(accepted, backers, minority)
+        return _Vote(accepted, backers, coverage, minority)
+
+    async def _ask_hashes(self, batch: list[SyncPeer], start: int, count: int, statuses: dict[str, PeerStatus],
+                          answers: dict[str, list[bytes]], trusted: set[str], decided: Callable[[], bool]) -> None:
+        """Ask ``batch`` for the hashes from ``start``; wait for every answer, or until the others are late.
+
+        Once at least 2/3 of the batch answered and their answers decide the vote (``decided``), the rest
+        get until they are late (``_late_after``): then they are dropped from the vote and charged
+        ``slow_response`` (a slow voter must not hold every window up to the request timeout). A trusted
+        voter is waited for (up to the request timeout): faster Sybils must not silence it.
+        """
+        pending: dict[str, defer.Deferred[Any]] = {}
+        wake: list[defer.Deferred[None] | None] = [None]
+
+        def poke(_: Any = None) -> None:
+            if wake[0] is not None:
+                w, wake[0] = wake[0], None
+                w.callback(None)
+
+        def answered(result: Any, peer: SyncPeer) -> None:
+            pending.pop(peer.peer_id, None)
+            if not isinstance(result, Failure):
+                self._record_hashes(peer, start, count, list(result), statuses, answers)
+            self.clock.callLater(0, poke)            # answers that came in together are all taken first
+
+        for peer in batch:
+            d = self._timed(peer, peer.get_block_hashes(start, count))
+            pending[peer.peer_id] = d
+            d.addBoth(answered, peer)
+        late = self.clock.seconds() + self._late_after("small")
+        try:
+            for _ in range(len(batch) + 2):              # bounded: each pass takes an answer, or the deadline once
+                if not pending:
+                    return
+                now = self.clock.seconds()
+                if (now >= late and 3 * (len(batch) - len(pending)) >= 2 * len(batch)
+                        and not trusted.intersection(pending) and decided()):
+                    for peer in batch:
+                        if peer.peer_id in pending:
+                            self._charge_slow(peer, f"hashes from {start} still not sent when the others "
+                                                    "had decided the vote")
+                    return
+                wake[0] = defer.Deferred()
+                timer = self.clock.callLater(late - now, poke) if now < late else None
+                await wake[0]
+                if timer is not None and timer.active():
+                    timer.cancel()
+        finally:
+            for d in list(pending.values()):
+                d.cancel()                               # ours: never charged as a failure
+
+    def _record_hashes(self, peer: SyncPeer, start: int, count: int, hashes: list[bytes],
+                       statuses: dict[str, PeerStatus], answers: dict[str, list[bytes]]) -> None:
+        """Keep a voter's answer; one shorter than the height it claimed is charged and its claim lowered."""
+        hashes = hashes[:count]
+        answers[peer.peer_id] = hashes
+        claimed = statuses[peer.peer_id].height
+        if len(hashes) < min(count, claimed - start + 1):
+            self._charge(peer, Event.STALE_DATA, f"claimed height {claimed} but has no block {start + len(hashes)}")
+            statuses[peer.peer_id] = _lowered(statuses[peer.peer_id], start + len(hashes) - 1)
 
     async def _settle_by_certificate(self, height: int, answers: dict[str, list[bytes]],
-                                     by_id: dict[str, SyncPeer], excluded: set[str]) -> None:
-        """A split at the next height: drop the votes of peers whose block there is not certified.
+                                     by_id: dict[str, SyncPeer], excluded: set[str],
+                                     statuses: dict[str, PeerStatus], trusted: set[str],
+                                     certified: dict[int, bytes]) -> None:
+        """A split at the next height: the certificate is the final arbiter.
 
-        For each competing hash its backers are asked in turn for the block until one serves it with a
-        certificate that verifies; a backer that serves a forged one is charged and left out of the run,
-        one that does not serve the block it voted for is charged ``stale_data``; either vote is dropped.
+        Competing hashes are tried in turn, those a trusted voter backs first, then the most voted; each
+        hash's voters (trusted first) are asked for the block until one serves it with a certificate that
+        verifies: that hash wins (``certified[0]``), whatever the count. A voter that serves a forged one is
+        charged and left out of the run, one that does not serve the block it voted for is charged
+        ``stale_data`` and its claim lowered; either vote is dropped.
         """
         verify = self.verify
         assert verify is not None
@@ -325,7 +470,10 @@ class StateSyncManager:
         for pid, hs in answers.items():
             if hs:
                 candidates.setdefault(hs[0], []).append(pid)
-        for their_hash, pids in sorted(candidates.items()):
+        for pids in candidates.values():
+            pids.sort(key=lambda pid: pid not in trusted)
+        order = sorted(candidates.items(), key=lambda kv: (kv[1][0] not in trusted, -len(kv[1]), kv[0]))
+        for their_hash, pids in order:
             for pid in pids:
                 peer = by_id[pid]
                 try:
@@ -336,6 +484,7 @@ class StateSyncManager:
                 if not got or got[0][0].height != height or got[0][0].hash != their_hash:
                     self._charge(peer, Event.STALE_DATA, f"did not serve the block {height} it voted for")
                     answers.pop(pid, None)
+                    statuses[pid] = _lowered(statuses[pid], height - 1)
                     continue
                 why = verify(*got[0])
                 if why is not None:
@@ -343,7 +492,8 @@ class StateSyncManager:
                     answers.pop(pid, None)
                     excluded.add(pid)
                     continue
-                break                                    # this hash is certified: its other votes stand
+                certified[0] = their_hash                # certified: it wins, the other votes at it fall
+                return
 
     def _charge_outvoted(self, vote: _Vote, statuses: dict[str, PeerStatus]) -> None:
         """Charge the outvoted peers whose disputed height the majority's verified blocks now cover."""
@@ -355,85 +505,32 @@ class StateSyncManager:
                     statuses[pid] = _lowered(statuses[pid], height - 1)
 
     # -- bodies, at most max_pending_per_peer blocks per server, applied in order ----------------
-    async def _fetch_and_apply(self, start: int, hashes: list[bytes], backers: list[SyncPeer],
-                               excluded: set[str]) -> _Outcome:
-        end = start + len(hashes)
-        cap = max(1, self.max_pending_per_peer)
-        size = max(1, min(self.batch, cap))
-        lengths: dict[int, int] = {s: min(size, end - s) for s in range(start, end, size)}
-        todo: list[int] = sorted(lengths)                # chunk starts waiting for a server, lowest first
-        failed_on: dict[int, set[str]] = {}
-        servers = list(backers)
-        load: dict[str, int] = {p.peer_id: 0 for p in servers}
-        inflight: dict[int, tuple[SyncPeer, defer.Deferred[Any]]] = {}
-        ready: dict[int, _Served] = {}
-        events: list[tuple[int, SyncPeer, _Served | None]] = []
-        wake: list[defer.Deferred[None] | None] = [None]
-        turn = [0]
-
-        def finished(result: Any, s: int, server: SyncPeer, n: int) -> None:
-            inflight.pop(s, None)
-            load[server.peer_id] = load.get(server.peer_id, 0) - n
-            events.append((s, server, None if isinstance(result, Failure) else result))
-            if wake[0] is not None:
-                w, wake[0] = wake[0], None
-                w.callback(None)
-
-        def assign() -> None:
-            while todo and len(inflight) < self.max_ranges_in_flight:
-                for p in [p for p in servers if not p.usable()]:
-                    servers.remove(p)                    # banned or negative meanwhile: no more work
-                s = todo[0]
-                n = lengths[s]
-                free = [p for p in servers if p.peer_id not in failed_on.get(s, ()) and load[p.peer_id] + n <= cap]
-                if not free:
-                    return
-                turn[0] += 1
-                server = min(free, key=lambda p: (load[p.peer_id], (servers.index(p) - turn[0]) % len(servers)))
-                todo.pop(0)
-                load[server.peer_id] += n
-                d = defer.Deferred.fromCoroutine(self._fetch_bodies(server, s, hashes[s - start:s - start + n]))
-                inflight[s] = (server, d)
-                d.addBoth(finished, s, server, n)
-
-        next_apply = start
+    async def _fetch_and_apply(self, start: int, vote: _Vote, excluded: set[str],
+                               statuses: dict[str, PeerStatus]) -> _Outcome:
+        w = _Window(self, start, vote, statuses)
         try:
-            for _ in range(8 * len(hashes) + 8 * len(servers) + 8):    # bounded: each pass consumes an event
-                if next_apply >= end:
+            for _ in range(16 * (len(vote.hashes) + len(vote.backers) + 1)):   # bounded: events, deadlines, applies
+                if w.next_apply >= w.end:
                     return _Outcome.DONE
-                while events:
-                    s, server, items = events.pop(0)
-                    if items is None:                    # failed or timed out: that server leaves the window
-                        if server in servers:
-                            servers.remove(server)
-                        failed_on.setdefault(s, set()).add(server.peer_id)
-                        bisect.insort(todo, s)
-                        continue
-                    got = len(items)
-                    if got < lengths[s]:                 # a short answer (its frame limit?): the rest goes back
-                        rest = s + got
-                        lengths[rest] = lengths[s] - got
-                        lengths[s] = got
-                        bisect.insort(todo, rest)
-                    ready[s] = items
-                assign()                                 # servers fetch the next chunks while we apply
-                if next_apply in ready:
-                    outcome = await self._apply_ready(ready, lengths, next_apply, end, backers, excluded)
+                w.take_events()
+                w.hedge()                                # a late head first: it holds up everything behind it
+                w.assign()                               # servers fetch the next chunks while we apply
+                if w.next_apply in w.ready:
+                    outcome = await self._apply_ready(w.ready, w.lengths, w.next_apply, w.end, vote.backers,
+                                                      excluded)
                     if isinstance(outcome, _Outcome):
                         return outcome
-                    next_apply = outcome
+                    w.next_apply = outcome
                     continue
-                if events:
+                if w.events:
                     continue
-                if not inflight:
-                    self.log.info("Sync: no peer left to serve blocks from {h}", h=next_apply)
+                if not w.inflight:
+                    self.log.info("Sync: no peer left to serve blocks from {h}", h=w.next_apply)
                     return _Outcome.FAILED
-                wake[0] = defer.Deferred()
-                await wake[0]
+                await w.wait()
             return _Outcome.FAILED
         finally:
-            for _server, d in list(inflight.values()):
-                d.cancel()                               # ours, not the peer's fault: never charged
+            w.cancel_all()                               # ours, not the peers' fault: never charged
 
     async def _apply_ready(self, ready: dict[int, _Served], lengths: dict[int, int], at: int, end: int,
                            backers: list[SyncPeer], excluded: set[str]) -> int | _Outcome:
@@ -482,15 +579,18 @@ class StateSyncManager:
         excluded.add(culprit.peer_id)
         return _Outcome.FAILED
 
-    async def _fetch_bodies(self, server: SyncPeer, start: int, hashes: list[bytes]) -> _Served | None:
+    async def _fetch_bodies(self, server: SyncPeer, start: int, hashes: list[bytes],
+                            statuses: dict[str, PeerStatus]) -> _Served | None:
         try:
-            items = await self._timed(server, server.get_blocks(start, len(hashes)))
+            items = await self._timed(server, server.get_blocks(start, len(hashes)), "body")
         except defer.CancelledError:
             raise
         except Exception:
             return None
         if not items:
             self._charge(server, Event.STALE_DATA, "served no blocks for hashes it voted for")
+            if server.peer_id in statuses:
+                statuses[server.peer_id] = _lowered(statuses[server.peer_id], start - 1)
             return None
         items = list(items)[:len(hashes)]
         for (block, _), want in zip(items, hashes, strict=False):
@@ -499,24 +599,58 @@ class StateSyncManager:
                 return None
         return _Served(items, server.peer_id)
 
+    def _charge_slow(self, peer: SyncPeer, why: str) -> None:
+        """Charge ``slow_response`` (once per run); the peer is given no more chunks this run while others can.
+
+        A validator's host only loses its work, not its standing: a negative score would make it
+        unusable, and peers that merely outpace it could then remove the anchor of the hash vote.
+        """
+        if peer.peer_id in self._slow:
+            return
+        self._slow.add(peer.peer_id)
+        if peer.power > 0:
+            self.log.info("Sync: validator peer {peer} slow, not charged: {why}", peer=peer.peer_id, why=why)
+        else:
+            self._charge(peer, Event.SLOW_RESPONSE, why)
+
+    def _late_after(self, kind: str) -> float:
+        """Seconds after which a request of ``kind`` ("small": status, hashes; "body") is late.
+
+        HEDGE_FACTOR times the median of the recent responses of that kind (of status and hash responses
+        while fewer than 3 body responses were seen), at least HEDGE_MIN_S, at most the request timeout.
+        """
+        samples = self._times[kind]
+        if len(samples) < 3 and self._times["small"]:
+            samples = self._times["small"]
+        if not samples:
+            return self.request_timeout
+        return min(self.request_timeout, max(HEDGE_MIN_S, HEDGE_FACTOR * statistics.median(samples)))
+
     @staticmethod
     def _peer(peers: list[SyncPeer], peer_id: str) -> SyncPeer:
         return next(p for p in peers if p.peer_id == peer_id)
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _timed(self, peer: SyncPeer, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+    def _timed(self, peer: SyncPeer, d: defer.Deferred[Any], kind: str = "small") -> defer.Deferred[Any]:
         """``d`` with our request timeout; the peer is charged for a timeout or a bad response.
 
         A request cancelled by us (CancelledError: a window ended while it was in flight) is not the
-        peer's fault and is never charged; our own timeout fails with TimeoutError instead.
+        peer's fault and is never charged; our own timeout fails with TimeoutError instead. The time
+        an answer took is kept as a sample of ``kind`` (what ``_late_after`` measures lateness by).
         """
+        sent = self.clock.seconds()
+
+        def answered(value: Any) -> Any:
+            self._times[kind].append(self.clock.seconds() - sent)
+            return value
+
         def failed(f: Any) -> Any:
             if f.check(defer.TimeoutError):
                 self._charge(peer, Event.TIMEOUT, "request timed out")
             elif f.check(BadResponse):
                 self._charge(peer, f.value.event, str(f.value))
             return f
-        return d.addTimeout(self.request_timeout, self.clock).addErrback(failed)
+        return d.addTimeout(self.request_timeout, self.clock).addCallbacks(answered, failed)
 
     def _charge(self, peer: SyncPeer, event: Event, why: str) -> None:
         self._penalized.setdefault(peer.peer_id, []).append(event.value)
@@ -550,31 +684,263 @@ class _Served(list):  # type: ignore[type-arg]
         self.server = server
 
 
-def _tally(answers: dict[str, list[bytes]], count: int) -> tuple[list[bytes], int | None, tuple[int, int]]:
-    """(accepted hashes, index of the first split or None, (best votes, answered) at the split).
+class _Window:
+    """The body requests of one window: chunks, their servers and load, requests in flight, chunks ready.
 
-    A peer outvoted at some height no longer counts above it: its later hashes chain off a block
-    the majority rejected.
+    Chunks of at most ``size`` blocks go to the backers whose vote covers them, at most ``cap`` blocks
+    pending per server, at most ``max_ranges_in_flight`` chunks in flight, and only chunks within ``limit``
+    (``max_ranges_in_flight * size``) blocks of the head: received-but-unapplied blocks count against
+    the in-flight bound. A server whose request fails
+    or times out leaves the window and never gets that chunk again. The head chunk (the next to apply)
+    is *hedged* once its request is late (``_late_after("body")``): a second server is asked, the first
+    good answer wins and the other request is cancelled; a server outpaced by a request sent after its
+    own is charged ``slow_response`` and gets no more chunks this run, and its chunks in flight are hedged
+    too. A short answer's remainder goes to another server; one under SHORT_ANSWER_BYTES (not cut by a
+    frame budget) is short-serving, charged ``slow_response`` as well.
+    """
+
+    def __init__(self, manager: StateSyncManager, start: int, vote: _Vote, statuses: dict[str, PeerStatus]) -> None:
+        self.m = manager
+        self.start = start
+        self.end = start + len(vote.hashes)
+        self.hashes = vote.hashes
+        self.coverage = vote.coverage
+        self.statuses = statuses
+        self.cap = max(1, manager.max_pending_per_peer)
+        self.size = max(1, min(manager.batch, self.cap))
+        # Received-but-unapplied blocks count against the in-flight bound: only chunks within this many
+        # blocks of the head are requested, so ready + in flight never exceeds it (a withheld head chunk
+        # cannot make the others pile up a whole window of up to 4 MiB blocks).
+        self.limit = manager.max_ranges_in_flight * self.size
+        self.lengths: dict[int, int] = {s: min(self.size, self.end - s) for s in range(start, self.end, self.size)}
+        self.todo: list[int] = sorted(self.lengths)       # chunk starts waiting for a server, lowest first
+        self.failed_on: dict[int, set[str]] = {}
+        self.servers = [p for p in vote.backers if p.peer_id not in manager._slow] or list(vote.backers)
+        self.load: dict[str, int] = {p.peer_id: 0 for p in vote.backers}
+        self.inflight: dict[int, list[_Request]] = {}
+        self.ready: dict[int, _Served] = {}
+        self.events: list[tuple[_Request, _Served | None]] = []
+        self.next_apply = start
+        self._turn = 0
+        self._wake: defer.Deferred[None] | None = None
+
+    # -- requests --------------------------------------------------------------------------------
+    def can_serve(self, peer: SyncPeer, s: int) -> bool:
+        n = self.lengths[s]
+        return (peer.peer_id not in self.failed_on.get(s, ()) and self.load[peer.peer_id] + n <= self.cap
+                and s + n - self.start <= self.coverage.get(peer.peer_id, 0)
+                and all(r.server is not peer for r in self.inflight.get(s, ())))
+
+    def send(self, s: int) -> bool:
+        """Ask the least loaded server that can serve chunk ``s`` (taking turns); False if none can."""
+        free = [p for p in self.servers if self.can_serve(p, s)]
+        if not free:
+            return False
+        self._turn += 1
+        servers = self.servers
+        server = min(free, key=lambda p: (self.load[p.peer_id], (servers.index(p) - self._turn) % len(servers)))
+        n = self.lengths[s]
+        self.load[server.peer_id] += n
+        req = _Request(server, s, n, self.m.clock.seconds())
+        self.inflight.setdefault(s, []).append(req)
+        req.d = defer.Deferred.fromCoroutine(
+            self.m._fetch_bodies(server, s, self.hashes[s - self.start:s - self.start + n], self.statuses))
+        req.d.addBoth(self._finished, req)
+        return True
+
+    def _finished(self, result: Any, req: _Request) -> None:
+        self.load[req.server.peer_id] -= req.count
+        if req.cancelled:
+            return
+        self.events.append((req, None if isinstance(result, Failure) else result))
+        self.poke()
+
+    def assign(self) -> None:
+        """Give waiting chunks to servers, lowest first, inside the window of ``limit`` blocks from the head."""
+        for p in [p for p in self.servers if not p.usable()]:
+            self.servers.remove(p)                       # banned or negative meanwhile: no more work
+        while self.todo and len(self.inflight) < self.m.max_ranges_in_flight:
+            s = self.todo[0]
+            if s + self.lengths[s] > self.next_apply + self.limit or not self.send(s):
+                break
+            self.todo.pop(0)
+        held = sum(len(items) for items in self.ready.values()) + sum(self.lengths[s] for s in self.inflight)
+        self.m.max_buffered_blocks = max(self.m.max_buffered_blocks, held)
+
+    def hedge(self) -> None:
+        """Ask a second server for the head chunk once its request is late, and for chunks of slow servers."""
+        now = self.m.clock.seconds()
+        late = self.m._late_after("body")
+        for s in sorted(self.inflight):
+            reqs = self.inflight[s]
+            if len(reqs) == 1 and (reqs[0].server.peer_id in self.m._slow
+                                   or (s == self.next_apply and now - reqs[0].sent >= late)):
+                self.send(s)
+
+    def head_due(self) -> float | None:
+        """When the head chunk's request becomes late (None: not in flight alone, or late already)."""
+        reqs = self.inflight.get(self.next_apply)
+        if reqs is None or len(reqs) != 1:
+            return None
+        due = reqs[0].sent + self.m._late_after("body")
+        return due if due > self.m.clock.seconds() else None
+
+    # -- answers ---------------------------------------------------------------------------------
+    def take_events(self) -> None:
+        while self.events:
+            req, items = self.events.pop(0)
+            reqs = self.inflight.get(req.start, [])
+            if req not in reqs:
+                continue
+            reqs.remove(req)
+            if items is None:
+                self._failed(req, reqs)
+            else:
+                self._served(req, reqs, items)
+
+    def _failed(self, req: _Request, others: list[_Request]) -> None:
+        """Failed or timed out: that server leaves the window; the chunk waits for another (if no copy is out)."""
+        s = req.start
+        if req.server in self.servers:
+            self.servers.remove(req.server)
+        self.failed_on.setdefault(s, set()).add(req.server.peer_id)
+        if not others:
+            del self.inflight[s]
+            bisect.insort(self.todo, s)
+
+    def _served(self, req: _Request, others: list[_Request], items: _Served) -> None:
+        s = req.start
+        del self.inflight[s]
+        for other in others:                             # the first good answer wins: the other copy is cancelled
+            other.cancelled = True
+            if other.sent < req.sent:
+                self.slow(other.server, f"blocks {s}-{s + other.count - 1} outpaced by a request sent "
+                                        f"{req.sent - other.sent:.1f} s after its own")
+            assert other.d is not None
+            other.d.cancel()
+        got = len(items)
+        if got < self.lengths[s]:                        # the rest goes to another server
+            rest = s + got
+            self.lengths[rest] = self.lengths[s] - got
+            self.lengths[s] = got
+            self.failed_on.setdefault(rest, set()).add(req.server.peer_id)
+            bisect.insort(self.todo, rest)
+            if _served_bytes(items) < SHORT_ANSWER_BYTES:
+                self.slow(req.server, f"served {got} of {got + self.lengths[rest]} blocks from {s}, "
+                                      f"{_served_bytes(items)} bytes")
+        self.ready[s] = items
+
+    def slow(self, peer: SyncPeer, why: str) -> None:
+        self.m._charge_slow(peer, why)
+        if peer in self.servers and len(self.servers) > 1:
+            self.servers.remove(peer)
+
+    # -- waiting ---------------------------------------------------------------------------------
+    def poke(self) -> None:
+        if self._wake is not None:
+            w, self._wake = self._wake, None
+            w.callback(None)
+
+    async def wait(self) -> None:
+        """Until a request ends, or the head chunk's request becomes late."""
+        self._wake = defer.Deferred()
+        due = self.head_due()
+        timer = self.m.clock.callLater(due - self.m.clock.seconds(), self.poke) if due is not None else None
+        await self._wake
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def cancel_all(self) -> None:
+        for reqs in list(self.inflight.values()):
+            for req in reqs:
+                req.cancelled = True
+                if req.d is not None:
+                    req.d.cancel()
+
+
+def _trusted(peer: SyncPeer) -> bool:
+    """A validator's host key, or a peer with minutes of useful service: a fresh identity is not."""
+    return peer.power > 0 or peer.score >= TRUSTED_SCORE
+
+
+def _served_bytes(items: Items) -> int:
+    return sum(block.size + len(cert.encoded) for block, cert in items)
+
+
+def _common(hashes: list[bytes], accepted: list[bytes]) -> int:
+    """How many of ``accepted`` (from the first) ``hashes`` agrees with."""
+    return next((i for i, (a, b) in enumerate(zip(hashes, accepted, strict=False)) if a != b),
+                min(len(hashes), len(accepted)))
+
+
+@dataclass
+class _Tally:
+    accepted: list[bytes]
+    split: int | None = None                     # index of the first height with no 2/3 choice, if any
+    counts: tuple[int, int] = (0, 0)             # (votes of the best choice, voters) at the split
+    trusted_split: bool = False                  # a trusted voter's hash is in it: untrusted votes cannot settle it
+    denied: dict[str, int] = field(default_factory=dict)    # peer id -> index of its hash 2/3 said is no block
+
+
+def _tally(answers: dict[str, list[bytes]], count: int, trusted: set[str] | frozenset[str] = frozenset(),
+           certified: dict[int, bytes] | None = None) -> _Tally:
+    """The hashes the live voters agree on, height by height.
+
+    A voter whose list ends before a height votes "no block there" (None). A hash is accepted with at
+    least 2/3 of the votes there, None counted: a height only one voter of three vouches for is not, and
+    when 2/3 say None the list ends. Trust outweighs numbers: a hash a trusted voter (a validator, a
+    well-scored peer) vouches for is not denied by untrusted None votes, nor outvoted by other hashes
+    of untrusted voters, and a trusted None is not outvoted by untrusted hashes: such a conflict, and
+    trusted voters that disagree, are a split that only a certificate (or more trusted voters) settles.
+    A ``certified`` hash wins its height outright. A peer outvoted at some height no longer counts above
+    it: its later hashes chain off a block the majority rejected (a voter that said None at a certified
+    height is behind: dropped too).
     """
     live = dict(answers)
     accepted: list[bytes] = []
     for i in range(count):
-        votes: dict[bytes, list[str]] = {}
+        votes: dict[bytes | None, list[str]] = {}
         for pid, hs in live.items():
-            if i < len(hs):
-                votes.setdefault(hs[i], []).append(pid)
-        answered = sum(len(v) for v in votes.values())
-        if answered == 0:
-            break
-        best, who = max(votes.items(), key=lambda kv: (len(kv[1]), kv[0]))
-        if 3 * len(who) < 2 * answered:
-            return accepted, i, (len(who), answered)
+            votes.setdefault(hs[i] if i < len(hs) else None, []).append(pid)
+        if certified and i in certified:
+            best: bytes | None = certified[i]
+        elif all(h is None for h in votes):
+            break                                        # nobody vouches for a block here
+        else:
+            choice = _choose(votes, trusted)
+            if isinstance(choice, _Tally):
+                choice.accepted, choice.split = accepted, i
+                return choice
+            best = choice
+        if best is None:
+            return _Tally(accepted, denied={pid: i for h, pids in votes.items() if h is not None for pid in pids})
         for other, pids in votes.items():
-            if other != best:
+            if other != best and (other is not None or (certified and i in certified)):
                 for pid in pids:
                     del live[pid]
         accepted.append(best)
-    return accepted, None, (0, 0)
+    return _Tally(accepted)
+
+
+def _choose(votes: dict[bytes | None, list[str]], trusted: set[str] | frozenset[str]) -> bytes | None | _Tally:
+    """The choice at one height (a hash, or None: no block), or a split (a _Tally without its accepted list)."""
+    answered = sum(len(v) for v in votes.values())
+    vouched = {h for h, pids in votes.items() if any(p in trusted for p in pids)}
+    if len(vouched) > 1:                                 # trusted voters disagree (a hash, another or None)
+        best = max(len(votes[h]) for h in vouched)
+        return _Tally([], 0, (best, answered), trusted_split=True)
+    if vouched:
+        (mine,) = vouched
+        if mine is None:                                 # a trusted "no block" against untrusted hashes
+            return _Tally([], 0, (len(votes[None]), answered), trusted_split=True)
+        rivals = [h for h in votes if h is not None and h != mine]
+        if rivals and 3 * len(votes[mine]) < 2 * answered:
+            return _Tally([], 0, (len(votes[mine]), answered), trusted_split=True)
+        return mine
+    best_choice, who = max(votes.items(), key=lambda kv: (len(kv[1]), kv[0] is not None, kv[0] or b""))
+    if 3 * len(who) < 2 * answered:
+        return _Tally([], 0, (len(who), answered))
+    return best_choice
 
 
 def _lowered(status: PeerStatus, height: int) -> PeerStatus:

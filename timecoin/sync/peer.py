@@ -57,6 +57,10 @@ class SyncPeer(Protocol):
     def power(self) -> int:
         """Voting power of the peer's host key at our next height (0 for observers)."""
 
+    @property
+    def score(self) -> int:
+        """The reputation we hold for the peer (SPEC §5: 0 for a new one; earned slowly by useful service)."""
+
     def get_status(self) -> defer.Deferred[PeerStatus]: ...
 
     def get_block_hashes(self, start: int, count: int) -> defer.Deferred[list[bytes]]: ...
@@ -98,6 +102,11 @@ class ConnectionPeer:
         vs = store.validator_set(store.tip_height() + 1) if store is not None else None
         v = vs.by_address.get(self.conn.address) if vs is not None else None
         return v.power if v is not None else 0
+
+    @property
+    def score(self) -> int:
+        peers = self.service.peers
+        return peers.score(self.peer_id) if peers is not None else 0
 
     def usable(self) -> bool:
         peers = self.service.peers
