@@ -19,7 +19,7 @@ def test_hostile_part_quick_run_prints_one_json_list_of_figures() -> None:
     names = {f["name"] for f in figures}
     assert all(set(f) == FIELDS for f in figures)
     assert "hostile.far_future_vote.cpu_per_msg" in names
-    assert "hostile.sync_one_liar_of_three" in names
+    assert "hostile.sync_one_liar_of_three.late_blocks" in names
     for f in figures:
         if f["ratio"] is not None:
             assert f["baseline"] > 0 and f["value"] >= 0

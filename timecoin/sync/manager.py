@@ -93,7 +93,7 @@ PROGRESS_EVERY = 2.0               # seconds between progress log lines
 # of its kind, i.e. served below 1/HEDGE_FACTOR of the typical rate, and never before HEDGE_MIN_S
 # (jitter on fast links is not slowness) nor after the request timeout.
 HEDGE_FACTOR = 3.0
-HEDGE_MIN_S = 0.25
+HEDGE_MIN_S = 0.1                  # 0.25 left the 60-block late-hash liar run at 1.57x honest-only
 RESPONSE_SAMPLES = 32              # recent response times kept per kind (rolling)
 # An honest server answers a range with every block that fits its frame budget (max_frame_bytes - 1 KiB,
 # 8 MiB by default; blocks are at most 4 MiB), so it stops short only after at least this much.
