@@ -50,11 +50,14 @@ def encode_frame(payload: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES)
     return _LENGTH.pack(size) + bytes(payload)
 
 
+_HEIGHT = struct.Struct(">Q")    # the 8-byte big-endian height of a consensus message
+
+
 class FrameDecoder:
     """Incremental decoder: feed stream chunks, get back the complete frame payloads."""
 
-    __slots__ = ("max_frame_bytes", "_buf", "_need", "_error", "frames_decoded", "height_at", "frames_dropped",
-                 "dropped_above")
+    __slots__ = ("max_frame_bytes", "_buf", "_need", "_error", "frames_decoded", "height_at", "_offsets",
+                 "frames_dropped", "dropped_above")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  height_at: dict[int, int] | None = None) -> None:
@@ -66,6 +69,7 @@ class FrameDecoder:
         # Payloads whose first byte is a key here carry an 8-byte big-endian height at that offset: with a
         # ``window``, feed() leaves out those outside it without copying them (see feed).
         self.height_at = height_at or {}
+        self._offsets = tuple(self.height_at.get(t, 0) for t in range(256))     # type byte -> offset (0: none)
         self.frames_dropped = 0
         self.dropped_above = 0       # the highest height among frames dropped above a window
 
@@ -152,7 +156,9 @@ class FrameDecoder:
                 pos = stop
         else:
             low, high = window
-            height_at = self.height_at
+            at_of = self._offsets
+            height_of = _HEIGHT.unpack_from
+            dropped, above = 0, 0
             while end - pos >= HEADER_SIZE:
                 (length,) = unpack(data, pos)
                 if length > limit or length == 0:
@@ -161,17 +167,20 @@ class FrameDecoder:
                 stop = start + length
                 if stop > end:
                     break
-                at = height_at.get(data[start])
-                if at is not None and length >= at + 8:
-                    h = int.from_bytes(data[start + at:start + at + 8], "big")
+                at = at_of[data[start]]
+                if at and length >= at + 8:
+                    (h,) = height_of(data, start + at)
                     if h < low or h > high:
-                        self.frames_dropped += 1
-                        if h > self.dropped_above:
-                            self.dropped_above = h
+                        dropped += 1
+                        if h > above:
+                            above = h
                         pos = stop
                         continue
                 frames.append(data[start:stop])
                 pos = stop
+            if dropped:
+                self.frames_dropped += dropped
+                self.dropped_above = max(self.dropped_above, above)
         if pos < end:
             tail = data[pos:]
             if len(tail) < HEADER_SIZE:
