@@ -240,3 +240,18 @@ def test_a_frame_too_short_to_hold_a_height_is_kept_for_the_decoder_to_refuse() 
     short = bytes((int(msgs.MsgType.VOTE),)) + b"\x00" * 6
     decoder = FrameDecoder(1 << 20, msgs.HEIGHT_AT)
     assert decoder.feed(encode_frame(short), (10, 11)) == [short]
+
+
+def test_with_signers_a_vote_or_proposal_signed_outside_them_is_skipped_and_counted() -> None:
+    from timecoin.wire import messages as msgs
+    good = _vote_payload(10)                           # signed by b"\x02" * 20 (see _vote_payload)
+    from timecoin.ledger.block import Vote, VoteType
+    stranger = msgs.encode_message(msgs.MsgType.VOTE, Vote(VoteType.PREVOTE, 10, 0, b"\x01" * 32, b"\x09" * 20,
+                                                            b"\x03" * 64).to_wire())
+    quorum_like = bytes((int(msgs.MsgType.VOTE_QUORUM),)) + b"\0" * 4 + b"\x01" + (10).to_bytes(8, "big") + b"\0" * 40
+    decoder = FrameDecoder(1 << 20, msgs.HEIGHT_AT, msgs.SIGNER_AT)
+    data = b"".join(encode_frame(p) for p in (good, stranger, quorum_like))
+    assert decoder.feed(data, (10, 11), frozenset({b"\x02" * 20})) == [good, quorum_like]
+    assert decoder.frames_foreign == 1 and decoder.frames_dropped == 0
+    # Without signers, signers are not judged here (the engine's precheck still does).
+    assert FrameDecoder(1 << 20, msgs.HEIGHT_AT, msgs.SIGNER_AT).feed(data, (10, 11)) == [good, stranger, quorum_like]

@@ -56,6 +56,7 @@ Against Byzantine peers and relays (SPEC §4; docs/consensus.md has the threat t
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,6 +212,7 @@ class Engine:
         self._next_rounds: dict[bytes, set[int]] = {}                # sender -> buffered rounds
         self._proposers: dict[tuple[int, int], bytes] = {}           # (height, round) -> proposer, h and h+1
         self._next_validators: tuple[int, ValidatorSet] | None = None    # (h+1, its set), read once per height
+        self._signers: tuple[int, frozenset[bytes]] | None = None        # (h, who may sign at h or h+1)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start_height(self, height: int, now: float, prev_block_time: float) -> list[Action]:
@@ -546,6 +548,15 @@ class Engine:
                 self._proposers.clear()
             proposer = self._proposers[key] = self.app.proposer(height, round_)
         return proposer
+
+    def signers(self) -> frozenset[bytes]:
+        """Addresses that may sign a proposal or vote of this height or the next (cached per height)."""
+        if self._signers is None or self._signers[0] != self.height:
+            addresses = set(self.validators.by_address)
+            with contextlib.suppress(ValidationError):      # not known: this height's signers only
+                addresses.update(self._validators_of(self.height + 1).by_address)
+            self._signers = (self.height, frozenset(addresses))
+        return self._signers[1]
 
     def _validators_of(self, height: int) -> ValidatorSet:
         """The validator set of this height or the next (known a height ahead: set changes apply at h+2)."""

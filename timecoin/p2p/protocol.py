@@ -86,7 +86,7 @@ class PeerConnection(Protocol):
         self.identify = ""                     # its hello listen addresses in the peer store: "", "claimed", "learned"
         self.refused = 0                       # its requests refused for the rate limit since refused_since
         self.refused_since = 0.0
-        self.decoder = FrameDecoder(service.config.max_frame_bytes, m.HEIGHT_AT)
+        self.decoder = FrameDecoder(service.config.max_frame_bytes, m.HEIGHT_AT, m.SIGNER_AT)
         self.inbox: collections.deque[bytes] = collections.deque()
         self.inbox_bytes = 0
         self.paused = False
@@ -213,20 +213,28 @@ class PeerConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
         if self.state in ("closed", "closing", "tls"):
             return
-        # Consensus frames for heights the engine cannot use are skipped while the stream is cut into frames,
-        # before they cost a copy, a queue slot, a turn or a decode (SPEC §5: every message metered). Honest
-        # peers send them when either side lags (uncharged); a far-ahead height is remembered as the peer's.
+        # Consensus frames for heights the engine cannot use, or signed by keys that cannot sign at those
+        # heights, are skipped while the stream is cut into frames, before they cost a copy, a queue slot, a
+        # turn or a decode (SPEC §5: every message metered). Honest peers send far heights when either side
+        # lags (uncharged); a far-ahead height is remembered as the peer's.
         window = self.service.consensus_window() if self.state == "ready" else None
+        skipped = self.decoder.frames_foreign + self.decoder.frames_dropped
+        foreign = self.decoder.frames_foreign
         try:
-            frames = self.decoder.feed(data, window)
+            frames = self.decoder.feed(data, window[:2] if window else None, window[2] if window else None)
         except DecodeError as exc:
             self._queue(getattr(exc, "frames", []))
             self.log.info("Peer {peer} sent a bad frame: {why}", peer=self.peer_id, why=str(exc))
             self.service.penalize(self, exc.reason)
             self.abort()
             return
+        self.messages_in += self.decoder.frames_foreign + self.decoder.frames_dropped - skipped   # received, judged
         if self.decoder.dropped_above > self.height + 1:
             self.height = self.decoder.dropped_above - 1
+        if self.decoder.frames_foreign != foreign:
+            # Votes or proposals signed by keys outside the validator sets of [h, h + 1]: what the engine
+            # refuses as NOT_VALIDATOR (race-prone: a set change can race); charged once per chunk.
+            self.service.penalize(self, Reason.NOT_VALIDATOR)
         self._queue(frames)
 
     def _queue(self, frames: list[bytes]) -> None:

@@ -709,11 +709,12 @@ class P2PService(service.Service):
         self._archive(height, mid, msg_type, payload)
         self._relay(msg_type, mid, payload, exclude=conn)
 
-    def consensus_window(self) -> tuple[int, int] | None:
-        """Heights [h, h + 1] whose consensus messages the engine may use now (None: no engine yet)."""
+    def consensus_window(self) -> tuple[int, int, frozenset[bytes]] | None:
+        """Heights [h, h + 1] whose consensus messages the engine may use now, and the addresses that may
+        sign them (the validators of either height); None before the engine exists."""
         consensus = self.node.consensus
         engine = consensus.engine if consensus is not None else None
-        return None if engine is None else (engine.height, engine.height + 1)
+        return None if engine is None else (engine.height, engine.height + 1, engine.signers())
 
     def precheck_consensus(self, conn: PeerConnection, payload: bytes) -> bool:
         """A consensus frame judged by its height, round and signer before its body is decoded: True if dropped.

@@ -51,16 +51,17 @@ def encode_frame(payload: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES)
 
 
 _HEIGHT = struct.Struct(">Q")    # the 8-byte big-endian height of a consensus message
+_NO_OFFSETS = (0,) * 256
 
 
 class FrameDecoder:
     """Incremental decoder: feed stream chunks, get back the complete frame payloads."""
 
     __slots__ = ("max_frame_bytes", "_buf", "_need", "_error", "frames_decoded", "height_at", "_offsets",
-                 "frames_dropped", "dropped_above")
+                 "_signer_offsets", "frames_dropped", "dropped_above", "frames_foreign")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 height_at: dict[int, int] | None = None) -> None:
+                 height_at: dict[int, int] | None = None, signer_at: dict[int, int] | None = None) -> None:
         self.max_frame_bytes = _check_max(max_frame_bytes)
         self._buf = bytearray()      # unfinished frame: header bytes, or header + part of the payload
         self._need = 0               # payload length of the frame in _buf once its header is complete
@@ -70,6 +71,8 @@ class FrameDecoder:
         # ``window``, feed() leaves out those outside it without copying them (see feed).
         self.height_at = height_at or {}
         self._offsets = tuple(self.height_at.get(t, 0) for t in range(256))     # type byte -> offset (0: none)
+        self._signer_offsets = tuple((signer_at or {}).get(t, 0) for t in range(256))
+        self.frames_foreign = 0      # frames dropped because their signer may not sign in the window
         self.frames_dropped = 0
         self.dropped_above = 0       # the highest height among frames dropped above a window
 
@@ -104,12 +107,15 @@ class FrameDecoder:
             raise self._fail(FrameTooLarge(
                 f"frame of at least {least} bytes exceeds max_frame_bytes={self.max_frame_bytes}"), frames)
 
-    def feed(self, data: bytes | bytearray | memoryview, window: tuple[int, int] | None = None) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview, window: tuple[int, int] | None = None,
+             signers: frozenset[bytes] | None = None) -> list[bytes]:
         """Consume a chunk; return the payloads of every frame it completes, in order.
 
         With ``window`` = (low, high), a complete frame whose type has a height offset in ``height_at`` and
         whose height lies outside [low, high] is skipped while it is cut out (never copied, counted in
-        ``frames_dropped``): the cheapest possible look at junk for heights the caller cannot use.
+        ``frames_dropped``): the cheapest possible look at junk for heights the caller cannot use. With
+        ``signers`` too, a frame in the window whose type has a signer offset in ``signer_at`` and whose
+        20-byte signer is not in ``signers`` is skipped the same way (counted in ``frames_foreign``).
 
         Raises FrameTooLarge for a length prefix above the maximum (before buffering its payload)
         and DecodeError for a zero-length frame; either leaves the decoder failed for good.
@@ -157,8 +163,10 @@ class FrameDecoder:
         else:
             low, high = window
             at_of = self._offsets
+            signer_of = self._signer_offsets if signers is not None else _NO_OFFSETS
+            allowed = signers if signers is not None else frozenset()
             height_of = _HEIGHT.unpack_from
-            dropped, above = 0, 0
+            dropped, above, foreign = 0, 0, 0
             while end - pos >= HEADER_SIZE:
                 (length,) = unpack(data, pos)
                 if length > limit or length == 0:
@@ -176,8 +184,14 @@ class FrameDecoder:
                             above = h
                         pos = stop
                         continue
+                    sa = signer_of[data[start]]
+                    if sa and length >= sa + 20 and data[start + sa:start + sa + 20] not in allowed:
+                        foreign += 1
+                        pos = stop
+                        continue
                 frames.append(data[start:stop])
                 pos = stop
+            self.frames_foreign += foreign
             if dropped:
                 self.frames_dropped += dropped
                 self.dropped_above = max(self.dropped_above, above)

@@ -394,6 +394,8 @@ _PEEK: dict[int, tuple[MsgType, int, int, int | None]] = {     # type byte -> (t
 
 # type byte -> offset of the 8-byte big-endian height in the envelope (FrameDecoder's window filter)
 HEIGHT_AT: dict[int, int] = {t: fields[1] for t, fields in _PEEK.items()}
+# type byte -> offset of the 20-byte signer address (proposals and votes; FrameDecoder's signer filter)
+SIGNER_AT: dict[int, int] = {t: fields[3] for t, fields in _PEEK.items() if fields[3] is not None}
 
 
 def peek_consensus(payload: bytes) -> ConsensusFields | None:
