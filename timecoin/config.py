@@ -172,6 +172,8 @@ KEYS: tuple[Key, ...] = (
         "Comma-separated multiaddrs of peers to dial at start (/ip4/H/tcp/P/p2p/ID)."),
     Key("max_frame_bytes", _size(1024, 1 << 30), 8 << 20,
         "Largest wire frame accepted; a larger length prefix is refused before buffering."),
+    Key("sync_response_bytes", _size(1024, 1 << 30), 4 << 20,
+        "Most bytes of blocks in one get_blocks answer (at least one block is always sent)."),
     Key("max_inbound", _int_range(0, 10_000), 40, "Most inbound peer connections."),
     Key("max_outbound", _int_range(0, 1_000), 10, "Most outbound peer connections this node dials."),
     Key("max_per_ip", _int_range(1, 10_000), 8, "Most connections (both directions) from one IP address."),
@@ -240,6 +242,7 @@ class NodeConfig:
     rpc_port: int
     bootstrap: tuple[str, ...]
     max_frame_bytes: int
+    sync_response_bytes: int
     max_inbound: int
     max_outbound: int
     max_per_ip: int

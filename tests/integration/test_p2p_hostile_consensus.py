@@ -322,10 +322,9 @@ async def test_get_blocks_answers_are_held_to_a_byte_budget_per_peer(tmp_path: P
     burst, rate, per_request = 24 << 10, 12 << 10, 16 << 10
     monkeypatch.setattr(p2p_service, "RESPONSE_BYTES_BURST", burst, raising=False)
     monkeypatch.setattr(p2p_service, "RESPONSE_BYTES_PER_MINUTE", rate, raising=False)
-    monkeypatch.setattr(p2p_service, "SYNC_RESPONSE_BYTES", per_request, raising=False)
     spec = make_genesis(validators=2, chain_id=CHAIN, seed=90, funded=2)
     net = Net(tmp_path, 0, observers=1, genesis=spec.genesis, keys=make_keys(1, seed=90), sync_interval="60",
-              rate_limit="1000000", rate_limit_burst="1000")
+              rate_limit="1000000", rate_limit_burst="1000", sync_response_bytes=str(per_request))
     builder = ChainBuilder(Store(net.chain_path(0)), spec)
     builder.build(40, txs_per_block=20)
     biggest = max(b.size + len(c.encoded) for b, c in builder.store.get_blocks(1, 40))

@@ -42,10 +42,9 @@ AGENT = f"timecoin/{__version__}"
 PROTOCOLS = ("/timecoin/consensus/1.0.0", "/timecoin/sync/1.0.0", "/timecoin/tx/1.0.0", "/timecoin/ping/1.0.0")
 MAX_BLOCKS_PER_RESPONSE = 100
 # get_blocks answers are held to a byte budget per peer (a request is a few bytes, its answer up to a frame):
-# each answer at most SYNC_RESPONSE_BYTES (SPEC §6), and all of a peer's answers a token bucket of bytes,
+# each answer at most sync_response_bytes (config, SPEC §6), and all of a peer's answers a token bucket of bytes,
 # RESPONSE_BYTES_BURST at once and RESPONSE_BYTES_PER_MINUTE after. Honest sync asks several peers for
 # ranges in turn; ~1 MiB/s from each is far above what it applies. Over budget: refused rate_limited.
-SYNC_RESPONSE_BYTES = 4 << 20
 RESPONSE_BYTES_BURST = 16 << 20
 RESPONSE_BYTES_PER_MINUTE = 64 << 20
 MAX_RESPONSE_BUDGETS = 4_096       # peers whose byte budget is tracked; a full (refilled) one is dropped first
@@ -593,7 +592,7 @@ class P2PService(service.Service):
             return
         count = min(body.count, MAX_BLOCKS_PER_RESPONSE)
         out: list[dict[str, Any]] = []
-        budget = min(self.config.max_frame_bytes - 1024, SYNC_RESPONSE_BYTES, allowance)
+        budget = min(self.config.max_frame_bytes - 1024, self.config.sync_response_bytes, allowance)
         sent = 0
         for block, cert in self.node.store.get_blocks(body.start, count):
             size = block.size + len(cert.encoded) + 8
