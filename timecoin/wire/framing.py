@@ -149,6 +149,8 @@ class FrameDecoder:
             self._buf = bytearray()
         unpack = _LENGTH.unpack_from
         limit = self.max_frame_bytes
+        # Two copies of the cutting loop on purpose: the plain one (no window) pays nothing for the filter,
+        # and the filtering one stays a single pass over the chunk (a per-frame call would cost more than it).
         if window is None or not self.height_at:
             while end - pos >= HEADER_SIZE:
                 (length,) = unpack(data, pos)
