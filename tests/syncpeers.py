@@ -1,5 +1,6 @@
 """Re-exports :mod:`timecoin.sim.syncpeers` (SyncPeer implementations over stores, honest and hostile)."""
 from timecoin.sim.syncpeers import (
+    PacedPeer,
     SimSyncer,
     SlowLiar,
     StorePeer,
@@ -10,5 +11,5 @@ from timecoin.sim.syncpeers import (
     made_up_hash,
 )
 
-__all__ = ["SimSyncer", "SlowLiar", "StorePeer", "SybilPeer", "TimedPeer", "Withholder", "liar_sync_ratio",
+__all__ = ["PacedPeer", "SimSyncer", "SlowLiar", "StorePeer", "SybilPeer", "TimedPeer", "Withholder", "liar_sync_ratio",
            "made_up_hash"]

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.chaingen import ChainBuilder, ChainSpec, build_chain, make_genesis
-from tests.syncpeers import SimSyncer, SlowLiar, SybilPeer, TimedPeer, Withholder
+from tests.syncpeers import PacedPeer, SimSyncer, SlowLiar, SybilPeer, TimedPeer, Withholder
 from timecoin.p2p.peers import Event
 from timecoin.sync.manager import (
     DEFAULT_RANGES_IN_FLIGHT,
@@ -175,3 +175,22 @@ def test_a_backer_withholding_the_head_chunk_cannot_grow_the_reorder_buffer(tmp_
     if delay is None:
         assert withholder.penalties                                  # it lost its chunk, and was charged
     assert not any(p.penalties for p in honest)
+
+
+# -- our own pacing is not the peer's slowness ------------------------------------------------------------
+def test_requests_held_back_by_our_own_pacing_are_neither_hedged_nor_charged_slow(tmp_path: Path, spec: ChainSpec,
+                                                                                   chain: ChainBuilder) -> None:
+    # Three honest peers behind our request pacing: one with budget to spare, two at 90/min with their burst
+    # spent (the default once a sync is under way), whose requests wait ~0.7 s in our own queue before they
+    # leave. Counting that wait as the peer's response time made the head chunk look late, hedged it (a second
+    # request, spending the budget again) and charged an honest server slow_response, leaving it out of the
+    # run: sync at default settings fell from 150 to ~100 blocks/s.
+    syncer = syncer_at(tmp_path / "paced", spec)
+    peers = [PacedPeer(f"paced{i}", chain.store, syncer.clock, per_minute=rate, burst=burst, latency=LATENCY,
+                       per_block=PER_BLOCK) for i, (rate, burst) in enumerate(((6000, 100), (90, 2), (90, 2)))]
+    syncer.sync(peers)
+    assert_honest_tip(syncer, chain)
+    chunks = BLOCKS // PEER_PENDING_BLOCKS
+    assert sum(len(p.block_requests) for p in peers) == chunks, "a chunk was asked twice (hedged)"
+    assert all(Event.SLOW_RESPONSE not in p.penalties for p in peers), [p.penalties for p in peers]
+    syncer.close()

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from timecoin.errors import Reason
 from timecoin.ledger.block import Block, CommitCertificate
-from timecoin.p2p.peers import DELTAS, GOOD_PER_WINDOW, GOOD_WINDOW, Event
+from timecoin.p2p.peers import DELTAS, GOOD_PER_WINDOW, GOOD_WINDOW, Event, gcra
 from timecoin.sim.chaingen import ChainSpec, build_chain, initialize, make_genesis
 from timecoin.store import Store
 from timecoin.sync.apply import apply_batch, certificate_problem
@@ -200,6 +200,27 @@ class TimedPeer(StorePeer):
     def get_blocks(self, start: int, count: int) -> defer.Deferred[Items]:
         self.block_requests.append((start, count))
         return self.later(self.body_delay(start, count), lambda: self.serve(start, count), (start, count))
+
+
+class PacedPeer(TimedPeer):
+    """An honest TimedPeer reached through our own request pacing (``PeerConnection.pace``): each request
+    leaves only when a GCRA bucket of ``per_minute`` requests (``burst`` at once) allows it, so its answer
+    comes that much later; ``last_queue_delay`` says how long the latest request was held back on our side,
+    as ``ConnectionPeer`` does. The time a request waits in our own queue is not the peer's slowness.
+    """
+
+    def __init__(self, peer_id: str, store: Store, clock: Clock, per_minute: float, burst: int,
+                 latency: float = 0.05, per_block: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(peer_id, store, clock, latency, per_block, **kwargs)
+        self.per_minute = per_minute
+        self.burst = burst
+        self.last_queue_delay = 0.0
+        self._tat = 0.0
+
+    def later(self, delay: float, make: Callable[[], Any], body: tuple[int, int] | None = None) -> defer.Deferred[Any]:
+        wait, self._tat = gcra(self._tat, self.clock.seconds(), self.per_minute, self.burst)
+        self.last_queue_delay = wait
+        return super().later(wait + delay, make, body)
 
 
 def made_up_hash(seed: str, height: int) -> bytes:
