@@ -96,6 +96,7 @@ class PeerConnection(Protocol):
         self._handshake_timer: Any = None
         self.ping_sent: dict[int, float] = {}
         self._pace_tat = 0.0                   # GCRA theoretical arrival time of our next request (pace())
+        self.last_queue_delay = 0.0            # seconds our pacing held the latest request back before sending
         self._pace_factor = 1.0                # share of our own rate we assume it allows (halved per back_off)
         self._pace_factor_at = 0.0             # when it was last halved (it doubles back per PACE_RECOVERY)
         self._backoffs = 0                     # back-offs so far (a request paced before the last is paced again)
@@ -333,6 +334,7 @@ class PeerConnection(Protocol):
         self._last_rid = rid
         d: defer.Deferred[Any] = defer.Deferred()
         delay = self.pace()
+        self.last_queue_delay = delay
         timer = self.clock.callLater(delay + timeout, self._request_timed_out, rid)
         self._requests[rid] = (d, timer, msg_type)
         if delay > 0:

@@ -51,6 +51,7 @@ class StorePeer:
         self._score = score
         self.penalties: list[Event] = []
         self.rewards: list[Event] = []
+        self.last_queue_delay = 0.0                 # no pacing of ours in front of it (PacedPeer has some)
         self.hash_requests: list[tuple[int, int]] = []
         self.block_requests: list[tuple[int, int]] = []
 
@@ -214,7 +215,6 @@ class PacedPeer(TimedPeer):
         super().__init__(peer_id, store, clock, latency, per_block, **kwargs)
         self.per_minute = per_minute
         self.burst = burst
-        self.last_queue_delay = 0.0
         self._tat = 0.0
 
     def later(self, delay: float, make: Callable[[], Any], body: tuple[int, int] | None = None) -> defer.Deferred[Any]:

@@ -416,16 +416,19 @@ class StateSyncManager:
                 self._record_hashes(peer, start, count, list(result), statuses, answers)
             self.clock.callLater(0, poke)            # answers that came in together are all taken first
 
+        allowed = self._late_after("small")
+        due: dict[str, float] = {}                       # when each voter's answer is late: from when it left
         for peer in batch:
             d = self._timed(peer, peer.get_block_hashes(start, count))
+            due[peer.peer_id] = self.clock.seconds() + _queued(peer) + allowed
             pending[peer.peer_id] = d
             d.addBoth(answered, peer)
-        late = self.clock.seconds() + self._late_after("small")
         try:
             for _ in range(len(batch) + 2):              # bounded: each pass takes an answer, or the deadline once
                 if not pending:
                     return
                 now = self.clock.seconds()
+                late = max(due[pid] for pid in pending)
                 if (now >= late and 3 * (len(batch) - len(pending)) >= 2 * len(batch)
                         and not trusted.intersection(pending) and decided()):
                     for peer in batch:
@@ -638,7 +641,7 @@ class StateSyncManager:
         peer's fault and is never charged; our own timeout fails with TimeoutError instead. The time
         an answer took is kept as a sample of ``kind`` (what ``_late_after`` measures lateness by).
         """
-        sent = self.clock.seconds()
+        sent = self.clock.seconds() + _queued(peer)     # timed from when it left, not from our own queue
 
         def answered(value: Any) -> Any:
             self._times[kind].append(self.clock.seconds() - sent)
@@ -745,6 +748,7 @@ class _Window:
         self.inflight.setdefault(s, []).append(req)
         req.d = defer.Deferred.fromCoroutine(
             self.m._fetch_bodies(server, s, self.hashes[s - self.start:s - self.start + n], self.statuses))
+        req.sent += _queued(server)                      # lateness counts from when it left our queue
         req.d.addBoth(self._finished, req)
         return True
 
@@ -880,6 +884,11 @@ class _Tally:
     counts: tuple[int, int] = (0, 0)             # (votes of the best choice, voters) at the split
     trusted_split: bool = False                  # a trusted voter's hash is in it: untrusted votes cannot settle it
     denied: dict[str, int] = field(default_factory=dict)    # peer id -> index of its hash 2/3 said is no block
+
+
+def _queued(peer: SyncPeer) -> float:
+    """How long our own pacing held the request just made to ``peer`` back (0 for peers without pacing)."""
+    return float(getattr(peer, "last_queue_delay", 0.0) or 0.0)
 
 
 def _tally(answers: dict[str, list[bytes]], count: int, trusted: set[str] | frozenset[str] = frozenset(),

@@ -54,6 +54,11 @@ class SyncPeer(Protocol):
         """Round-trip estimate in seconds (None before any measurement)."""
 
     @property
+    def last_queue_delay(self) -> float:
+        """Seconds our own request pacing held the latest request to this peer back before it was sent
+        (0 if it left at once): the part of a response time that is not the peer's."""
+
+    @property
     def power(self) -> int:
         """Voting power of the peer's host key at our next height (0 for observers)."""
 
@@ -95,6 +100,10 @@ class ConnectionPeer:
     @property
     def latency(self) -> float | None:
         return self.conn.latency
+
+    @property
+    def last_queue_delay(self) -> float:
+        return self.conn.last_queue_delay
 
     @property
     def power(self) -> int:
