@@ -255,3 +255,17 @@ def test_with_signers_a_vote_or_proposal_signed_outside_them_is_skipped_and_coun
     assert decoder.frames_foreign == 1 and decoder.frames_dropped == 0
     # Without signers, signers are not judged here (the engine's precheck still does).
     assert FrameDecoder(1 << 20, msgs.HEIGHT_AT, msgs.SIGNER_AT).feed(data, (10, 11)) == [good, stranger, quorum_like]
+
+
+def test_muted_types_drop_unnumbered_frames_only() -> None:
+    from timecoin.wire import messages as msgs
+    notice = msgs.encode_message(msgs.MsgType.NEW_BLOCK, {"height": 5, "hash": b"\x07" * 32})
+    unnumbered = msgs.encode_message(msgs.MsgType.REJECT, {"reason": 1, "message": "x"})
+    answer = msgs.encode_message(msgs.MsgType.REJECT, {"reason": 1, "message": "x"}, 42)
+    ping = msgs.encode_message(msgs.MsgType.PING, {"nonce": 1, "payload": b""})
+    data = b"".join(encode_frame(p) for p in (notice, unnumbered, answer, ping))
+    muted = frozenset({int(msgs.MsgType.NEW_BLOCK), int(msgs.MsgType.REJECT)})
+    decoder = FrameDecoder(1 << 20, msgs.HEIGHT_AT)
+    assert decoder.feed(data, None, None, muted) == [answer, ping]      # an answer to our request is never muted
+    assert decoder.frames_muted == 2
+    assert FrameDecoder(1 << 20, msgs.HEIGHT_AT).feed(data) == [notice, unnumbered, answer, ping]

@@ -219,17 +219,21 @@ class PeerConnection(Protocol):
         # turn or a decode (SPEC §5: every message metered). Honest peers send far heights when either side
         # lags (uncharged); a far-ahead height is remembered as the peer's.
         window = self.service.consensus_window() if self.state == "ready" else None
-        skipped = self.decoder.frames_foreign + self.decoder.frames_dropped
-        foreign = self.decoder.frames_foreign
+        muted = self.service.muted_notices(self) if self.state == "ready" else None
+        skipped = self.decoder.frames_foreign + self.decoder.frames_dropped + self.decoder.frames_muted
+        foreign, silenced = self.decoder.frames_foreign, self.decoder.frames_muted
         try:
-            frames = self.decoder.feed(data, window[:2] if window else None, window[2] if window else None)
+            frames = self.decoder.feed(data, window[:2] if window else None, window[2] if window else None, muted)
         except DecodeError as exc:
             self._queue(getattr(exc, "frames", []))
             self.log.info("Peer {peer} sent a bad frame: {why}", peer=self.peer_id, why=str(exc))
             self.service.penalize(self, exc.reason)
             self.abort()
             return
-        self.messages_in += self.decoder.frames_foreign + self.decoder.frames_dropped - skipped   # received, judged
+        self.messages_in += (self.decoder.frames_foreign + self.decoder.frames_dropped + self.decoder.frames_muted
+                             - skipped)                                   # received and judged at the frame
+        if self.decoder.frames_muted != silenced:
+            self.service.notices_muted(self)
         if self.decoder.dropped_above > self.height + 1:
             self.height = self.decoder.dropped_above - 1
         if self.decoder.frames_foreign != foreign:

@@ -68,6 +68,7 @@ FETCH_ATTEMPTS = 30                # asks per wanted block (while we are still a
 NOTICE_RATE = 3_000                # per minute: new_block announcements + rejects without a request id, per peer
 NOTICE_BURST = 500                 # ... at once (honest peers send about one announcement per block)
 NEW_BLOCK_PAYLOAD = ENVELOPE_HEADER + 8 + 32   # a new_block envelope: type, request id, height, hash
+NOTICE_TYPES = frozenset({int(m.MsgType.NEW_BLOCK), int(m.MsgType.REJECT)})   # unnumbered: notices
 FLOOD_REFUSALS = 2                 # refusals per RACE_WINDOW, in units of max_inflight_requests, before REQUEST_FLOOD
 # Penalized on a quorum proof: built by its sender from votes it verified, so a bad one is its own provable fault.
 QUORUM_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NOT_VALIDATOR, Reason.BAD_CERTIFICATE})
@@ -880,6 +881,16 @@ class P2PService(service.Service):
                 self._notice_allowed(conn)            # made up or stale: it costs a token (charged over budget)
             return True
         return False if ours else not self._notice_allowed(conn)
+
+    def muted_notices(self, conn: PeerConnection) -> frozenset[int] | None:
+        """The notice types to drop while framing ``conn``'s input: all of them while its notice budget is
+        spent (a flood then costs what cutting its frames does), none otherwise."""
+        wait, _ = peers.gcra(conn.notice_tat, self.reactor.seconds(), NOTICE_RATE, NOTICE_BURST)
+        return NOTICE_TYPES if wait > peers.RATE_SLACK else None
+
+    def notices_muted(self, conn: PeerConnection) -> None:
+        """Notices of ``conn`` were dropped while framing (budget spent): RATE_LIMITED, race-prone."""
+        self.record(conn, peers.Event.RATE_LIMITED)
 
     def _notice_allowed(self, conn: PeerConnection) -> bool:
         """Take a token of the peer's notice budget (announcements, rejects without a request id).

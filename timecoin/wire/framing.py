@@ -52,13 +52,15 @@ def encode_frame(payload: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES)
 
 _HEIGHT = struct.Struct(">Q")    # the 8-byte big-endian height of a consensus message
 _NO_OFFSETS = (0,) * 256
+_NO_HEIGHT_LIMIT = (1 << 64) - 1
+_NO_REQUEST = b"\0\0\0\0"
 
 
 class FrameDecoder:
     """Incremental decoder: feed stream chunks, get back the complete frame payloads."""
 
     __slots__ = ("max_frame_bytes", "_buf", "_need", "_error", "frames_decoded", "height_at", "_offsets",
-                 "_signer_offsets", "frames_dropped", "dropped_above", "frames_foreign")
+                 "_signer_offsets", "frames_dropped", "dropped_above", "frames_foreign", "frames_muted")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  height_at: dict[int, int] | None = None, signer_at: dict[int, int] | None = None) -> None:
@@ -73,6 +75,7 @@ class FrameDecoder:
         self._offsets = tuple(self.height_at.get(t, 0) for t in range(256))     # type byte -> offset (0: none)
         self._signer_offsets = tuple((signer_at or {}).get(t, 0) for t in range(256))
         self.frames_foreign = 0      # frames dropped because their signer may not sign in the window
+        self.frames_muted = 0        # unnumbered frames of a muted type dropped (see feed)
         self.frames_dropped = 0
         self.dropped_above = 0       # the highest height among frames dropped above a window
 
@@ -108,14 +111,16 @@ class FrameDecoder:
                 f"frame of at least {least} bytes exceeds max_frame_bytes={self.max_frame_bytes}"), frames)
 
     def feed(self, data: bytes | bytearray | memoryview, window: tuple[int, int] | None = None,
-             signers: frozenset[bytes] | None = None) -> list[bytes]:
+             signers: frozenset[bytes] | None = None, muted: frozenset[int] | None = None) -> list[bytes]:
         """Consume a chunk; return the payloads of every frame it completes, in order.
 
         With ``window`` = (low, high), a complete frame whose type has a height offset in ``height_at`` and
         whose height lies outside [low, high] is skipped while it is cut out (never copied, counted in
         ``frames_dropped``): the cheapest possible look at junk for heights the caller cannot use. With
         ``signers`` too, a frame in the window whose type has a signer offset in ``signer_at`` and whose
-        20-byte signer is not in ``signers`` is skipped the same way (counted in ``frames_foreign``).
+        20-byte signer is not in ``signers`` is skipped the same way (counted in ``frames_foreign``). A frame
+        whose type byte is in ``muted`` and whose request id (the 4 bytes after it) is 0 is skipped too
+        (``frames_muted``): the caller mutes a peer's unnumbered notices while their budget is spent.
 
         Raises FrameTooLarge for a length prefix above the maximum (before buffering its payload)
         and DecodeError for a zero-length frame; either leaves the decoder failed for good.
@@ -151,7 +156,7 @@ class FrameDecoder:
         limit = self.max_frame_bytes
         # Two copies of the cutting loop on purpose: the plain one (no window) pays nothing for the filter,
         # and the filtering one stays a single pass over the chunk (a per-frame call would cost more than it).
-        if window is None or not self.height_at:
+        if (window is None or not self.height_at) and not muted:
             while end - pos >= HEADER_SIZE:
                 (length,) = unpack(data, pos)
                 if length > limit or length == 0:
@@ -163,12 +168,13 @@ class FrameDecoder:
                 frames.append(data[start:stop])
                 pos = stop
         else:
-            low, high = window
+            low, high = window if window is not None else (0, _NO_HEIGHT_LIMIT)
             at_of = self._offsets
+            mute = muted or frozenset()
             signer_of = self._signer_offsets if signers is not None else _NO_OFFSETS
             allowed = signers if signers is not None else frozenset()
             height_of = _HEIGHT.unpack_from
-            dropped, above, foreign = 0, 0, 0
+            dropped, above, foreign, silenced = 0, 0, 0, 0
             while end - pos >= HEADER_SIZE:
                 (length,) = unpack(data, pos)
                 if length > limit or length == 0:
@@ -177,6 +183,10 @@ class FrameDecoder:
                 stop = start + length
                 if stop > end:
                     break
+                if mute and data[start] in mute and data[start + 1:start + 5] == _NO_REQUEST:
+                    silenced += 1
+                    pos = stop
+                    continue
                 at = at_of[data[start]]
                 if at and length >= at + 8:
                     (h,) = height_of(data, start + at)
@@ -194,6 +204,7 @@ class FrameDecoder:
                 frames.append(data[start:stop])
                 pos = stop
             self.frames_foreign += foreign
+            self.frames_muted += silenced
             if dropped:
                 self.frames_dropped += dropped
                 self.dropped_above = max(self.dropped_above, above)
