@@ -39,17 +39,20 @@ class FedPeer:
         return self.conn.peer_id
 
     def feed(self, data: bytes, chunk: int = 16 * 1024) -> None:
-        """Deliver ``data`` in TLS-record-sized chunks and handle every queued frame before returning."""
+        """Deliver ``data`` in TLS-record-sized chunks and handle every queued frame before returning.
+
+        As the reactor does, one input turn of the service (up to DRAIN_BATCH frames) runs after each
+        chunk read, and all of them while the connection is paused (the node stops reading then).
+        """
         for off in range(0, len(data), chunk):
             self.conn.dataReceived(data[off:off + chunk])
-            if self.conn.paused:                 # over MAX_QUEUED_BYTES: the node would stop reading; drain
-                self.drain()
+            self.drain(1 if not self.conn.paused else MAX_DRAIN_TURNS)
         self.drain()
 
-    def drain(self) -> None:
-        """Run the service's input turns now, as the reactor would, without leaving turns scheduled."""
+    def drain(self, turns: int = MAX_DRAIN_TURNS) -> None:
+        """Run up to ``turns`` of the service's input turns now, as the reactor would, leaving none scheduled."""
         service = self.node.p2p
-        for _ in range(MAX_DRAIN_TURNS):
+        for _ in range(turns):
             call, service._drain_call = service._drain_call, None
             if call is not None and call.active():
                 call.cancel()
