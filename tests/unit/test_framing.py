@@ -269,3 +269,14 @@ def test_muted_types_drop_unnumbered_frames_only() -> None:
     assert decoder.feed(data, None, None, muted) == [answer, ping]      # an answer to our request is never muted
     assert decoder.frames_muted == 2
     assert FrameDecoder(1 << 20, msgs.HEIGHT_AT).feed(data) == [notice, unnumbered, answer, ping]
+
+
+def test_a_frame_completed_across_chunks_is_judged_like_the_others() -> None:
+    from timecoin.wire import messages as msgs
+    far, near = _vote_payload(500), _vote_payload(10)
+    data = encode_frame(far) + encode_frame(near) + encode_frame(far)
+    decoder = FrameDecoder(1 << 20, msgs.HEIGHT_AT)
+    got = []
+    for cut in range(0, len(data), 7):                  # every frame straddles chunks
+        got += decoder.feed(data[cut:cut + 7], (10, 11))
+    assert got == [near] and decoder.frames_dropped == 2 and decoder.dropped_above == 500

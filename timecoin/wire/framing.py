@@ -110,6 +110,27 @@ class FrameDecoder:
             raise self._fail(FrameTooLarge(
                 f"frame of at least {least} bytes exceeds max_frame_bytes={self.max_frame_bytes}"), frames)
 
+    def _keep(self, payload: bytes, window: tuple[int, int] | None, signers: frozenset[bytes] | None,
+              muted: frozenset[int] | None) -> bool:
+        """The filter of feed()'s loop for one payload (a frame completed across chunks); False: skipped."""
+        kind = payload[0]
+        if muted and kind in muted and payload[1:5] == _NO_REQUEST:
+            self.frames_muted += 1
+            return False
+        at = self._offsets[kind]
+        if window is None or not at or len(payload) < at + 8:
+            return True
+        (h,) = _HEIGHT.unpack_from(payload, at)
+        if h < window[0] or h > window[1]:
+            self.frames_dropped += 1
+            self.dropped_above = max(self.dropped_above, h)
+            return False
+        sa = self._signer_offsets[kind]
+        if signers is not None and sa and len(payload) >= sa + 20 and payload[sa:sa + 20] not in signers:
+            self.frames_foreign += 1
+            return False
+        return True
+
     def feed(self, data: bytes | bytearray | memoryview, window: tuple[int, int] | None = None,
              signers: frozenset[bytes] | None = None, muted: frozenset[int] | None = None) -> list[bytes]:
         """Consume a chunk; return the payloads of every frame it completes, in order.
@@ -150,8 +171,10 @@ class FrameDecoder:
             pos += take
             if take < missing:
                 return frames
-            frames.append(bytes(memoryview(buf)[HEADER_SIZE:]))
+            payload = bytes(memoryview(buf)[HEADER_SIZE:])
             self._buf = bytearray()
+            if (window is None and not muted) or self._keep(payload, window, signers, muted):
+                frames.append(payload)
         unpack = _LENGTH.unpack_from
         limit = self.max_frame_bytes
         # Two copies of the cutting loop on purpose: the plain one (no window) pays nothing for the filter,
