@@ -220,9 +220,10 @@ def test_block_interval_zero_start_service_returns_and_the_clock_drives_heights(
 
 
 def test_next_height_messages_received_before_a_commit_stay_in_the_wal_after_its_marker(tmp_path: Path) -> None:
-    """A message for h+1 arrives while the node is still at h: it is logged then, before h's end-of-height
-    marker. Replay keeps only what follows the last marker, so the service logs the buffered messages again
-    after the marker; otherwise a crash at h+1 would lose inputs that may have locked this validator."""
+    """A message for h+1 arrives while the node is still at h and is buffered. Replay keeps only what follows
+    the last end-of-height marker, so the buffered messages must be in the WAL after h's marker (the engine
+    hands them to the WAL when h+1 starts); otherwise a crash at h+1 would lose inputs that may have locked
+    this validator."""
     clock = Clock()
     clock.advance(2_000_000_000)
     config = build_config({"datadir": str(tmp_path / "d"), "block_interval": "1"})
