@@ -1,0 +1,6 @@
+"""Import every handler module so that all RPC methods are in :data:`timecoin.rpc.registry.TABLE`."""
+from __future__ import annotations
+
+from timecoin.rpc.registry import TABLE
+
+__all__ = ["TABLE"]
