@@ -126,6 +126,19 @@ def cmd_testnet(args: argparse.Namespace) -> None:
             raise SystemExit(code)
 
 
+def cmd_rpc(args: argparse.Namespace) -> None:
+    """Call the node's JSON-RPC like bitcoin-cli (see :mod:`timecoin.rpc.clicall`); exits with its code."""
+    from timecoin.rpc import clicall
+
+    config = _config_from(args) if not (args.rpc_url and args.rpc_user is not None) else None
+    try:
+        endpoint = clicall.endpoint_from(config, args.rpc_url, args.rpc_user, args.rpc_password)
+    except clicall.CallError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(clicall.EXIT_FAILURE) from None
+    raise SystemExit(clicall.run(endpoint, args.method, args.params, args.named))
+
+
 def cmd_version(args: argparse.Namespace) -> None:
     print(f"timecoin {__version__}")
 
@@ -173,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace genesis.json and node*/ in a non-empty D")
     p.add_argument("--start", action="store_true", help="run the nodes (child processes) until Ctrl-C/SIGTERM")
     p.set_defaults(func=cmd_testnet)
+
+    p = sub.add_parser("rpc", help="call the node's JSON-RPC like bitcoin-cli (cookie or rpc_user/rpc_password)")
+    _add_config_flags(p, all_keys=False)
+    p.add_argument("--rpc-url", metavar="URL", help="http://HOST:PORT/ of the node (default: from the config)")
+    p.add_argument("--rpc-user", metavar="USER", help="RPC user (default: rpc_user of the config, else the cookie)")
+    p.add_argument("--rpc-password", metavar="PASSWORD", default="", help="RPC password for --rpc-user")
+    p.add_argument("-named", "--named", dest="named", action="store_true",
+                   help="arguments are key=value pairs naming the method's parameters")
+    p.add_argument("method", help="the RPC method (try: help)")
+    p.add_argument("params", nargs="*", help="its arguments (JSON-typed as the method expects)")
+    p.set_defaults(func=cmd_rpc)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
