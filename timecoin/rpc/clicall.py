@@ -64,8 +64,9 @@ def endpoint_from(config: NodeConfig | None, url: str | None, user: str | None, 
         host, port, path = config.rpc_host, config.rpc_port, "/"
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
-    if user is None and config is not None and getattr(config, "rpc_user", None):
-        user, password = config.rpc_user, getattr(config, "rpc_password", "") or ""
+    config_user = getattr(config, "rpc_user", None) if config is not None else None
+    if user is None and config_user:
+        user, password = str(config_user), str(getattr(config, "rpc_password", "") or "")
     if user is None:
         if config is None:
             raise CallError("give --rpc-user and --rpc-password with --rpc-url (or --datadir for the cookie)")
