@@ -35,6 +35,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, all_keys: bool) -> None:
             parser.add_argument(f"--{key.flag}", dest=key.name, metavar="VALUE", help=key.help)
 
 
+def _add_node_flags(parser: argparse.ArgumentParser) -> None:
+    """Which node to call: its config (``--config``/``--datadir``/``--network``: address and cookie) or a URL."""
+    _add_config_flags(parser, all_keys=False)
+    parser.add_argument("--rpc-url", metavar="URL", help="http://HOST:PORT/ of the node (default: from the config)")
+    parser.add_argument("--rpc-user", metavar="USER", help="RPC user (default: the config's rpc_user, else the cookie)")
+    parser.add_argument("--rpc-password", metavar="PASSWORD", default="", help="RPC password for --rpc-user")
+
+
 def _config_from(args: argparse.Namespace) -> NodeConfig:
     flags = {key.name: getattr(args, key.name, None) for key in KEYS}
     return build_config(flags, args.config)
@@ -126,17 +134,73 @@ def cmd_testnet(args: argparse.Namespace) -> None:
             raise SystemExit(code)
 
 
-def cmd_rpc(args: argparse.Namespace) -> None:
-    """Call the node's JSON-RPC like bitcoin-cli (see :mod:`timecoin.rpc.clicall`); exits with its code."""
+def _endpoint(args: argparse.Namespace) -> Any:
+    """The node to call, from --rpc-url/--rpc-user/--rpc-password or the node's config and cookie."""
     from timecoin.rpc import clicall
 
     config = _config_from(args) if not (args.rpc_url and args.rpc_user is not None) else None
     try:
-        endpoint = clicall.endpoint_from(config, args.rpc_url, args.rpc_user, args.rpc_password)
+        return clicall.endpoint_from(config, args.rpc_url, args.rpc_user, args.rpc_password)
     except clicall.CallError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_rpc(args: argparse.Namespace) -> None:
+    """Call the node's JSON-RPC like bitcoin-cli (see :mod:`timecoin.rpc.clicall`); exits with its code."""
+    from timecoin.rpc import clicall
+
+    try:
+        endpoint = _endpoint(args)
+    except CliError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(clicall.EXIT_FAILURE) from None
     raise SystemExit(clicall.run(endpoint, args.method, args.params, args.named))
+
+
+def _wallet_call(args: argparse.Namespace) -> Any:
+    """call(method, params) against the selected node; every failure becomes one CliError line."""
+    from timecoin.rpc import clicall
+
+    endpoint = _endpoint(args)
+
+    def call(method: str, params: list[Any]) -> Any:
+        try:
+            return clicall.call(endpoint, method, params)
+        except clicall.RPCCallError as exc:
+            raise CliError(f"{method} refused (error {exc.code}): {exc.message}") from None
+        except clicall.CallError as exc:
+            raise CliError(str(exc)) from None
+    return call
+
+
+def cmd_transfer(args: argparse.Namespace) -> None:
+    """send / stake / unstake: sign locally, submit, print the txid (and with --wait, where it is final)."""
+    from timecoin import wallet
+    from timecoin.ledger.tx import ZERO_ADDRESS, TxKind
+
+    kind = {"send": TxKind.TRANSFER, "stake": TxKind.STAKE, "unstake": TxKind.UNSTAKE}[args.command]
+    amount = wallet.parse_amount(args.amount)
+    fee = wallet.parse_amount(args.fee, "fee", allow_zero=True)
+    recipient = wallet.parse_address(args.to) if kind == TxKind.TRANSFER else ZERO_ADDRESS
+    key = wallet.load_key(args.key)
+    call = _wallet_call(args)
+    tx = wallet.build(call, key, kind, amount, fee, recipient)
+    sent = wallet.submit(call, tx, wait=args.wait, timeout=args.wait_timeout)
+    print(sent.txid)
+    if sent.height is not None:
+        print(f"final at height {sent.height} in block {sent.block_hash}")
+
+
+def cmd_balance(args: argparse.Namespace) -> None:
+    from timecoin import wallet
+
+    wallet.parse_address(args.address)
+    print(_wallet_call(args)("getbalance", [args.address]))
+
+
+def cmd_tx(args: argparse.Namespace) -> None:
+    call = _wallet_call(args)
+    _print_json(call("gettransactionfinality", [args.txid]))
 
 
 def cmd_version(args: argparse.Namespace) -> None:
@@ -188,15 +252,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_testnet)
 
     p = sub.add_parser("rpc", help="call the node's JSON-RPC like bitcoin-cli (cookie or rpc_user/rpc_password)")
-    _add_config_flags(p, all_keys=False)
-    p.add_argument("--rpc-url", metavar="URL", help="http://HOST:PORT/ of the node (default: from the config)")
-    p.add_argument("--rpc-user", metavar="USER", help="RPC user (default: rpc_user of the config, else the cookie)")
-    p.add_argument("--rpc-password", metavar="PASSWORD", default="", help="RPC password for --rpc-user")
+    _add_node_flags(p)
     p.add_argument("-named", "--named", dest="named", action="store_true",
                    help="arguments are key=value pairs naming the method's parameters")
     p.add_argument("method", help="the RPC method (try: help)")
     p.add_argument("params", nargs="*", help="its arguments (JSON-typed as the method expects)")
     p.set_defaults(func=cmd_rpc)
+
+    for name, what in (("send", "send TIME to an address"), ("stake", "bond TIME as validator stake"),
+                       ("unstake", "start unbonding staked TIME")):
+        p = sub.add_parser(name, help=f"{what}: sign with a local key file, submit through a node's RPC")
+        _add_node_flags(p)
+        p.add_argument("--key", required=True, metavar="FILE", help="the sender's key file (never sent anywhere)")
+        if name == "send":
+            p.add_argument("--to", required=True, metavar="ADDRESS", help="the recipient (TIME1... or TIME0...)")
+        p.add_argument("--amount", required=True, metavar="TIME", help="decimal TIME, at most 8 decimals")
+        p.add_argument("--fee", default="0.00001", metavar="TIME", help="fee in TIME (default 0.00001)")
+        p.add_argument("--wait", action="store_true", help="wait until a final block carries it")
+        p.add_argument("--wait-timeout", type=float, default=120.0, metavar="S", help="give up waiting after S s")
+        p.set_defaults(func=cmd_transfer, command=name)
+
+    p = sub.add_parser("balance", help="an address's balance (TIME) from a node")
+    _add_node_flags(p)
+    p.add_argument("address")
+    p.set_defaults(func=cmd_balance)
+
+    p = sub.add_parser("tx", help="where a transaction is: final (height, block) or in the mempool")
+    _add_node_flags(p)
+    p.add_argument("txid")
+    p.set_defaults(func=cmd_tx)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

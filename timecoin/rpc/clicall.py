@@ -133,8 +133,8 @@ def call(endpoint: Endpoint, method: str, params: list[Any] | dict[str, Any], ti
         response = conn.getresponse()
         data = response.read()
     except (OSError, http.client.HTTPException) as exc:
-        raise CallError(f"could not connect to the server {endpoint.host}:{endpoint.port} ({exc})\n\n"
-                        "Make sure the node is running and that you are connecting to the right RPC port.") from None
+        raise CallError(f"could not connect to the server {endpoint.host}:{endpoint.port} ({exc}): is the node "
+                        "running, and is that its RPC port?") from None
     finally:
         conn.close()
     if response.status == 401:
