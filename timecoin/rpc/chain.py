@@ -35,12 +35,15 @@ def network(ctx: RPCContext) -> str:
     return str(ctx.node.config.network)
 
 
-def decode_tx(hexstring: str) -> Transaction:
-    """A tx from hex, or RPCError(-22) saying why it does not decode (the parameter is already hex)."""
+def decode_tx(hexstring: str, which: str = "") -> Transaction:
+    """A tx from hex, or RPCError(-22) saying why it does not decode (the parameter is already hex).
+
+    ``which`` names the tx in the message when a call carries several (" (rawtxs[3])").
+    """
     try:
         return Transaction.decode(bytes.fromhex(hexstring))
     except DecodeError as exc:
-        raise RPCError(DESERIALIZATION_ERROR, f"TX decode failed: {exc}") from None
+        raise RPCError(DESERIALIZATION_ERROR, f"TX decode failed{which}: {exc}") from None
 
 
 def _height_of(ctx: RPCContext, blockhash: str) -> int:

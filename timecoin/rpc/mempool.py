@@ -25,7 +25,6 @@ from timecoin.rpc import render
 from timecoin.rpc.chain import decode_tx, hash_param, network
 from timecoin.rpc.context import RPCContext
 from timecoin.rpc.errors import (
-    DESERIALIZATION_ERROR,
     IN_WARMUP,
     INVALID_ADDRESS_OR_KEY,
     INVALID_PARAMS,
@@ -77,7 +76,7 @@ class _Chains:
         return {"size": tx.size, "vsize": tx.size, "fee": render.amount(tx.fee),
                 "fees": {"base": render.amount(tx.fee)}, "kind": tx.kind.name.lower(),
                 "from": render.address(tx.sender_address, net), "nonce": tx.nonce,
-                "amount": render.amount(tx.amount), "to": render.tx_json(tx, net)["to"],
+                "amount": render.amount(tx.amount), "to": render.recipient(tx, net),
                 "ancestorcount": tx.nonce - low + 1, "descendantcount": high - tx.nonce + 1,
                 "depends": [parent.hex()] if parent is not None else []}
 
@@ -192,15 +191,10 @@ def scratch_copy(pool: Mempool) -> Mempool:
 def testmempoolaccept(ctx: RPCContext, rawtxs: list[Any]) -> list[dict[str, Any]]:
     if not 1 <= len(rawtxs) <= MAX_TEST_TXS:
         raise RPCError(INVALID_PARAMS, f"rawtxs must hold 1 to {MAX_TEST_TXS} transactions, not {len(rawtxs)}")
-    raw = Param("rawtxs[i]", "hex", "")
     txs: list[Transaction] = []
     for i, item in enumerate(rawtxs):
-        try:
-            raw.check(item)
-            txs.append(decode_tx(item))
-        except RPCError as exc:
-            code = exc.code if exc.code == DESERIALIZATION_ERROR else INVALID_PARAMS
-            raise RPCError(code, f"rawtxs[{i}]: {exc.message}") from None
+        Param(f"rawtxs[{i}]", "hex", "a tx").check(item)
+        txs.append(decode_tx(item, f" (rawtxs[{i}])"))
     pool, store = _pool(ctx), ctx.store
     trial = scratch_copy(pool)
     out: list[dict[str, Any]] = []

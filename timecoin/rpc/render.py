@@ -65,10 +65,16 @@ def tx_json(tx: Transaction, network: str) -> dict[str, Any]:
         "nonce": tx.nonce,
         "fee": amount(tx.fee),
         "amount": amount(tx.amount),
-        "to": address(tx.recipient, network) if tx.kind == TxKind.TRANSFER and tx.recipient != ZERO_ADDRESS
-        else None,
+        "to": recipient(tx, network),
         "signature": tx.signature.hex(),
     }
+
+
+def recipient(tx: Transaction, network: str) -> str | None:
+    """A transfer's recipient address; None for stake and unstake (they name no recipient)."""
+    if tx.kind != TxKind.TRANSFER or tx.recipient == ZERO_ADDRESS:
+        return None
+    return address(tx.recipient, network)
 
 
 def tx_position(height: int, block_hash: bytes, timestamp_ms: int, tip: int) -> dict[str, Any]:
