@@ -143,6 +143,7 @@ def test_getblock_verbosity_2_decodes_txs_with_amounts_as_time_strings(world: Wo
 def test_getblock_at_the_tip_has_one_confirmation_and_no_next_hash(world: World) -> None:
     out = world.call("getblock", [hash_at(world, BLOCKS)])
     assert out["confirmations"] == 1 and "nextblockhash" not in out
+    assert world.call("getblock", [hash_at(world, BLOCKS).upper()]) == out      # hex digits in either case
 
 
 def test_getblock_of_the_genesis_describes_it_but_has_no_hex(world: World) -> None:
