@@ -1,6 +1,8 @@
 """Import every handler module so that all RPC methods are in :data:`timecoin.rpc.registry.TABLE`."""
 from __future__ import annotations
 
+import timecoin.rpc.chain  # noqa: F401
+import timecoin.rpc.mempool  # noqa: F401
 from timecoin.rpc.registry import TABLE
 
 __all__ = ["TABLE"]
