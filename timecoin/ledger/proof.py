@@ -183,7 +183,7 @@ def _trusted_power(cert: CommitCertificate, trusted: ValidatorSet) -> int:
 
 def _set_changes(store: ChainReader, start: int, target: int) -> list[int]:
     """Heights in (start, target] whose validator set differs from the height before (raw bytes compared)."""
-    from timecoin.store import VALIDATORS     # lazily: verifying needs no LMDB
+    from timecoin.store import VALIDATORS  # lazily: verifying needs no LMDB
 
     out: list[int] = []
     prev = store.get(VALIDATORS, max(start, 1).to_bytes(8, "big"))
