@@ -22,7 +22,7 @@ from timecoin.ledger import proof as fp
 from timecoin.ledger.merkle import merkle_root
 from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.rpc.context import RPCContext
-from timecoin.rpc.errors import INVALID_ADDRESS_OR_KEY, INVALID_PARAMETER, INVALID_PARAMS, RPCError
+from timecoin.rpc.errors import IN_WARMUP, INVALID_ADDRESS_OR_KEY, INVALID_PARAMETER, INVALID_PARAMS, RPCError
 from timecoin.rpc.methods import TABLE
 from timecoin.store import Store
 
@@ -449,3 +449,10 @@ def test_rpc_maps_an_unprovable_change_to_invalid_parameter(tmp_path: Any) -> No
 def test_rpc_help_documents_the_method() -> None:
     text = TABLE.help("getfinalityproof")
     assert "getfinalityproof target [trusted_height]" in text and "-5:" in text and "-8:" in text
+
+
+def test_rpc_while_the_store_is_closed_says_warming_up() -> None:
+    ctx = RPCContext(SimpleNamespace(store=None), None, 0.0)
+    with pytest.raises(RPCError) as info:
+        TABLE.call(ctx, "getfinalityproof", [1])
+    assert info.value.code == IN_WARMUP
