@@ -211,15 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", action="store_true", help="run the nodes (child processes) until Ctrl-C/SIGTERM")
     p.set_defaults(func=cmd_testnet)
 
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
+
     p = sub.add_parser("verify", help="check a finality proof (from getfinalityproof) offline: final, or what fails")
     p.add_argument("proof", metavar="PROOF.json")
     p.add_argument("--genesis", metavar="FILE", help="trust this genesis file (walk validator sets from height 0)")
     p.add_argument("--trusted-height", type=int, metavar="H", help="trust the block at height H ...")
     p.add_argument("--trusted-hash", metavar="X", help="... whose hash is X (hex)")
     p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("version", help="print the version")
-    p.set_defaults(func=cmd_version)
     return parser
 
 
