@@ -207,6 +207,43 @@ def cmd_version(args: argparse.Namespace) -> None:
     print(f"timecoin {__version__}")
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Check a finality proof offline: prints ``final`` (exit 0) or ``not final: <what fails>`` (exit 1)."""
+    from timecoin.ledger import proof as fp
+    from timecoin.ledger.genesis import Genesis
+
+    if (args.genesis is None) == (args.trusted_height is None):
+        raise CliError("give either --genesis FILE or --trusted-height H with --trusted-hash X")
+    if (args.trusted_height is None) != (args.trusted_hash is None):
+        raise CliError("--trusted-height and --trusted-hash go together")
+    if args.genesis is not None:
+        trusted = fp.Trusted.from_genesis(Genesis.load(args.genesis))
+    else:
+        try:
+            trusted = fp.Trusted.at(args.trusted_height, bytes.fromhex(args.trusted_hash))
+        except ValueError as exc:
+            raise CliError(f"--trusted-height/--trusted-hash: {exc}") from None
+    try:
+        with open(args.proof, "rb") as f:
+            data = f.read(fp.MAX_PROOF_BYTES + 1)
+    except OSError as exc:
+        raise CliError(f"cannot read {args.proof}: {exc.strerror or exc}") from None
+    try:
+        if len(data) > fp.MAX_PROOF_BYTES:
+            raise fp.ProofError(f"proof file is larger than {fp.MAX_PROOF_BYTES} bytes")
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise fp.ProofError(f"proof is not JSON: {str(exc).splitlines()[0][:200]}") from None
+        result = fp.verify_proof(doc, trusted)
+    except fp.ProofError as exc:
+        sys.stderr.write(f"timecoin: not final: {exc}\n")
+        raise SystemExit(1) from None
+    what = f"tx {result.txid.hex()} in " if result.txid is not None else ""
+    print(f"final: {what}block {result.height} {result.block_hash.hex()} on {result.chain_id} "
+          f"(signed by {result.signed_power} of {result.total_power} power)")
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timecoin", description="Timecoin node tools.")
@@ -284,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser("verify", help="check a finality proof (from getfinalityproof) offline: final, or what fails")
+    p.add_argument("proof", metavar="PROOF.json")
+    p.add_argument("--genesis", metavar="FILE", help="trust this genesis file (walk validator sets from height 0)")
+    p.add_argument("--trusted-height", type=int, metavar="H", help="trust the block at height H ...")
+    p.add_argument("--trusted-hash", metavar="X", help="... whose hash is X (hex)")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import timecoin.rpc.chain  # noqa: F401
 import timecoin.rpc.mempool  # noqa: F401
+import timecoin.rpc.proofs  # noqa: F401  (getfinalityproof)
 from timecoin.rpc.registry import TABLE
 
 __all__ = ["TABLE"]
