@@ -28,7 +28,7 @@ from timecoin.rpc.errors import (
     RPCError,
 )
 from timecoin.rpc.methods import TABLE
-from timecoin.rpc.network import CLIENT_NODE_NOT_ADDED
+from timecoin.rpc.network import CLIENT_NODE_NOT_ADDED, _version_number
 from timecoin.sim.loopnet import reactor
 from timecoin.wire import messages as m
 
@@ -61,7 +61,7 @@ async def test_a_node_without_peers(node: Node) -> None:
     assert call(node, "getpeerinfo") == []
     assert call(node, "getconnectioncount") == 0
     info = call(node, "getnetworkinfo")
-    assert info["version"] == __version__ and info["subversion"] == f"/timecoin:{__version__}/"
+    assert info["version"] == _version_number(__version__) and info["subversion"] == f"/timecoin:{__version__}/"
     assert info["protocolversion"] == m.PROTOCOL_VERSION and info["peer_id"] == node.peer_id
     assert info["localaddresses"] == [node.p2p.listen_addr] and info["networkactive"] is True
     assert (info["connections"], info["connections_in"], info["connections_out"]) == (0, 0, 0)
@@ -69,6 +69,11 @@ async def test_a_node_without_peers(node: Node) -> None:
     assert info["relayfee"] == "0.00001000"                  # min_relay_fee 1000 units
     for name in ("getpeerinfo", "getconnectioncount", "getnetworkinfo", "listbanned", "clearbanned"):
         assert error(node, name, [1]).code == INVALID_PARAMS
+
+
+def test_version_is_an_integer_as_bitcoind_shows_it() -> None:
+    assert _version_number("0.1.0") == 100 and _version_number("1.2.3") == 10203
+    assert _version_number("2.0.0rc1") == 20000 and _version_number("3") == 30000
 
 
 def test_network_methods_while_starting() -> None:

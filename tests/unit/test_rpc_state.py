@@ -22,6 +22,7 @@ from timecoin import crypto
 from timecoin.consensus.app import ChainApp
 from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.node import Node, build_node
+from timecoin.rpc import state
 from timecoin.rpc.context import RPCContext
 from timecoin.rpc.errors import IN_WARMUP, INVALID_ADDRESS_OR_KEY, INVALID_PARAMETER, INVALID_PARAMS, RPCError
 from timecoin.rpc.methods import TABLE
@@ -265,7 +266,28 @@ async def test_a_tip_moved_without_a_commit_callback_is_seen_by_the_poll(node: N
 
 
 @pytest_twisted.ensureDeferred
-async def test_waitfornewblock_returns_when_a_block_commits(tmp_path: Path) -> None:
+async def test_blocks_applied_by_sync_wake_a_wait_through_the_commit_callback(
+        node: Node, spec: ChainSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "POLL_INTERVAL", 600.0)          # only the commit callback can answer in time
+    d = call(node, "waitfornewblock", [60_000])
+    block, _ = ChainBuilder(node.store, spec).next_block()
+    node.consensus.blocks_synced([block])                       # what SyncCoordinator calls after applying
+    await wait_for(lambda: d.called, 2.0, "the wait answered")
+    assert (await d) == {"hash": block.hash.hex(), "height": TIP + 1}
+
+
+def test_priorities_are_shown_only_when_stored_nearby() -> None:
+    stored: dict[bytes, bytes] = {}
+    fake = SimpleNamespace(get=lambda db, key: stored.get(key))
+    assert state._priorities_near(fake, 5)                       # walks from genesis: short
+    assert not state._priorities_near(fake, 5_000)               # nothing within PRIORITY_WALK: null
+    stored[(4_500).to_bytes(8, "big")] = b""
+    assert state._priorities_near(fake, 5_000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_waitfornewblock_returns_when_a_block_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "POLL_INTERVAL", 600.0)          # answered by consensus on_commit, not the poll
     net = Net(tmp_path, 1, chain_id="timecoin-rpc-wait", block_interval="0.3")
     node = net.nodes[0]
     try:
@@ -278,5 +300,21 @@ async def test_waitfornewblock_returns_when_a_block_commits(tmp_path: Path) -> N
         target = out["height"] + 2
         out = await call(node, "waitforblockheight", [target, 20_000])
         assert out["height"] >= target
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wait_ends_with_warming_up_when_the_node_stops(tmp_path: Path) -> None:
+    net = Net(tmp_path, 1, chain_id="timecoin-rpc-stop", block_interval="60")
+    node = net.nodes[0]
+    try:
+        await net.start(connect=False)
+        d = call(node, "waitforblockheight", [10_000, 0])
+        await net.stop()
+        await wait_for(lambda: d.called, 3.0, "the wait answered")
+        with pytest.raises(RPCError) as info:
+            await d
+        assert info.value.code == IN_WARMUP
     finally:
         await net.stop()

@@ -104,7 +104,7 @@ def getnetworkinfo(ctx: RPCContext) -> dict[str, Any]:
     mempool = ctx.node.mempool
     relay_fee = format_amount(ctx.node.config.min_relay_fee if mempool is None else mempool.fee_floor)
     return {
-        "version": __version__,
+        "version": _version_number(__version__),
         "subversion": f"/timecoin:{__version__}/",
         "protocolversion": m.PROTOCOL_VERSION,
         "peer_id": p2p.peer_id,
@@ -121,6 +121,12 @@ def getnetworkinfo(ctx: RPCContext) -> dict[str, Any]:
         "relayfee": relay_fee,
         "warnings": "",
     }
+
+
+def _version_number(text: str) -> int:
+    """bitcoind's integer version (MAJOR * 10000 + MINOR * 100 + PATCH): 0.1.0 -> 100."""
+    parts = [int(p) if p.isdecimal() else 0 for p in text.split(".")[:3]] + [0, 0, 0]
+    return parts[0] * 10_000 + parts[1] * 100 + parts[2]
 
 
 def _multiaddr(text: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from twisted.internet import defer
 
 from timecoin import crypto
 from timecoin.consensus import proposer as prio
-from timecoin.consensus.app import ChainApp
+from timecoin.consensus.app import PRIORITIES_DB, ChainApp
 from timecoin.errors import DecodeError, ValidationError
 from timecoin.ledger.account import EMPTY_ACCOUNT
 from timecoin.ledger.block import NIL_HASH, VoteType
@@ -29,6 +29,7 @@ from timecoin.rpc.errors import IN_WARMUP, INVALID_ADDRESS_OR_KEY, INVALID_PARAM
 from timecoin.rpc.registry import MAX_INT, TABLE, Param
 
 POLL_INTERVAL = 0.5                # s between store polls of a long poll (commit callbacks answer sooner)
+PRIORITY_WALK = 1_000             # heights getvalidators walks back to stored priorities (else it shows null)
 MAX_WAIT_MS = 3_600_000            # a long poll's longest wait: timeout 0 ("none") and larger ones are capped
 
 
@@ -105,6 +106,15 @@ def _app(ctx: RPCContext) -> Any:
     return ChainApp(ctx.store, genesis.params, None, genesis.genesis_time)
 
 
+def _priorities_near(store: Any, height: int) -> bool:
+    """Are priorities stored within PRIORITY_WALK heights below ``height``? After a long sync only the last
+    synced height has them; recomputing an old height's from far back would hold the reactor for seconds."""
+    for h in range(height, max(height - PRIORITY_WALK, 1), -1):
+        if store.get(PRIORITIES_DB, h.to_bytes(8, "big")) is not None:
+            return True
+    return height - PRIORITY_WALK <= 1
+
+
 @TABLE.method("getvalidators", Param("height", "int", "the height whose signers to show (default: the next block)",
                                      required=False, minimum=1),
               summary="The validator set of a height: address, PeerID, power, proposer priority, jailed.",
@@ -121,9 +131,10 @@ def getvalidators(ctx: RPCContext, height: int | None) -> dict[str, Any]:
         raise RPCError(INVALID_PARAMETER, f"Block height out of range: validator sets are known for 1..{tip + 2}")
     priorities: dict[bytes, int] = {}
     proposer: bytes | None = None
-    with contextlib.suppress(ValidationError, ValueError):
-        priorities = _app(ctx).priorities(height)
-        proposer = prio.proposer_for(vs, priorities, 0)
+    if _priorities_near(store, height):
+        with contextlib.suppress(ValidationError, ValueError):
+            priorities = _app(ctx).priorities(height)
+            proposer = prio.proposer_for(vs, priorities, 0)
     out = []
     for v in vs.validators:
         acct = store.get_account(v.address)
@@ -245,7 +256,7 @@ class _TipWaiter:
     def _check(self) -> None:
         self.soon = None
         store = self.ctx.node.store
-        if store is not None and self.done(store.tip_height()):
+        if store is None or self.done(store.tip_height()):      # the node stopping ends the wait with -28
             self._finish()
 
     def _poll(self) -> None:
