@@ -1,8 +1,8 @@
 """Wallet commands: sign transactions with a local key file and hand them to a node over JSON-RPC (SPEC §8).
 
 The key never leaves this process: the node gets only the signed transaction. Amounts are decimal TIME
-strings with at most 8 decimals (``"1.5"``, ``"0.00000001"``), parsed with :class:`decimal.Decimal`, never
-floats. The nonce comes from the node (``getaccount``'s ``pending_nonce`` counts the sender's txs already
+strings with at most 8 decimals (``"1.5"``, ``"0.00000001"``), parsed exactly (``rpc.render.parse_amount``), never
+floats. The nonce comes from the node (``getaccount``'s ``next_nonce`` counts the sender's txs already
 in its mempool), so several sends in a row work. ``--wait`` follows the tx until a block carrying it is
 final (every stored block is: it carries its commit certificate) and reports height and block hash.
 """
@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from timecoin import crypto
 from timecoin.errors import DecodeError, TimecoinError
 from timecoin.ledger.tx import ZERO_ADDRESS, Transaction, TxKind
+from timecoin.rpc import render
 
-DECIMALS = 8
+DECIMALS = render.DECIMALS
 MAX_UNITS = (1 << 63) - 1
 WAIT_POLL_MS = 1_000                  # each long poll (waitfornewblock) lasts at most this long
 
@@ -34,25 +34,14 @@ def parse_amount(text: str, what: str = "amount", allow_zero: bool = False) -> i
         raise WalletError(f"{what} must be a decimal number of TIME like 1.5 (at most {DECIMALS} decimals), "
                           f"not {text!r}")
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise WalletError(f"{what} {text!r} is not a decimal number") from None
-    units = value * crypto.UNITS_PER_TIME
-    if units != units.to_integral_value():
-        raise WalletError(f"{what} {text} has more than {DECIMALS} decimals")
-    n = int(units)
+        n = render.parse_amount(text)
+    except ValueError:
+        raise WalletError(f"{what} {text} has more than {DECIMALS} decimals") from None
     if n > MAX_UNITS:
         raise WalletError(f"{what} {text} TIME is more than can exist")
     if n == 0 and not allow_zero:
         raise WalletError(f"{what} must be more than 0")
     return n
-
-
-def format_amount(units: int) -> str:
-    """``12.50000000``: TIME with exactly 8 decimals."""
-    sign = "-" if units < 0 else ""
-    whole, frac = divmod(abs(units), crypto.UNITS_PER_TIME)
-    return f"{sign}{whole}.{frac:0{DECIMALS}d}"
 
 
 def parse_address(text: str) -> bytes:
@@ -90,9 +79,9 @@ def build(call: Call, key: crypto.PrivateKey, kind: TxKind, amount: int, fee: in
     if not isinstance(chain_id, str):
         raise WalletError("the node did not say its chain id (getblockchaininfo.chain_id)")
     account = call("getaccount", [crypto.encode_address(key.address, _network_of(info))])
-    nonce = account.get("pending_nonce", account.get("nonce")) if isinstance(account, dict) else None
+    nonce = account.get("next_nonce") if isinstance(account, dict) else None
     if not isinstance(nonce, int) or nonce < 0:
-        raise WalletError("the node did not say the account's nonce (getaccount.pending_nonce)")
+        raise WalletError("the node did not say the account's next nonce (getaccount.next_nonce)")
     return Transaction.create(key, kind, chain_id, nonce, fee, amount, recipient)
 
 

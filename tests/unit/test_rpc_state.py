@@ -26,7 +26,8 @@ from timecoin.rpc import state
 from timecoin.rpc.context import RPCContext
 from timecoin.rpc.errors import IN_WARMUP, INVALID_ADDRESS_OR_KEY, INVALID_PARAMETER, INVALID_PARAMS, RPCError
 from timecoin.rpc.methods import TABLE
-from timecoin.rpc.state import MAX_WAIT_MS, format_amount
+from timecoin.rpc.render import amount as format_amount
+from timecoin.rpc.state import MAX_WAIT_MS
 from timecoin.sim.loopnet import reactor
 from timecoin.store import Store
 

@@ -17,7 +17,8 @@ import pytest
 
 from timecoin import crypto
 from timecoin.ledger.tx import Transaction, TxKind
-from timecoin.wallet import WalletError, format_amount, parse_amount
+from timecoin.rpc.render import amount as format_amount
+from timecoin.wallet import WalletError, parse_amount
 
 CHAIN = "timecoin-wallet-test"
 
@@ -48,7 +49,7 @@ class FakeNode(BaseHTTPRequestHandler):
         if method == "getblockchaininfo":
             result = {"chain": "devnet", "chain_id": CHAIN}
         elif method == "getaccount":
-            result = {"nonce": 0, "pending_nonce": st["nonce"]}
+            result = {"nonce": 0, "next_nonce": st["nonce"]}
         elif method == "sendrawtransaction":
             tx = Transaction.decode(bytes.fromhex(params[0]))
             tx.verify_signature()

@@ -24,7 +24,7 @@ from timecoin.rpc.errors import (
     RPCError,
 )
 from timecoin.rpc.registry import TABLE, Param
-from timecoin.rpc.state import format_amount
+from timecoin.rpc.render import amount as format_amount
 from timecoin.wire import messages as m
 
 CLIENT_NODE_NOT_ADDED = -24          # bitcoind RPC_CLIENT_NODE_NOT_ADDED

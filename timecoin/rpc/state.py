@@ -1,6 +1,6 @@
 """Chain-state and consensus RPC methods: accounts, validators, consensus round, sync, tx finality, long polls.
 
-Amounts are decimal TIME strings with 8 decimals (``"12.50000000"``, never floats: :func:`format_amount`);
+Amounts are decimal TIME strings with 8 decimals (``"12.50000000"``, never floats: :func:`timecoin.rpc.render.amount`);
 voting power stays an integer in units, as CometBFT shows it. Addresses are what the CLI prints
 (``TIME1…`` mainnet, ``TIME0…`` testnet/devnet); anything else is bitcoind's -5 "Invalid address".
 
@@ -24,6 +24,7 @@ from timecoin.consensus.app import PRIORITIES_DB, ChainApp
 from timecoin.errors import DecodeError, ValidationError
 from timecoin.ledger.account import EMPTY_ACCOUNT
 from timecoin.ledger.block import NIL_HASH, VoteType
+from timecoin.rpc import render
 from timecoin.rpc.context import RPCContext
 from timecoin.rpc.errors import IN_WARMUP, INVALID_ADDRESS_OR_KEY, INVALID_PARAMETER, RPCError
 from timecoin.rpc.registry import MAX_INT, TABLE, Param
@@ -31,13 +32,6 @@ from timecoin.rpc.registry import MAX_INT, TABLE, Param
 POLL_INTERVAL = 0.5                # s between store polls of a long poll (commit callbacks answer sooner)
 PRIORITY_WALK = 1_000             # heights getvalidators walks back to stored priorities (else it shows null)
 MAX_WAIT_MS = 3_600_000            # a long poll's longest wait: timeout 0 ("none") and larger ones are capped
-
-
-def format_amount(units: int) -> str:
-    """Units as a decimal TIME string with 8 decimals: 1_250_000_000 -> "12.50000000"."""
-    sign = "-" if units < 0 else ""
-    whole, frac = divmod(abs(units), crypto.UNITS_PER_TIME)
-    return f"{sign}{whole}.{frac:08d}"
 
 
 def parse_address(ctx: RPCContext, text: str) -> bytes:
@@ -74,11 +68,11 @@ def getaccount(ctx: RPCContext, address: str) -> dict[str, Any]:
         "address": _encode(ctx, raw),
         "exists": stored is not None,
         "height": tip,
-        "balance": format_amount(acct.balance),
+        "balance": render.amount(acct.balance),
         "nonce": acct.nonce,
         "next_nonce": mempool.pending_nonce(raw) if mempool is not None else acct.nonce,
-        "stake": format_amount(acct.stake),
-        "unbonding": [{"amount": format_amount(a), "release_height": h} for a, h in acct.unbonding],
+        "stake": render.amount(acct.stake),
+        "unbonding": [{"amount": render.amount(a), "release_height": h} for a, h in acct.unbonding],
         "jailed": acct.jailed,
         "pubkey": acct.pubkey.hex() if acct.pubkey else None,
     }
@@ -92,7 +86,7 @@ def getbalance(ctx: RPCContext, address: str) -> str:
     raw = parse_address(ctx, address)
     store = ctx.store
     acct = (store.get_account(raw) or EMPTY_ACCOUNT).matured(store.tip_height() + 1)
-    return format_amount(acct.balance)
+    return render.amount(acct.balance)
 
 
 # -- validators and consensus --------------------------------------------------------------------------
@@ -139,7 +133,7 @@ def getvalidators(ctx: RPCContext, height: int | None) -> dict[str, Any]:
     for v in vs.validators:
         acct = store.get_account(v.address)
         out.append({"address": _encode(ctx, v.address), "peer_id": crypto.peer_id_of(v.pubkey),
-                    "pubkey": v.pubkey.hex(), "power": v.power, "stake": format_amount(v.power),
+                    "pubkey": v.pubkey.hex(), "power": v.power, "stake": render.amount(v.power),
                     "proposer_priority": priorities.get(v.address),
                     "jailed": bool(acct is not None and acct.jailed)})
     return {"height": height, "total_power": vs.total_power,
