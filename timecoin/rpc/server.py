@@ -212,7 +212,9 @@ class RPCSite(server.Site):
 
     def close_all(self) -> None:
         for channel in list(self.channels):
-            channel.loseConnection()        # writes what is pending (a ``stop`` reply) first
+            transport = getattr(channel, "transport", None)
+            if transport is not None:
+                transport.loseConnection()      # writes what is pending (a ``stop`` reply) first
 
 
 class RPCResource(resource.Resource):
