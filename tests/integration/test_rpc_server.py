@@ -15,6 +15,7 @@ import socket
 import stat
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,11 +24,13 @@ from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
 from twisted.internet import defer, threads
 
 from tests.p2pnet import Net, sleep, wait_for
-from timecoin.sim.loopnet import reactor
 from timecoin.rpc.auth import AllowList, Credentials, read_cookie
-from timecoin.rpc.errors import INVALID_PARAMETER, INVALID_PARAMS, METHOD_NOT_FOUND, RPCError
-from timecoin.rpc.registry import TABLE, MethodTable, Param
+from timecoin.rpc.context import RPCContext
+from timecoin.rpc.errors import IN_WARMUP, INVALID_PARAMETER, INVALID_PARAMS, METHOD_NOT_FOUND, MISC_ERROR, RPCError
+from timecoin.rpc.methods import TABLE
+from timecoin.rpc.registry import MethodTable, Param
 from timecoin.rpc.server import RPCResource, RPCSite
+from timecoin.sim.loopnet import reactor
 
 # Short consensus timeouts: the stall bound (timecoin.rpc.core.stall_bound) is then about 3 s.
 QUICK = {"timeout_propose": "0.1", "timeout_propose_delta": "0.01", "timeout_prevote": "0.1",
@@ -214,8 +217,8 @@ async def test_reply_shapes_statuses_notifications_and_batches(tmp_path: Path) -
         status, reply = await rpc({"version": "1.1", "method": "getblockcount", "id": 7})
         assert status == 200 and set(reply) == {"result", "error", "id"} and reply["id"] == 7
         status, reply = await rpc({"jsonrpc": "1.0", "method": "nope", "id": [1]})
-        assert status == 404 and reply == {"result": None, "error": {"code": -32601, "message": "Method not found: nope"},
-                                           "id": [1]}
+        not_found = {"code": -32601, "message": "Method not found: nope"}
+        assert status == 404 and reply == {"result": None, "error": not_found, "id": [1]}
         status, reply = await rpc({"method": "getblockhash", "params": ["x"], "id": 1})
         assert status == 500 and reply["error"]["code"] == INVALID_PARAMS
         status, reply = await rpc({"method": "getblockhash", "params": [10**9], "id": 1})
@@ -388,9 +391,11 @@ async def test_deferred_handlers_concurrency_cap_cancel_and_internal_errors() ->
     world = SlowWorld(max_concurrent=2)
     try:
         auth = basic("u", "p")
-        first = defer.ensureDeferred(call_http(world.number, {"jsonrpc": "2.0", "method": "slow", "params": ["a"], "id": 1}, auth))
-        second = defer.ensureDeferred(call_http(world.number, [{"jsonrpc": "2.0", "method": "slow", "params": {"tag": "b"}, "id": 2},
-                                          {"jsonrpc": "2.0", "method": "slow", "params": ["c"], "id": 3}], auth))
+        one = {"jsonrpc": "2.0", "method": "slow", "params": ["a"], "id": 1}
+        batch = [{"jsonrpc": "2.0", "method": "slow", "params": {"tag": "b"}, "id": 2},
+                 {"jsonrpc": "2.0", "method": "slow", "params": ["c"], "id": 3}]
+        first = defer.ensureDeferred(call_http(world.number, one, auth))
+        second = defer.ensureDeferred(call_http(world.number, batch, auth))
         await wait_for(lambda: len(world.waiting) == 3, 10.0, "three calls waiting")
         status, headers, raw = await call_http(world.number, {"method": "slow", "params": ["d"], "id": 4}, auth)
         assert status == 429 and headers["retry-after"] == "1" and "rpc_max_concurrent" in raw.decode()
@@ -472,5 +477,60 @@ async def test_health_is_503_when_consensus_cannot_progress(tmp_path: Path) -> N
             await sleep(0.2)
         assert seen, "health never reported the stall"
         assert dev.node.store.tip_height() == 0
+    finally:
+        await dev.net.stop()
+
+
+# -- the core handlers, called through the method table on a real node --------------------------------
+def rpc_error(ctx: RPCContext, name: str, params: Any) -> RPCError:
+    with pytest.raises(RPCError) as info:
+        TABLE.call(ctx, name, params)
+    return info.value
+
+
+@pytest_twisted.ensureDeferred
+async def test_core_methods_answer_and_refuse_bad_params(tmp_path: Path) -> None:
+    dev = DevNode(tmp_path)
+    try:
+        await dev.start()
+        await wait_for(lambda: dev.node.store.tip_height() >= 2, 20.0, "height 2")
+        ctx = RPCContext(dev.node, reactor, reactor.seconds() - 5, "127.0.0.1")
+        store = dev.node.store
+        tip = TABLE.call(ctx, "getblockcount", [])
+        assert isinstance(tip, int) and tip >= 2
+        assert TABLE.call(ctx, "getblockhash", [0]) == dev.node.genesis.hash.hex()
+        assert TABLE.call(ctx, "getblockhash", {"height": 1}) == store.block_hash_at(1).hex()
+        assert store.height_of(bytes.fromhex(TABLE.call(ctx, "getbestblockhash", []))) >= tip
+        assert 5 <= TABLE.call(ctx, "uptime", []) <= 60
+        info = TABLE.call(ctx, "getblockchaininfo", [])
+        assert set(info) >= {"chain", "blocks", "headers", "bestblockhash", "time", "mediantime",
+                             "verificationprogress", "initialblockdownload", "size_on_disk", "warnings"}
+        everything = TABLE.call(ctx, "help", [])
+        assert "== Blockchain ==" in everything and "getblockhash height" in everything and "stop" in everything
+        one = TABLE.call(ctx, "help", ["getblockhash"])
+        assert one.startswith("getblockhash height") and "-8: height above the tip" in one
+        assert TABLE.call(ctx, "help", ["nosuch"]) == "help: unknown command: nosuch"
+
+        for params, code, says in [([10**6], INVALID_PARAMETER, "Block height out of range"),
+                                   ([-1], INVALID_PARAMS, "height out of range"),
+                                   ([1 << 80], INVALID_PARAMS, "height out of range"),
+                                   (["1"], INVALID_PARAMS, "height must be an integer"),
+                                   ([True], INVALID_PARAMS, "height must be an integer"),
+                                   ([1.5], INVALID_PARAMS, "height must be an integer"),
+                                   ([], INVALID_PARAMS, "missing parameter height"),
+                                   ([1, 2], INVALID_PARAMS, "at most 1")]:
+            err = rpc_error(ctx, "getblockhash", params)
+            assert (err.code, says in err.message) == (code, True), (params, err.message)
+        for name in ("getblockcount", "uptime", "getblockchaininfo", "stop"):
+            assert rpc_error(ctx, name, [1]).code == INVALID_PARAMS
+        assert rpc_error(ctx, "help", [5]).code == INVALID_PARAMS
+
+        # While the store is closed (starting or stopping): -28, and health says why.
+        closed = RPCContext(SimpleNamespace(store=None, rpc=None), reactor, 0.0)
+        for name, params in (("getblockcount", []), ("getbestblockhash", []), ("getblockhash", [0]),
+                             ("getblockchaininfo", [])):
+            assert rpc_error(closed, name, params).code == IN_WARMUP
+        assert rpc_error(closed, "stop", []).code == MISC_ERROR
+        assert TABLE.call(closed, "health", [])["status"] == "starting"
     finally:
         await dev.net.stop()
