@@ -13,6 +13,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +26,7 @@ from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
 from twisted.internet import defer, threads
 
 from tests.p2pnet import Net, sleep, wait_for
+from tests.ports import TWISTD, free_port_block
 from timecoin.rpc.auth import AllowList, Credentials, read_cookie
 from timecoin.rpc.context import RPCContext
 from timecoin.rpc.errors import IN_WARMUP, INVALID_PARAMETER, INVALID_PARAMS, METHOD_NOT_FOUND, MISC_ERROR, RPCError
@@ -31,6 +34,8 @@ from timecoin.rpc.methods import TABLE
 from timecoin.rpc.registry import MethodTable, Param
 from timecoin.rpc.server import RPCResource, RPCSite
 from timecoin.sim.loopnet import reactor
+
+ROOT = str(Path(__file__).resolve().parents[2])        # this checkout's timecoin, in the twistd child too
 
 # Short consensus timeouts: the stall bound (timecoin.rpc.core.stall_bound) is then about 3 s.
 QUICK = {"timeout_propose": "0.1", "timeout_propose_delta": "0.01", "timeout_prevote": "0.1",
@@ -534,3 +539,35 @@ async def test_core_methods_answer_and_refuse_bad_params(tmp_path: Path) -> None
         assert TABLE.call(closed, "health", [])["status"] == "starting"
     finally:
         await dev.net.stop()
+
+
+# -- a real twistd process: the library reads it, ``stop`` ends it cleanly ---------------------------
+@pytest.mark.slow
+def test_rpc_stop_ends_a_twistd_devnet_cleanly(tmp_path: Path) -> None:
+    base = free_port_block(2)
+    datadir = tmp_path / "data"
+    log = open(tmp_path / "node.log", "wb")  # noqa: SIM115 - the child writes it for its lifetime
+    proc = subprocess.Popen([sys.executable, "-c", TWISTD, "-n", "--pidfile=", "timecoin", "--datadir", str(datadir),
+                             "--p2p-port", str(base), "--rpc-port", str(base + 1)], cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        deadline, count = time.monotonic() + 20, -1
+        while time.monotonic() < deadline and count < 2:       # bounded in time
+            time.sleep(0.2)
+            try:
+                user, password = read_cookie(str(datadir))
+                count = AuthServiceProxy(f"http://{user}:{password}@127.0.0.1:{base + 1}", timeout=5).getblockcount()
+            except (OSError, ValueError, JSONRPCException):
+                continue
+        assert count >= 2, (tmp_path / "node.log").read_text()[-2000:]
+        proxy = AuthServiceProxy(f"http://{user}:{password}@127.0.0.1:{base + 1}", timeout=5)
+        assert proxy.stop() == "Timecoin server stopping"
+        assert proc.wait(timeout=20) == 0
+        assert not (datadir / ".cookie").exists()
+        text = (tmp_path / "node.log").read_text()
+        assert "Timecoin server stopping (RPC stop from 127.0.0.1)" in text and "Store closed" in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
