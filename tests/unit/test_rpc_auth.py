@@ -177,3 +177,14 @@ def test_health_of_a_starting_node_and_the_stall_bound(tmp_path: Path) -> None:
     assert stall_bound(devnet) == pytest.approx(expected)
     mainnet = build_config({"datadir": str(tmp_path), "network": "mainnet"})
     assert stall_bound(mainnet) > 2 * 600
+
+
+def test_a_failing_health_check_is_503_without_a_traceback() -> None:
+    def broken(node: Any) -> dict[str, Any]:
+        raise RuntimeError("store closed under us")
+    res = RPCResource(None, None, MethodTable(), Credentials([]), AllowList([]), 0.0, 1000, 4, health=broken)
+    request = DummyRequest([b""])
+    request.client = IPv4Address("TCP", "127.0.0.1", 5555)
+    request.path, request.method = b"/health", b"GET"
+    body = res.render(request)
+    assert request.responseCode == 503 and b"store closed" not in body and b"internal error" in body

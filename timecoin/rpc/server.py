@@ -249,7 +249,11 @@ class RPCResource(resource.Resource):
         if path == b"/health":
             if request.method not in (b"GET", b"HEAD"):
                 return _plain(request, 405, allow=b"GET, HEAD")
-            report = self.health(self.node)
+            try:
+                report = self.health(self.node)
+            except Exception:           # a store closing under us: unhealthy, logged, never a traceback out
+                self.log.failure("Health check failed")
+                report = {"healthy": False, "status": "unhealthy", "reasons": ["internal error (see the node log)"]}
             return _json(request, 200 if report.get("healthy") else 503, _dumps(report))
         if path != b"/":
             return _plain(request, 404)
