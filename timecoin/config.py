@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -126,6 +127,17 @@ def _multiaddrs(text: str) -> tuple[str, ...]:
     return items
 
 
+def _cidrs(text: str) -> tuple[str, ...]:
+    """A comma- or space-separated list of networks (``10.0.0.0/8``, ``::1``), normalized."""
+    out = []
+    for item in (i.strip() for i in re.split(r"[,\s]+", text) if i.strip()):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network (e.g. 192.168.1.0/24)") from None
+    return tuple(out)
+
+
 # -- the key table ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Key:
@@ -168,6 +180,16 @@ KEYS: tuple[Key, ...] = (
     Key("p2p_port", _PORT, _per_network(29333, 19333, 9333), "Peer-to-peer TCP port (0: any free port)."),
     Key("rpc_host", _host, "127.0.0.1", "Address the JSON-RPC server binds to (keep it on loopback)."),
     Key("rpc_port", _PORT, _per_network(29332, 19332, 9332), "JSON-RPC TCP port (0: any free port)."),
+    Key("rpc_user", _text, "", "RPC user name (with rpc_password). Empty: the cookie file <datadir>/.cookie."),
+    Key("rpc_password", _text, "", "RPC password (with rpc_user). Empty: a fresh cookie at each start."),
+    Key("rpc_allow_ip", _cidrs, (),
+        "Comma-separated networks (CIDR) allowed to call RPC besides loopback; required when rpc_host is not "
+        "a loopback address."),
+    Key("rpc_max_body_bytes", _size(1024, 1 << 30), 4 << 20,
+        "Largest RPC request body; a larger one gets HTTP 413 before it is buffered."),
+    Key("rpc_max_batch", _int_range(1, 1_000_000), 1000, "Most requests in one JSON-RPC batch."),
+    Key("rpc_max_concurrent", _int_range(1, 10_000), 16,
+        "Most RPC requests one client IP may have in progress at once (more get HTTP 429)."),
     Key("bootstrap", _multiaddrs, (),
         "Comma-separated multiaddrs of peers to dial at start (/ip4/H/tcp/P/p2p/ID)."),
     Key("max_frame_bytes", _size(1024, 1 << 30), 8 << 20,
@@ -240,6 +262,12 @@ class NodeConfig:
     p2p_port: int
     rpc_host: str
     rpc_port: int
+    rpc_user: str
+    rpc_password: str
+    rpc_allow_ip: tuple[str, ...]
+    rpc_max_body_bytes: int
+    rpc_max_batch: int
+    rpc_max_concurrent: int
     bootstrap: tuple[str, ...]
     max_frame_bytes: int
     sync_response_bytes: int
@@ -369,6 +397,15 @@ def check(config: NodeConfig) -> None:
     """Rules that span keys."""
     if config.p2p_port and config.p2p_port == config.rpc_port:
         raise ConfigError("rpc_port", f"equals p2p_port ({config.p2p_port}); the two listeners need two ports")
+    if bool(config.rpc_user) != bool(config.rpc_password):
+        missing = "rpc_password" if config.rpc_user else "rpc_user"
+        raise ConfigError(missing, "rpc_user and rpc_password go together (set both, or neither for the cookie)")
+    if config.rpc_user and ":" in config.rpc_user:
+        raise ConfigError("rpc_user", "must not contain ':' (HTTP Basic auth separates user and password with it)")
+    from timecoin.rpc.auth import is_loopback_host
+    if not is_loopback_host(config.rpc_host) and not config.rpc_allow_ip:
+        raise ConfigError("rpc_allow_ip", f"rpc_host {config.rpc_host} is not a loopback address: set rpc_allow_ip "
+                                          "to the networks allowed to call RPC (e.g. 192.168.1.0/24)")
 
 
 def default_config(**flags: Any) -> NodeConfig:

@@ -41,6 +41,7 @@ class Node(service.MultiService):
         self.consensus: Any = None
         self.p2p: Any = None
         self.sync: Any = None
+        self.rpc: Any = None
 
     @property
     def peer_id(self) -> str:
@@ -126,6 +127,7 @@ def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
     from twisted.internet import reactor
 
     node = build_node(config, key, genesis, reactor)
+    node.rpc.on_stop = reactor.stop         # RPC ``stop`` ends twistd as SIGTERM does
     Node.log.info("Timecoin node {peer_id} on {network} ({chain_id}), datadir {datadir}",
                   peer_id=key.peer_id, network=config.network, chain_id=genesis.chain_id, datadir=config.datadir)
     reactor.addSystemEventTrigger("after", "shutdown", _exit_cleanly_after_signal, reactor, node)
@@ -133,9 +135,10 @@ def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
 
 
 def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, reactor: Any) -> Node:
-    """The service tree on ``reactor``: store, consensus, P2P (in start order). Tests build nodes here."""
+    """The service tree on ``reactor``: store, consensus, P2P, sync, RPC (in start order). Tests build nodes here."""
     from timecoin.consensus.service import ConsensusService
     from timecoin.p2p.service import P2PService
+    from timecoin.rpc.service import RPCService
     from timecoin.sync.coordinator import SyncCoordinator
 
     node = Node(config, key, genesis)
@@ -146,6 +149,8 @@ def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, rea
     node.p2p.setServiceParent(node)
     node.sync = SyncCoordinator(node, reactor)
     node.sync.setServiceParent(node)
+    node.rpc = RPCService(node, reactor)
+    node.rpc.setServiceParent(node)
     return node
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import timecoin.rpc.chain  # noqa: F401
+import timecoin.rpc.core  # noqa: F401
 import timecoin.rpc.mempool  # noqa: F401
 import timecoin.rpc.network  # noqa: F401
 import timecoin.rpc.proofs  # noqa: F401  (getfinalityproof)
