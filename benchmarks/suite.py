@@ -66,4 +66,5 @@ def _num(x: float | None) -> str:
 PARTS: dict[str, str] = {
     # name -> "module:function" (imported only when run, so one part's imports never slow another)
     "hostile": "benchmarks.hostile:run",
+    "rpc": "benchmarks.rpc:run",
 }

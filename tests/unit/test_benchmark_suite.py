@@ -25,6 +25,15 @@ def test_hostile_part_quick_run_prints_one_json_list_of_figures() -> None:
             assert f["baseline"] > 0 and f["value"] >= 0
 
 
+def test_rpc_part_quick_run_reports_both_methods_against_its_baseline() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "rpc", "--quick", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    figures = {f["name"]: f for f in json.loads(proc.stdout)}
+    assert set(figures) == {"rpc.getblockcount", "rpc.sendrawtransaction"}
+    assert all(f["value"] > 0 and f["baseline"] > 0 and f["unit"] == "requests/s" for f in figures.values())
+
+
 def test_an_unknown_part_is_a_usage_error() -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nonesuch"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
