@@ -27,17 +27,17 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=False))
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, all_keys: bool) -> None:
-    """``--config``/``--datadir`` (and with ``all_keys`` every key of the table) as flags."""
+def _add_config_flags(parser: argparse.ArgumentParser, all_keys: bool, also: tuple[str, ...] = ()) -> None:
+    """``--config``/``--datadir``/``--network`` (and ``also``, or with ``all_keys`` every key) as flags."""
     parser.add_argument("--config", "-c", metavar="FILE", help="config file (INI, section [timecoin])")
     for key in KEYS:
-        if all_keys or key.name in ("datadir", "network"):
+        if all_keys or key.name in ("datadir", "network", *also):
             parser.add_argument(f"--{key.flag}", dest=key.name, metavar="VALUE", help=key.help)
 
 
 def _add_node_flags(parser: argparse.ArgumentParser) -> None:
     """Which node to call: its config (``--config``/``--datadir``/``--network``: address and cookie) or a URL."""
-    _add_config_flags(parser, all_keys=False)
+    _add_config_flags(parser, all_keys=False, also=("rpc_host", "rpc_port"))
     parser.add_argument("--rpc-url", metavar="URL", help="http://HOST:PORT/ of the node (default: from the config)")
     parser.add_argument("--rpc-user", metavar="USER", help="RPC user (default: the config's rpc_user, else the cookie)")
     parser.add_argument("--rpc-password", metavar="PASSWORD", default="", help="RPC password for --rpc-user")

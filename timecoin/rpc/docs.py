@@ -19,6 +19,55 @@ checked before a method runs, and a bad one is error -32602 naming it.
 
 Common errors of every method: -32700 parse error, -32600 invalid request, -32601 method not found,
 -32602 invalid params, -32603 internal error (details in the node's log only), -28 while the node starts.
+
+## Calling the node
+
+**Auth.** At each start the node writes `<datadir>/.cookie` (`__cookie__:<64 hex>`, mode 0600) and removes
+it at a clean stop; or set `rpc_user` and `rpc_password`. Without valid credentials: HTTP 401. A non-loopback
+`rpc_host` needs `rpc_allow_ip` (CIDR list); other clients get 403. `GET /health` needs no auth: 200 when
+the node is synced and finalizing, 503 with the reason otherwise.
+
+**Shell.** `timecoin rpc --datadir D METHOD [ARGS...]` works like `bitcoin-cli` (arguments typed by this
+table, `-named key=value`, exit status `abs(code) % 256` on an RPC error). The wallet commands sign with a
+local key file and never send it: `timecoin send --key FILE --to ADDRESS --amount 12.5 [--fee F] [--wait]`,
+`timecoin stake|unstake --key FILE --amount A`, `timecoin balance ADDRESS`, `timecoin tx TXID`. Amounts
+are decimal TIME strings with 8 decimals (`"12.50000000"`), never floats. `timecoin verify PROOF.json
+--genesis genesis.json` checks a `getfinalityproof` offline.
+
+**Python, Twisted** (`timecoin.client`, on txaio: the same code runs under both frameworks):
+
+```python
+import txaio
+txaio.use_twisted()
+from twisted.internet import defer, task
+from timecoin.client import Client
+
+async def main(reactor):
+    client = Client.from_datadir("/var/lib/timecoin")
+    height = await client.getblockcount()
+    block = await client.getblock(await client.getblockhash(height), 2)
+    print(height, block["hash"], len(block["tx"]))
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+```
+
+**Python, asyncio:**
+
+```python
+import asyncio
+import txaio
+txaio.use_asyncio()
+from timecoin.client import Client, RPCError
+
+async def main():
+    client = Client("http://127.0.0.1:29332/", "user", "password")
+    try:
+        print(await client.gettransactionfinality("ab" * 32))
+    except RPCError as exc:
+        print("the node said", exc.code, exc.message)
+
+asyncio.run(main())
+```
 """
 
 
