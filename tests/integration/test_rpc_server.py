@@ -99,8 +99,7 @@ def bitcoind_client_reads(url: str) -> dict[str, Any]:
     out["best"] = proxy.getbestblockhash()
     out["hash1"] = proxy.getblockhash(1)
     out["info"] = proxy.getblockchaininfo()
-    if "getblock" in TABLE.methods:
-        out["block"] = proxy.getblock(out["hash1"])
+    out["block"] = proxy.getblock(out["hash1"])
     try:
         proxy.nosuchmethod()
     except JSONRPCException as exc:
@@ -135,10 +134,8 @@ async def test_bitcoind_client_library_reads_the_chain_with_the_cookie(tmp_path:
         assert info["initialblockdownload"] is False and info["verificationprogress"] == 1
         assert info["size_on_disk"] > 0 and info["warnings"] == []
         assert info["mediantime"] <= info["time"] <= time.time() + 1
-        # getblock belongs to another part of issue 12 (timecoin/rpc/blockchain.py); when it is in the table
-        # this checks it too, until then the library's four other reads are the acceptance check here.
-        if "getblock" in TABLE.methods:
-            assert got["block"]["hash"] == got["hash1"] and got["block"]["height"] == 1
+        assert got["block"]["hash"] == got["hash1"] and got["block"]["height"] == 1
+        assert got["block"]["tx"] == [] and got["block"]["confirmations"] >= 1
         assert got["unknown"]["code"] == METHOD_NOT_FOUND
 
         wrong = await threads.deferToThread(bitcoind_client_error, f"http://{user}:{'0' * 64}@127.0.0.1:{dev.port}")
