@@ -196,3 +196,61 @@ async def test_timecoin_stake_makes_a_validator_two_heights_later_that_signs(tmp
         assert addr in [v["address"] for v in again["validators"]]
     finally:
         await net.stop()
+
+
+# -- 3. timecoin.client under asyncio and Twisted reads a real node ----------------------------------
+CLIENT_SCRIPT = '''
+import json, sys, txaio
+FRAMEWORK, DATADIR, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
+getattr(txaio, "use_" + FRAMEWORK)()
+from timecoin.client import Client, RPCError
+
+async def main():
+    client = Client.from_datadir(DATADIR, port=PORT, timeout=10)      # the node's cookie
+    count = await client.getblockcount()
+    best = await client.getbestblockhash()
+    block = await client.getblock(best, 1)
+    one = await client.getblock(await client.getblockhash(1), 1)
+    try:
+        await client.getblock("00" * 32, 1)
+        missing = None
+    except RPCError as exc:
+        missing = exc.code
+    print(json.dumps({"count": count, "best": best, "block_height": block["height"], "block_hash": block["hash"],
+                      "one": one["height"], "commit": len(one["commit"]["signatures"]), "missing": missing}))
+
+if FRAMEWORK == "asyncio":
+    import asyncio
+    asyncio.run(main())
+else:
+    from twisted.internet import defer, task
+    task.react(lambda reactor: defer.ensureDeferred(main()))
+'''
+
+
+def run_client(framework: str, datadir: str, port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", CLIENT_SCRIPT, framework, datadir, str(port)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_library_reads_a_real_node_under_asyncio_and_twisted(tmp_path: Path) -> None:
+    net = Net(tmp_path, 1, chain_id="timecoin-rpc-client")
+    node = net.nodes[0]
+    try:
+        await net.start(connect=False)
+        await wait_for(lambda: node.store.tip_height() >= 2, 20.0, "a single validator at height 2")
+        port, datadir = int(node.rpc.port or 0), str(node.config.datadir)
+        assert port
+        for framework in ("asyncio", "twisted"):
+            done = await threads.deferToThread(run_client, framework, datadir, port)
+            assert done.returncode == 0, f"{framework}: {done.stderr}"
+            out = json.loads(done.stdout)
+            assert out["count"] >= 2 and out["block_height"] >= out["count"], (framework, out)
+            # The tip may move between calls; the block read by hash is that hash, and stored on the node.
+            assert out["block_hash"] == out["best"]
+            assert node.store.block_hash_at(out["block_height"]).hex() == out["best"]
+            assert out["one"] == 1 and out["commit"] == 1
+            assert out["missing"] == -5, (framework, out)
+    finally:
+        await net.stop()
