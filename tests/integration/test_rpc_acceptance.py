@@ -5,10 +5,11 @@
   loopnet's FAST config on testnet defaults (message_delay 2 s, precision 0.5 s) it is about 10.6 s.
 * ``timecoin stake`` (the real CLI, a child process, talking to a node's RPC with rpc_user/rpc_password)
   makes the observer a validator: a stake in block H changes the set of H + 2 (timecoin/ledger/state.py:
-  "Set changes from block h take effect at h + 2"; ``next_validator_set`` / ``LedgerState`` store it
-  under ``result.height + 2``), which ``getvalidators`` shows, and the running observer node -- not
-  restarted -- signs from H + 2 on. Its stake (20,000 TIME against 4 x 10,000) is large enough that no
-  block from H + 2 on can be final without its precommit, so its signature is in every later commit.
+  "Set changes from block h take effect at h + 2"; ``next_validator_set``, and timecoin/store.py writes
+  it under ``height + 2`` when block h is committed), which ``getvalidators`` shows, and the running
+  observer node -- not restarted -- signs from H + 2 on. Its stake (20,000 TIME against 4 x 10,000) is
+  large enough that no block from H + 2 on can be final without its precommit, so its signature is in
+  every later commit.
 """
 from __future__ import annotations
 
