@@ -12,8 +12,9 @@ Pick the framework once, as txaio wants, then use the same code under either::
 Every method returns a txaio future of the result. An error reply fails it with :class:`RPCError` (the
 node's code and message); no answer, refused credentials or a reply that is not JSON-RPC fail it with
 :class:`ClientError`. The HTTP transport is the framework's own: ``twisted.web.client.Agent`` under
-Twisted, ``asyncio`` streams under asyncio (no other dependency). Proofs from :meth:`getfinalityproof`
-can be checked offline with ``timecoin.ledger.proof`` (``verify_proof``) when that module is installed.
+Twisted, ``asyncio`` streams under asyncio (no other dependency). :meth:`Client.verified_finality` fetches a
+finality proof and checks it locally (``timecoin.ledger.proof.verify_proof``), trusting only a genesis or
+a block hash the caller already holds.
 """
 from __future__ import annotations
 
@@ -160,6 +161,13 @@ class Client:
 
     def getfinalityproof(self, target: int | str) -> Any:
         return self.call("getfinalityproof", target)
+
+    def verified_finality(self, target: int | str, trusted: Any) -> Any:
+        """A future of the :class:`~timecoin.ledger.proof.VerifiedBlock` that ``target``'s finality proof
+        establishes, checked here against ``trusted`` (``Trusted.from_genesis(genesis)`` or ``Trusted.at``):
+        the node is not trusted; a proof that does not verify fails the future with ``ProofError``."""
+        from timecoin.ledger.proof import verify_proof
+        return _chain(self.getfinalityproof(target), lambda proof: verify_proof(proof, trusted))
 
 
 def _chain(posted: Any, then: Any) -> Any:

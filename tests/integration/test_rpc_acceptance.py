@@ -202,9 +202,11 @@ async def test_timecoin_stake_makes_a_validator_two_heights_later_that_signs(tmp
 # -- 3. timecoin.client under asyncio and Twisted reads a real node ----------------------------------
 CLIENT_SCRIPT = '''
 import json, sys, txaio
-FRAMEWORK, DATADIR, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
+FRAMEWORK, DATADIR, PORT, GENESIS = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 getattr(txaio, "use_" + FRAMEWORK)()
 from timecoin.client import Client, RPCError
+from timecoin.ledger.genesis import Genesis
+from timecoin.ledger.proof import ProofError, Trusted
 
 async def main():
     client = Client.from_datadir(DATADIR, port=PORT, timeout=10)      # the node's cookie
@@ -217,8 +219,17 @@ async def main():
         missing = None
     except RPCError as exc:
         missing = exc.code
+    genesis = Genesis.load(GENESIS)
+    verified = await client.verified_finality(1, Trusted.from_genesis(genesis))
+    other = Genesis.for_validators([genesis.validators().validators[0].pubkey], "another-chain")
+    try:
+        await client.verified_finality(1, Trusted.from_genesis(other))
+        refused = None
+    except ProofError as exc:
+        refused = str(exc)
     print(json.dumps({"count": count, "best": best, "block_height": block["height"], "block_hash": block["hash"],
-                      "one": one["height"], "commit": len(one["commit"]["signatures"]), "missing": missing}))
+                      "one": one["height"], "commit": len(one["commit"]["signatures"]), "missing": missing,
+                      "verified": [verified.height, verified.block_hash.hex()], "refused": refused}))
 
 if FRAMEWORK == "asyncio":
     import asyncio
@@ -229,9 +240,9 @@ else:
 '''
 
 
-def run_client(framework: str, datadir: str, port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CLIENT_SCRIPT, framework, datadir, str(port)], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+def run_client(framework: str, datadir: str, port: int, genesis: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", CLIENT_SCRIPT, framework, datadir, str(port), genesis],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
 
 
 @pytest_twisted.ensureDeferred
@@ -242,9 +253,11 @@ async def test_client_library_reads_a_real_node_under_asyncio_and_twisted(tmp_pa
         await net.start(connect=False)
         await wait_for(lambda: node.store.tip_height() >= 2, 20.0, "a single validator at height 2")
         port, datadir = int(node.rpc.port or 0), str(node.config.datadir)
+        genesis_file = str(tmp_path / "genesis.json")
+        Path(genesis_file).write_text(net.genesis.to_json())
         assert port
         for framework in ("asyncio", "twisted"):
-            done = await threads.deferToThread(run_client, framework, datadir, port)
+            done = await threads.deferToThread(run_client, framework, datadir, port, genesis_file)
             assert done.returncode == 0, f"{framework}: {done.stderr}"
             out = json.loads(done.stdout)
             assert out["count"] >= 2 and out["block_height"] >= out["count"], (framework, out)
@@ -253,5 +266,8 @@ async def test_client_library_reads_a_real_node_under_asyncio_and_twisted(tmp_pa
             assert node.store.block_hash_at(out["block_height"]).hex() == out["best"]
             assert out["one"] == 1 and out["commit"] == 1
             assert out["missing"] == -5, (framework, out)
+            # The proof is checked by the client against the genesis it holds: the node is not trusted.
+            assert out["verified"] == [1, node.store.block_hash_at(1).hex()], (framework, out)
+            assert out["refused"], (framework, out)
     finally:
         await net.stop()
