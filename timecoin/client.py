@@ -225,7 +225,11 @@ def _dechunk(body: bytes, url: str) -> bytes:
 
 
 def _result(reply: tuple[int, bytes], request_id: int) -> Any:
-    status, data = reply
+    return parse_reply(reply[0], reply[1], request_id)
+
+
+def parse_reply(status: int, data: bytes, request_id: Any) -> Any:
+    """The result of a JSON-RPC reply over HTTP; RPCError for an error reply, ClientError for anything else."""
     if status == 401:
         raise ClientError("authorization failed: wrong credentials (or a stale cookie)")
     if status == 403:

@@ -44,14 +44,7 @@ async def test_four_validators_agree_survive_one_crash_halt_on_two_and_rejoin(tm
         agree(net, min(stuck), [0, 1])
 
         # Restart both on their stores: they catch up (blocks they missed) and consensus resumes.
-        for i in (2, 3):
-            net.nodes[i] = net.make(i)
-            net.nodes[i].startService()
-        await wait_for(lambda: all(n.p2p.listen_addr for n in net.nodes), 5.0, "restarted nodes listening")
-        for i in (2, 3):
-            for j in range(4):
-                if j != i:
-                    net.nodes[i].p2p.peerstore.add(net.nodes[j].p2p.listen_addr, "bootstrap", 0.0)
+        await net.restart([2, 3])
         top = max(stuck)
         await wait_for(lambda: min(net.heights()) >= top + 3, 40.0, "all four past the stall")
         agree(net, top + 3)

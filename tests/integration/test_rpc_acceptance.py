@@ -110,14 +110,7 @@ async def test_health_turns_503_stalled_when_two_of_four_stop_and_200_when_they_
         stuck = body["height"]
 
         # The two return on their stores (as test_p2p_network does): finalizing resumes, 200 again.
-        for i in (2, 3):
-            net.nodes[i] = net.make(i)
-            net.nodes[i].startService()
-        await wait_for(lambda: all(n.p2p.listen_addr for n in net.nodes), 5.0, "restarted nodes listening")
-        for i in (2, 3):
-            for j in range(4):
-                if j != i:
-                    net.nodes[i].p2p.peerstore.add(net.nodes[j].p2p.listen_addr, "bootstrap", 0.0)
+        await net.restart([2, 3])
         body = await poll_health(port, 200, 45.0, "node0 healthy again", check=lambda b: b["height"] > stuck)
         assert body["healthy"] is True and body["reasons"] == [] and body["height"] > stuck
     finally:

@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from timecoin.client import ClientError as CallError  # no usable answer: exit 1 with its line
+from timecoin.client import RPCError as RPCCallError  # the node's error reply: code and message
+from timecoin.client import parse_reply
 from timecoin.config import NodeConfig
 
 COOKIE_FILE = ".cookie"
 COOKIE_USER = "__cookie__"
 TIMEOUT = 900.0                       # seconds: long polls (waitfornewblock) may take a while
 EXIT_FAILURE = 1
+CLI_REQUEST_ID = "timecoin-cli"
 INT64_MAX = (1 << 63) - 1
-
-
-class CallError(Exception):
-    """No answer we can use: exit 1 with this line."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,9 @@ def _typed(value: str, kind: str | None) -> Any:
 
 
 def call(endpoint: Endpoint, method: str, params: list[Any] | dict[str, Any], timeout: float = TIMEOUT) -> Any:
-    """One JSON-RPC 1.0 call: the result, or RPCCallError for an error reply; CallError for anything else."""
-    body = json.dumps({"jsonrpc": "1.0", "id": "timecoin-cli", "method": method, "params": params}).encode()
+    """One JSON-RPC 1.0 call: the result, or RPCCallError for an error reply; CallError for anything else
+    (the reply is read by ``timecoin.client.parse_reply``, the same rules as the library's)."""
+    body = json.dumps({"jsonrpc": "1.0", "id": CLI_REQUEST_ID, "method": method, "params": params}).encode()
     token = base64.b64encode(f"{endpoint.user}:{endpoint.password}".encode()).decode()
     conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
     try:
@@ -137,29 +138,7 @@ def call(endpoint: Endpoint, method: str, params: list[Any] | dict[str, Any], ti
                         "running, and is that its RPC port?") from None
     finally:
         conn.close()
-    if response.status == 401:
-        raise CallError("authorization failed: incorrect rpc_user or rpc_password (or a stale cookie)")
-    if response.status == 403:
-        raise CallError("the node refused this client address (rpc_allow_ip)")
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        raise CallError(f"the server answered HTTP {response.status} without a JSON-RPC reply") from None
-    if not isinstance(reply, dict):
-        raise CallError(f"the server answered HTTP {response.status} with an unexpected reply")
-    error = reply.get("error")
-    if error:
-        if isinstance(error, dict) and isinstance(error.get("code"), int):
-            raise RPCCallError(error["code"], str(error.get("message", "")))
-        raise CallError(f"the server answered with an error that is not JSON-RPC: {error!r}")
-    return reply.get("result")
-
-
-class RPCCallError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    return parse_reply(response.status, data, CLI_REQUEST_ID)
 
 
 def render(result: Any) -> str:

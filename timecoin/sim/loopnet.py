@@ -81,6 +81,18 @@ class Net:
                     if other is not node:
                         node.p2p.peerstore.add(other.p2p.listen_addr, "bootstrap", reactor.seconds())
 
+    async def restart(self, indices: list[int]) -> None:
+        """Bring stopped nodes back on their own stores (a restart after a crash or a stop): each is a new
+        service tree on the same datadir, listening again and given every other node's new address."""
+        for i in indices:
+            self.nodes[i] = self.make(i)
+            self.nodes[i].startService()
+        await wait_for(lambda: all(n.p2p.listen_addr for n in self.nodes if n.running), 5.0, "restarted listening")
+        for i in indices:
+            for j, other in enumerate(self.nodes):
+                if j != i and other.p2p.listen_addr:
+                    self.nodes[i].p2p.peerstore.add(other.p2p.listen_addr, "bootstrap", 0.0)
+
     async def stop(self) -> None:
         for node in self.nodes:
             if node.running:
