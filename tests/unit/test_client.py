@@ -7,57 +7,40 @@ replies; one 401 for wrong credentials).
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from tests.rpcstub import StubHandler, serve
+
 GOOD = "Basic " + base64.b64encode(b"__cookie__:secret").decode()
 
 
-class FakeNode(BaseHTTPRequestHandler):
+class FakeNode(StubHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
-        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = self.read_json()
         if self.headers.get("Authorization") != GOOD:
-            self._send(401, b"")
+            self.send_json(401, None)
             return
-        request = json.loads(body)
         if request["method"] == "getblockcount":
             reply: dict[str, Any] = {"jsonrpc": "2.0", "result": 42, "id": request["id"]}
         elif request["method"] == "getblockhash":
             reply = {"jsonrpc": "2.0", "result": f"hash-of-{request['params'][0]}", "id": request["id"]}
         else:
             reply = {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": request["id"]}
-        self._send(200, json.dumps(reply).encode())
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200, reply)
 
 
 @pytest.fixture()
 def port() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeNode)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(FakeNode) as bound:
+        yield bound
 
 
 SCRIPT = textwrap.dedent('''

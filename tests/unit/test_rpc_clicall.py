@@ -9,18 +9,18 @@ import base64
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.rpcstub import StubHandler, serve
+
 COOKIE_PASSWORD = "ab" * 32
 
 
-class FakeNode(BaseHTTPRequestHandler):
+class FakeNode(StubHandler):
     seen: list[dict[str, Any]] = []
     replies: dict[str, Any] = {}
 
@@ -31,25 +31,14 @@ class FakeNode(BaseHTTPRequestHandler):
             self.send_header("WWW-Authenticate", 'Basic realm="jsonrpc"')
             self.end_headers()
             return
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        request = self.read_json()
         self.seen.append(request)
         result, error = self.replies.get(request["method"], (None, {"code": -32601, "message": "Method not found"}))
-        body = json.dumps({"result": result, "error": error, "id": request["id"]}).encode()
-        self.send_response(200 if error is None else 500)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200 if error is None else 500, {"result": result, "error": error, "id": request["id"]})
 
 
 @pytest.fixture()
 def node(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeNode)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     datadir = tmp_path / "data"
     datadir.mkdir()
     (datadir / ".cookie").write_text(f"__cookie__:{COOKIE_PASSWORD}")
@@ -61,11 +50,8 @@ def node(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         "getmempoolinfo": (None, None),
         "getbalance": (None, {"code": -5, "message": "Invalid address"}),
     }
-    try:
-        yield datadir, server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(FakeNode) as port:
+        yield datadir, port
 
 
 def rpc(datadir: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.rpcstub import StubHandler, serve
 from timecoin import crypto
 from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.rpc.render import amount as format_amount
@@ -37,11 +35,11 @@ def test_bad_amounts_are_refused_with_a_reason(text: str) -> None:
         parse_amount(text)
 
 
-class FakeNode(BaseHTTPRequestHandler):
+class FakeNode(StubHandler):
     state: dict[str, Any] = {}
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        request = self.read_json()
         assert self.headers["Authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
         st, method, params = self.state, request["method"], request["params"]
         result: Any = None
@@ -66,26 +64,14 @@ class FakeNode(BaseHTTPRequestHandler):
                       else {"final": False, "where": "mempool"})
         elif method == "waitfornewblock":
             result = {"height": 9, "hash": "ee" * 32}
-        body = json.dumps({"result": result, "error": error, "id": request["id"]}).encode()
-        self.send_response(200 if error is None else 500)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200 if error is None else 500, {"result": result, "error": error, "id": request["id"]})
 
 
 @pytest.fixture()
 def node() -> Iterator[str]:
     FakeNode.state = {"nonce": 3, "balance": 10 * crypto.UNITS_PER_TIME, "sent": [], "polls": 0}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeNode)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(FakeNode) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 def run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
