@@ -15,9 +15,8 @@ import pytest_twisted
 from tests.p2pnet import Net, sleep, wait_for
 from timecoin.errors import Reason
 from timecoin.rpc.context import RPCContext
-from timecoin.rpc.errors import RPCError
+from timecoin.rpc.errors import CLIENT_NODE_NOT_ADDED, RPCError
 from timecoin.rpc.methods import TABLE
-from timecoin.rpc.network import CLIENT_NODE_NOT_ADDED
 from timecoin.sim.loopnet import reactor
 
 

@@ -20,6 +20,7 @@ from timecoin.rpc.context import RPCContext
 from timecoin.rpc.errors import (
     CLIENT_INVALID_IP_OR_SUBNET,
     CLIENT_NODE_ALREADY_ADDED,
+    CLIENT_NODE_NOT_ADDED,
     CLIENT_NODE_NOT_CONNECTED,
     IN_WARMUP,
     INVALID_ADDRESS_OR_KEY,
@@ -28,7 +29,7 @@ from timecoin.rpc.errors import (
     RPCError,
 )
 from timecoin.rpc.methods import TABLE
-from timecoin.rpc.network import CLIENT_NODE_NOT_ADDED, _version_number
+from timecoin.rpc.network import _version_number
 from timecoin.sim.loopnet import reactor
 from timecoin.wire import messages as m
 

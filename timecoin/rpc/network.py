@@ -17,6 +17,7 @@ from timecoin.rpc.context import RPCContext
 from timecoin.rpc.errors import (
     CLIENT_INVALID_IP_OR_SUBNET,
     CLIENT_NODE_ALREADY_ADDED,
+    CLIENT_NODE_NOT_ADDED,
     CLIENT_NODE_NOT_CONNECTED,
     IN_WARMUP,
     INVALID_ADDRESS_OR_KEY,
@@ -27,7 +28,6 @@ from timecoin.rpc.registry import TABLE, Param
 from timecoin.rpc.render import amount as format_amount
 from timecoin.wire import messages as m
 
-CLIENT_NODE_NOT_ADDED = -24          # bitcoind RPC_CLIENT_NODE_NOT_ADDED
 # setban's bantime: relative seconds (0 = the configured ban_duration) or, with absolute, a Unix time.
 MAX_BANTIME = 1 << 40
 
