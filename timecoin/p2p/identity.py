@@ -226,14 +226,15 @@ def public_key_from_certificate(cert_der: bytes, now: float | None = None) -> by
     return pubkey
 
 
-def peer_public_key(tls_transport: Any) -> bytes:
-    """The verified host key of the remote side of a Twisted TLS transport after its handshake."""
+def peer_public_key(tls_transport: Any, now: float | None = None) -> bytes:
+    """The verified host key of the remote side of a Twisted TLS transport after its handshake (valid at ``now``,
+    the wall clock if None)."""
     get = getattr(tls_transport, "getPeerCertificate", None)
     cert = get() if get is not None else None
     if cert is None:
         raise PeerAuthError("peer presented no certificate")
     der = cert.to_cryptography().public_bytes(serialization.Encoding.DER)
-    return public_key_from_certificate(der)
+    return public_key_from_certificate(der, now)
 
 
 # -- TLS contexts -----------------------------------------------------------------------------------

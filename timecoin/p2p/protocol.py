@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from timecoin import crypto
 from timecoin.errors import DecodeError, Reason, TimecoinError
+from timecoin.p2p.channel import certificate_time
 from timecoin.p2p.discovery import parse_multiaddr
 from timecoin.p2p.gossip import MAX_SENT_IDS, SeenCache
 from timecoin.p2p.identity import PeerAuthError, peer_public_key
@@ -126,7 +127,7 @@ class PeerConnection(Protocol):
     def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted API
         self.service.pending_done(self)
         try:
-            self.pubkey = peer_public_key(self.transport)
+            self.pubkey = peer_public_key(self.transport, certificate_time(self.clock))
         except PeerAuthError as exc:
             self.log.info("Peer {ip} failed TLS identity checks: {why}", ip=self.ip, why=str(exc))
             self.abort()

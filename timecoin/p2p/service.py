@@ -15,15 +15,12 @@ blocks we lack (catch-up; the full StateSyncManager of SPEC §6 builds on this).
 from __future__ import annotations
 
 import collections
-import os
-import random
 from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from timecoin import __version__, crypto
@@ -31,6 +28,7 @@ from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationErr
 from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, QuorumProof, Vote
 from timecoin.ledger.tx import Transaction
 from timecoin.p2p import discovery, peers
+from timecoin.p2p.channel import SecureChannel, certificate_time, channel_for, random_for
 from timecoin.p2p.gossip import HeightArchive, SeenCache, message_id
 from timecoin.p2p.identity import HostIdentity
 from timecoin.p2p.logonce import LogOnce
@@ -100,7 +98,7 @@ class _GateFactory(Factory):
     (:meth:`P2PService.pending_started`).
     """
 
-    def __init__(self, p2p: P2PService, tls: TLSMemoryBIOFactory) -> None:
+    def __init__(self, p2p: P2PService, tls: Any) -> None:
         self.p2p = p2p
         self.tls = tls
 
@@ -123,7 +121,8 @@ class P2PService(service.Service):
         self.node = node
         self.reactor = reactor
         self.config = node.config
-        self.identity = HostIdentity(node.key)
+        self.identity = HostIdentity(node.key, now=certificate_time(reactor))
+        self.channel: SecureChannel = channel_for(reactor, self.identity)   # TLS, or the simulator's
         self.peer_id = node.key.peer_id
         self.peers: peers.PeerManager | None = None
         self.peerstore: discovery.PeerStore | None = None
@@ -152,7 +151,7 @@ class P2PService(service.Service):
         self._validator_ips_at = -float("inf")               # ... as of this time
         self._validator_seen: dict[str, None] = {}           # ip_keys validator peers connected from, oldest first
         self._loops: list[task.LoopingCall] = []
-        self._rng = random.Random(os.urandom(16))
+        self._rng = random_for(reactor, "p2p")
         if node.consensus is not None:
             # Hooked before anything starts: a validator that proposes or votes while the services
             # start (the proposer of the first height does) must have those messages archived for
@@ -175,8 +174,7 @@ class P2PService(service.Service):
                 self.log.warn("Ignoring bootstrap address {addr}: {why}", addr=addr, why=str(exc))
         # Plain TCP with TLS layered on per connection by _GateFactory, so limits apply before TLS.
         endpoint = endpoints.TCP4ServerEndpoint(self.reactor, cfg.p2p_port, interface=cfg.p2p_host)
-        tls = TLSMemoryBIOFactory(self.identity.server_context_factory(), False,
-                                  _ConnectionFactory(self, inbound=True))
+        tls = self.channel.server_factory(_ConnectionFactory(self, inbound=True))
         d = endpoint.listen(_GateFactory(self, tls))
         d.addCallbacks(self._listening, self._listen_failed)
         for interval, fn in ((DIAL_INTERVAL, self._dial_due), (cfg.gossip_interval, self._gossip),
@@ -1160,7 +1158,7 @@ class P2PService(service.Service):
         self._dialing.add(addr)
         tcp = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=DIAL_TIMEOUT) if ":" not in host \
             else endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=DIAL_TIMEOUT)
-        endpoint = endpoints.wrapClientTLS(self.identity.client_creator(pid), tcp)
+        endpoint = self.channel.client_endpoint(tcp, pid)
         d = endpoint.connect(_ConnectionFactory(self, inbound=False, dialed=addr))
 
         def failed(f: Failure) -> None:
