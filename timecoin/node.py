@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -31,8 +32,9 @@ class Node(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis) -> None:
+    def __init__(self, config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, reactor: Any = None) -> None:
         super().__init__()
+        self.reactor = reactor
         self.config = config
         self.key = key
         self.genesis = genesis
@@ -42,6 +44,25 @@ class Node(service.MultiService):
         self.p2p: Any = None
         self.sync: Any = None
         self.rpc: Any = None
+        self.fatal_reason: str | None = None
+        self.on_fatal: Callable[[], Any] = self._stop_services     # twistd: reactor.stop (makeService)
+
+    def fatal(self, reason: str) -> None:
+        """The node cannot go on (e.g. its disk is full): say why in one line, then stop cleanly (once).
+
+        The stop runs on the next reactor turn, after the failing call has unwound; what was committed
+        stays committed (an LMDB write either commits whole or not at all), so a restart resumes there.
+        """
+        if self.fatal_reason is not None:
+            return
+        self.fatal_reason = reason
+        self.log.critical("Stopping the node: {reason}. Fix the cause (free disk space, check the datadir), "
+                          "then start it again.", reason=reason)
+        if self.reactor is not None:
+            self.reactor.callLater(0, self.on_fatal)
+
+    def _stop_services(self) -> Any:
+        return self.stopService() if self.running else None
 
     @property
     def peer_id(self) -> str:
@@ -74,6 +95,7 @@ class StoreService(service.Service):
         except BaseException:
             store.close()
             raise
+        store.on_write_error = self.node.fatal
         self.node.store = store
         self.node.mempool = Mempool(genesis.params, store, max_txs=cfg.mempool_max_txs,
                                     max_bytes=cfg.mempool_max_bytes, min_relay_fee=cfg.min_relay_fee,
@@ -128,6 +150,7 @@ def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
 
     node = build_node(config, key, genesis, reactor)
     node.rpc.on_stop = reactor.stop         # RPC ``stop`` ends twistd as SIGTERM does
+    node.on_fatal = reactor.stop            # ... and so does a fatal store error (after its one clear line)
     Node.log.info("Timecoin node {peer_id} on {network} ({chain_id}), datadir {datadir}",
                   peer_id=key.peer_id, network=config.network, chain_id=genesis.chain_id, datadir=config.datadir)
     reactor.addSystemEventTrigger("after", "shutdown", _exit_cleanly_after_signal, reactor, node)
@@ -141,7 +164,7 @@ def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, rea
     from timecoin.rpc.service import RPCService
     from timecoin.sync.coordinator import SyncCoordinator
 
-    node = Node(config, key, genesis)
+    node = Node(config, key, genesis, reactor)
     StoreService(node).setServiceParent(node)
     node.consensus = ConsensusService(node, reactor)
     node.consensus.setServiceParent(node)

@@ -131,6 +131,7 @@ class Store:
             raise StoreError(f"undo_depth must be at least 1, not {undo_depth}")
         self.path = path
         self.readonly = readonly
+        self.on_write_error: Callable[[str], None] | None = None    # a write that cannot be made (node.fatal)
         self.max_map_size = max_map_size
         self.undo_depth = undo_depth
         data_file = os.path.join(path, "data.mdb")
@@ -237,15 +238,22 @@ class Store:
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as exc:
-                # e.g. a key longer than LMDB's 511 bytes, or a disk error: the transaction was aborted.
-                raise StoreError(f"cannot write the store at {self.path}: {exc}") from None
+                # e.g. a disk error (full, I/O): the transaction was aborted, nothing half-written.
+                raise self._write_failed(f"cannot write the store at {self.path}: {exc}") from None
+
+    def _write_failed(self, message: str) -> StoreError:
+        """A write the store cannot make (disk full, I/O error, map at its cap): tell the owner, who stops the
+        node -- a node that cannot record what it finalizes or signs must not go on half-working."""
+        if self.on_write_error is not None:
+            self.on_write_error(message)
+        return StoreError(message)
 
     def _grow(self) -> None:
         env = self._live_env()
         old = int(env.info()["map_size"])
         if old >= self.max_map_size:
-            raise StoreError(f"the store at {self.path} is full: the map is at its cap of "
-                             f"{self.max_map_size} bytes")
+            raise self._write_failed(f"the store at {self.path} is full: the map is at its cap of "
+                                     f"{self.max_map_size} bytes")
         new = min(old * 2, self.max_map_size)
         try:
             env.set_mapsize(new)

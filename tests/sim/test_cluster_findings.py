@@ -36,8 +36,8 @@ def test_a_full_disk_stops_the_node_cleanly_and_it_catches_up_after_a_restart(lo
         c.run_for(1.0)
         assert sick.state == "stopped", sick.state
         assert sick.node is not None and not sick.node.running
-        lines = [e for e in logged if e.get("log_level") == LogLevel.critical and "full" in str(e.get("log_format", ""))
-                 + str(e.get("reason", ""))]
+        lines = [e for e in logged if e.get("log_level") == LogLevel.critical
+                 and "Stopping the node" in str(e.get("log_format", "")) and "No space left" in str(e.get("reason"))]
         assert lines, "no critical line says why the node stopped"
         assert errors == []
         c.fill_disk(sick, False)

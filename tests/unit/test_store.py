@@ -463,8 +463,10 @@ def test_tiny_map_grows_and_keeps_everything(path: str, genesis: Genesis, builde
 def test_map_cap_is_a_store_error_and_writes_nothing(path: str, genesis: Genesis, builder: ChainBuilder) -> None:
     with pytest.raises(StoreError, match="bad map sizes"):
         Store(path, map_size=128 * KIB, max_map_size=64 * KIB)
+    told: list[str] = []
     with Store(path, map_size=64 * KIB, max_map_size=256 * KIB) as s:
         initialize(s, genesis)
+        s.on_write_error = told.append            # the node stops on this (node.fatal)
         for _ in range(100):
             before = snapshot(s)
             height = s.tip_height() + 1
@@ -473,6 +475,7 @@ def test_map_cap_is_a_store_error_and_writes_nothing(path: str, genesis: Genesis
                 s.commit_block(block, cert, result)
             except StoreError as exc:
                 assert "full" in str(exc)
+                assert told == [str(exc)]
                 break
         else:
             pytest.fail("a 256 KiB map held 100 blocks of 20 txs")

@@ -76,7 +76,7 @@ class SimNode:
     node: Node | None = None
     reactor: NodeReactor | None = None
     incarnation: int = 0
-    state: str = "down"                 # down | up | crashed | paused
+    state: str = "down"                 # down | up | crashed | paused | stopped (by itself, cleanly)
     skew: float = 0.0
     disk_full: bool = False
     behaviours: list[Any] = field(default_factory=list)
@@ -160,7 +160,7 @@ class Cluster:
         sn.reactor = NodeReactor(self.scheduler, self.network, sn.name, sn.ip,
                                  f"timecoin-sim/{self.seed}/{sn.name}/{sn.incarnation}", sn.skew)
         sn.node = build_node(self.node_config(sn), sn.key, self.genesis, sn.reactor)
-        sn.node.rpc.on_stop = sn.reactor.stop
+        sn.node.rpc.on_stop = sn.node.on_fatal = lambda sn=sn: self._stopped(sn)
         for hook in self.on_build:
             hook(sn)
         sn.node.startService()
@@ -168,6 +168,12 @@ class Cluster:
         if sn.disk_full:
             _refuse_writes(sn.node)
         return sn.node
+
+    def _stopped(self, sn: SimNode) -> None:
+        """The node stopped itself (RPC ``stop``, or a fatal error such as a full disk): a clean stop."""
+        if sn.node is not None and sn.state in ("up", "paused"):
+            sn.state = "stopped"
+            sn.node.stopService()
 
     def start_all(self) -> None:
         for sn in self.nodes:
