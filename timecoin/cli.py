@@ -145,6 +145,15 @@ def _endpoint(args: argparse.Namespace) -> Any:
         raise CliError(str(exc)) from None
 
 
+def cmd_sim(args: argparse.Namespace) -> None:
+    """Run the whole-node simulator (:mod:`timecoin.sim.cluster`); exit 0 clean, 1 violated, 2 bad arguments."""
+    from timecoin.sim.cluster import cli as sim_cli
+
+    if args.from_command_line:            # never re-execute a process that called main(argv) itself (tests)
+        sim_cli.reexec_with_fixed_hashseed(sys.argv[1:])
+    raise SystemExit(sim_cli.run_command(args))
+
+
 def cmd_rpc(args: argparse.Namespace) -> None:
     """Call the node's JSON-RPC like bitcoin-cli (see :mod:`timecoin.rpc.clicall`); exits with its code."""
     from timecoin.rpc import clicall
@@ -319,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("txid")
     p.set_defaults(func=cmd_tx)
 
+    p = sub.add_parser("sim", help="run N whole nodes in a deterministic simulated world with faults and Byzantine "
+                       "nodes; check the invariants (docs/simulation.md)")
+    from timecoin.sim.cluster.cli import add_arguments as add_sim_arguments
+    add_sim_arguments(p)
+    p.set_defaults(func=cmd_sim)
+
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
 
@@ -333,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.from_command_line = argv is None
     try:
         args.func(args)
     except (CliError, TimecoinError) as exc:

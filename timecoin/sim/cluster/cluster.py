@@ -154,6 +154,8 @@ class Cluster:
         """Build and start a new incarnation of ``sn``'s node on its datadir (first start or restart)."""
         if sn.state in ("up", "paused"):
             raise RuntimeError(f"{sn.name} is already running")
+        if sn.reactor is not None and not sn.reactor.dead:
+            sn.reactor.kill()          # what is left of a cleanly stopped incarnation (its timers, sockets)
         sn.incarnation += 1
         if skew is not None:
             sn.skew = skew
