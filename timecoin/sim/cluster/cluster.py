@@ -12,6 +12,7 @@ datadir), :meth:`Cluster.pause`/``resume`` (SIGSTOP/SIGCONT), a per-incarnation 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -162,7 +163,7 @@ class Cluster:
         sn.reactor = NodeReactor(self.scheduler, self.network, sn.name, sn.ip,
                                  f"timecoin-sim/{self.seed}/{sn.name}/{sn.incarnation}", sn.skew)
         sn.node = build_node(self.node_config(sn), sn.key, self.genesis, sn.reactor)
-        sn.node.rpc.on_stop = sn.node.on_fatal = lambda sn=sn: self._stopped(sn)
+        sn.node.rpc.on_stop = sn.node.on_fatal = functools.partial(self._stopped, sn)
         for hook in self.on_build:
             hook(sn)
         sn.node.startService()

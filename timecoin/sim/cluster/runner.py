@@ -17,13 +17,13 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
 from timecoin.sim.cluster.base import Behaviour, Invariant, Trace, Violation
 from timecoin.sim.cluster.cluster import SIM_EPOCH_MS, Cluster, SimNode
-from timecoin.sim.cluster.faults import FAULT_KINDS, FaultDriver, draw_skews, plan_faults
+from timecoin.sim.cluster.faults import FAULT_KINDS, Fault, FaultDriver, draw_skews, plan_faults
 
 CHECK_EVERY = 0.5                # simulated seconds between invariant checks
 WARMUP = 2.0                     # faults start after the nodes have dialed each other
@@ -168,7 +168,7 @@ class _Run:
         self.rng = random.Random(f"timecoin-sim/{options.seed}/scenario")
         self.invariants = invariants if invariants is not None else _default_invariants()
         self.behaviours: dict[str, Behaviour] = {}
-        self.faults = []
+        self.faults: list[Fault] = []
         self.t0 = self.cluster.now()
 
     def emit(self, kind: str, **fields: Any) -> None:
@@ -347,12 +347,12 @@ def run(options: SimOptions, trace_out: IO[str] | None = None, invariants: list[
     options.validate()
     started = time.perf_counter()
     r = _Run(options, trace_out, invariants, workdir)
-    globalLogPublisher.addObserver(r._log_observer)
+    globalLogPublisher.addObserver(cast(ILogObserver, r._log_observer))
     try:
         r.setup()
         report = r.execute()
     finally:
-        globalLogPublisher.removeObserver(r._log_observer)
+        globalLogPublisher.removeObserver(cast(ILogObserver, r._log_observer))
         r.cluster.close()
     report.real_seconds = time.perf_counter() - started
     return report
