@@ -14,7 +14,6 @@ import pytest
 from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 
-from timecoin.p2p import discovery
 from timecoin.sim.cluster.cluster import Cluster
 from timecoin.sim.cluster.network import LinkModel, SimNetwork
 from timecoin.sim.cluster.reactor import NodeReactor, Scheduler
@@ -207,21 +206,32 @@ def test_four_whole_nodes_connect_over_the_identity_channel_and_finalize(cluster
     assert len(hashes) == 1
 
 
-def test_a_dial_to_an_address_held_by_another_key_is_refused(cluster: Cluster) -> None:
-    """The channel checks the dialed PeerID as TLS does: an address whose holder is not the key we asked for."""
+def test_the_channel_refuses_a_peer_that_is_not_the_dialed_key(cluster: Cluster) -> None:
+    """As TLS's verify callback does: dialing b's address for c's PeerID ends before the handshake completes."""
     cluster.start_all()
     cluster.run_for(1.5)
     a, b, c = cluster.nodes[0], cluster.nodes[1], cluster.nodes[2]
-    assert a.node is not None
-    wrong = discovery.format_multiaddr(b.ip, 26_656, c.peer_id)     # b's address, c's PeerID
-    results: list[Any] = []
-    a.node.p2p.dial(wrong).addBoth(results.append)
-    before = set(a.node.p2p.connections)
-    cluster.run_for(0.5)
-    assert set(a.node.p2p.connections) == before
-    # the dial ended without a connection under c's name from b's address
-    conn = a.node.p2p.connections.get(c.peer_id)
-    assert conn is None or conn.ip == c.ip
+    assert a.node is not None and a.reactor is not None
+
+    def dial(expected: str) -> list[str]:
+        log: list[str] = []
+
+        class Probe(Protocol):
+            def handshakeCompleted(self) -> None:  # noqa: N802
+                log.append("handshake")
+
+            def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+                log.append("lost")
+
+        assert a.reactor is not None and a.node is not None
+        channel = a.reactor.secure_channel(a.node.p2p.identity)
+        tcp = endpoints.TCP4ClientEndpoint(a.reactor, b.ip, 26_656, timeout=2)
+        channel.client_endpoint(tcp, expected).connect(Factory.forProtocol(Probe))
+        cluster.run_for(0.3)
+        return log
+
+    assert dial(c.peer_id) == ["lost"]
+    assert dial(b.peer_id)[:1] == ["handshake"]      # the control: the right key gets through
 
 
 def test_a_crashed_node_restarts_on_its_own_store_and_catches_up(cluster: Cluster) -> None:
