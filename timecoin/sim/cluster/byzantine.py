@@ -105,6 +105,24 @@ def split_send(p2p: P2PService, msg: Proposal | Vote, alt: Proposal | Vote | Non
     return len(chosen)
 
 
+def coalition_plan(cluster: Cluster) -> dict[tuple[int, int], tuple[bytes, bytes]]:
+    """(height, round) -> (block A, block B) the equivocating coalition split the honest nodes over."""
+    plan = getattr(cluster, "_equivocation_plan", None)
+    if plan is None:
+        plan = {}
+        cluster._equivocation_plan = plan  # type: ignore[attr-defined]
+    return plan
+
+
+def coalition_members(cluster: Cluster) -> set[str]:
+    """PeerIDs of the equivocating coalition (never counted among the honest groups)."""
+    members = getattr(cluster, "_equivocators", None)
+    if members is None:
+        members = set()
+        cluster._equivocators = members  # type: ignore[attr-defined]
+    return members
+
+
 def corrupt(sig: bytes, rng: random.Random) -> bytes:
     """A signature with one byte changed (never the same bytes)."""
     i = rng.randrange(len(sig))
@@ -112,7 +130,14 @@ def corrupt(sig: bytes, rng: random.Random) -> bytes:
 
 
 class Equivocate(_Base):
-    """As proposer, a second real block (another timestamp) signed with the raw key, to half the peers."""
+    """As proposer, a second real block (another timestamp) signed with the raw key, to half the peers.
+
+    Equivocators act as one coalition (the classic attack the 1/3 bound is about): the honest nodes are
+    split into two groups by sorted PeerID, the same for every member; a member proposing sends block A
+    to one group and block B to the other, and every member then prevotes and precommits A to the first
+    group and B to the second at that (height, round). Below 1/3 of the power this cannot gather a quorum
+    for either block on its own; at or above 1/3 it forks the honest nodes.
+    """
 
     name = "equivocate"
     provable = False        # the node keeps no proposal evidence (SPEC §4: equivocation = two votes)
@@ -122,18 +147,51 @@ class Equivocate(_Base):
         assert node is not None and node.consensus is not None
         original = node.consensus.broadcast
         p2p = self.p2p(sn)
+        plan = coalition_plan(cluster)
+        members = coalition_members(cluster)
+        members.add(sn.peer_id)
+
+        def groups() -> tuple[list[PeerConnection], list[PeerConnection]]:
+            honest = [c for c in self.ready(p2p) if c.peer_id not in members]
+            return honest[0::2], honest[1::2]
+
+        def send_split(msg: Proposal | Vote, alt: Proposal | Vote) -> None:
+            first, second = groups()
+            _, payload, mid = _consensus_payload(msg)
+            _, alt_payload, alt_mid = _consensus_payload(alt)
+            p2p.seen.add(mid)
+            p2p.seen.add(alt_mid)
+            msg_type = m.MsgType.PROPOSAL if isinstance(msg, Proposal) else m.MsgType.VOTE
+            p2p._archive(msg.height, mid, msg_type, payload)
+            other = {c.peer_id for c in second}
+            for conn in self.ready(p2p):
+                conn.sent_ids.add(mid)
+                conn.sent_ids.add(alt_mid)
+                conn.send_payload(alt_payload if conn.peer_id in other else payload)
 
         def broadcast(msg: Any) -> None:
-            if not isinstance(msg, Proposal) or msg.pol_round != -1 or not p2p.running:
+            if not p2p.running:
                 original(msg)
                 return
-            alt = self.other_proposal(sn, msg, rng)
-            if alt is None:
+            if isinstance(msg, Proposal) and msg.pol_round == -1:
+                alt = self.other_proposal(sn, msg, rng)
+                if alt is None:
+                    original(msg)
+                    return
+                plan[(msg.height, msg.round)] = (msg.block.hash, alt.block.hash)
+                send_split(msg, alt)
+                self.lie(sn, cluster, trace, "two_proposals", height=msg.height, round=msg.round,
+                         hashes=[msg.block.hash.hex()[:16], alt.block.hash.hex()[:16]])
+                return
+            split = plan.get((msg.height, msg.round)) if isinstance(msg, Vote) else None
+            if split is None:
                 original(msg)
                 return
-            peers = split_send(p2p, msg, alt, rng)
-            self.lie(sn, cluster, trace, "two_proposals", height=msg.height, round=msg.round,
-                     hashes=[msg.block.hash.hex()[:16], alt.block.hash.hex()[:16]], alt_peers=peers)
+            chain_id = node.genesis.chain_id
+            first = replace(msg, block_hash=split[0]).signed(sn.key, chain_id)
+            second = replace(msg, block_hash=split[1]).signed(sn.key, chain_id)
+            send_split(first, second)
+            self.lie(sn, cluster, trace, "split_votes", height=msg.height, round=msg.round, type=int(msg.type))
 
         node.consensus.broadcast = broadcast
 

@@ -82,6 +82,7 @@ class SimReport:
     final_height: int = 0
     final_hash: str = ""
     broken: str | None = None          # with >= 1/3 Byzantine power: "fork", "halt" or None
+    broken_detail: str = ""
     txs_accepted: int = 0
     txs_final: int = 0
     real_seconds: float = 0.0          # not part of the deterministic output
@@ -111,7 +112,7 @@ class SimReport:
             "violations": [v.to_json() for v in self.violations], "exceptions": self.exceptions,
             "logged_errors": self.logged_errors, "simulated_seconds": round(self.sim_seconds, 6),
             "final": {"height": self.final_height, "hash": self.final_hash},
-            "broken": self.broken, "ok": self.ok,
+            "broken": self.broken, "broken_detail": self.broken_detail, "ok": self.ok,
         }
 
     def text(self) -> str:
@@ -143,7 +144,8 @@ class SimReport:
         else:
             lines.append("violations: none")
         if self.beyond_bound:
-            lines.append(f"what broke: {self.broken or 'nothing this time'}")
+            lines.append(f"what broke: {self.broken or 'nothing this time'}"
+                         + (f" ({self.broken_detail})" if self.broken_detail else ""))
         verdict = "PASS" if self.ok else "FAIL"
         lines.append(f"result: {verdict}" + ("" if self.ok else f" (replay: {replay_command(o)})"))
         return "\n".join(lines) + "\n"
@@ -315,6 +317,11 @@ class _Run:
             forks = [v for v in violations if v.invariant == "agreement"]
             safety = [v for v in violations if v.invariant in ("agreement", "validity")]
             rep.broken = "fork" if forks else ("halt" if rep.heights_min < o.heights else None)
+            if forks:
+                v = forks[0]
+                rep.broken_detail = f"first at t={v.time:.3f}s on {v.node}: {v.detail}"
+            elif rep.broken == "halt":
+                rep.broken_detail = f"the honest nodes stopped at height {rep.heights_min}"
             # Beyond the bound only what honest nodes themselves do wrong still counts.
             rep.violations = [v for v in violations if v not in safety and v.invariant not in ("liveness",
                                                                                              "durability")]
