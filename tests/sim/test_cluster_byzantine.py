@@ -148,9 +148,12 @@ def test_equivocate_two_real_proposals_reach_honest_nodes() -> None:
     with byzantine_run("equivocate") as run:
         run.cluster.run_for(1.5)
         honest_agree_and_advance(run, 1.5, min_heights=20)
-        assert run.lies() and all(e["what"] == "two_proposals" for e in run.lies())
+        assert {e["what"] for e in run.lies()} == {"two_proposals", "split_votes"}
         assert conflicts(run, {0}), "no (height, round) with two proposals by the Byzantine proposer"
-        assert not run.behaviour.provable          # the node keeps no proposal evidence: no ban expected
+        # its split votes (A to one group, B to the other) are duplicate votes: evidence and bans
+        assert run.behaviour.provable
+        assert run.evidence_against_byz() >= 1
+        assert run.banned_by() == ["n0", "n1", "n2"]
 
 
 def test_double_vote_evidence_committed_and_offender_banned() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     import random
@@ -60,8 +60,8 @@ class Invariant(Protocol):
 
 
 class Behaviour(Protocol):
-    name: str
-    provable: bool          # its offence can be proven to others (evidence or a ban is expected)
+    name: ClassVar[str]
+    provable: ClassVar[bool]    # its offence can be proven to others (evidence or a ban is expected)
 
     def install(self, sn: SimNode, cluster: Cluster, rng: random.Random, trace: Trace) -> None:
         """Swap the behaviour into this incarnation of ``sn.node`` (built, not started)."""

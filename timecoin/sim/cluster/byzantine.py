@@ -14,7 +14,8 @@ double-sign guard would refuse are made with the raw key (``Proposal.signed``/``
 
 What the honest nodes can prove (``provable``) follows what the node implements: conflicting *votes* are
 evidence (SPEC §4) and ban the signer's PeerID; conflicting *proposals* are not evidence (the engine keeps
-the first and at most a couple of others), so ``equivocate`` is not provable; invalid signatures, garbage
+the first and at most a couple of others), so ``equivocate`` is provable through its coalition's split
+votes; invalid signatures, garbage
 frames, request floods and forged certificates ban by reputation (peers.py: -50 each).
 """
 from __future__ import annotations
@@ -140,7 +141,7 @@ class Equivocate(_Base):
     """
 
     name = "equivocate"
-    provable = False        # the node keeps no proposal evidence (SPEC §4: equivocation = two votes)
+    provable = True         # two proposals are no evidence (SPEC §4), but the split votes are: evidence, bans
 
     def install(self, sn: SimNode, cluster: Cluster, rng: random.Random, trace: Trace) -> None:
         node = sn.node
