@@ -208,6 +208,7 @@ class _Run:
         c.healed_at = self.t0 + (max((f.end for f in self.faults), default=0.0))  # type: ignore[attr-defined]
         c.provable = {name for name, b in self.behaviours.items() if b.provable}  # type: ignore[attr-defined]
         FaultDriver(c, self.faults, self.emit).schedule(self.t0)
+        self._schedule_restarts(self.t0 + WARMUP, self.t0 + WARMUP + window)
         self.workload = _workload(c, self.rng, self.trace, self.t0 + WARMUP + window)
         c.start_all()
 
@@ -230,6 +231,24 @@ class _Run:
                 from timecoin.sim.cluster.byzantine import make_behaviour
                 self.behaviours[sn.name] = make_behaviour(name)
         return kinds
+
+    def _schedule_restarts(self, start: float, end: float) -> None:
+        """Behaviours that need restarts (amnesia: it forgets its lock each time) get them inside the fault window."""
+        c = self.cluster
+        for name, b in sorted(self.behaviours.items()):
+            every = getattr(b, "restart_every", None)
+            if not every:
+                continue
+            sn = next(n for n in c.nodes if n.name == name)
+            t = start + every
+            while t < end:
+                c.scheduler.at(t, None, self._restart_byzantine, sn)
+                t += every
+
+    def _restart_byzantine(self, sn: SimNode) -> None:
+        if sn.state in ("up", "paused"):
+            self.emit("fault", fault="restart", nodes=[sn.name])
+            self.cluster.restart(sn)
 
     def _install(self, sn: SimNode) -> None:
         b = self.behaviours.get(sn.name)
