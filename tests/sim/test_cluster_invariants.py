@@ -267,3 +267,112 @@ def test_durability_fires_on_a_mempool_that_drops_accepted_txs() -> None:
     dropped = [s for s in made["w"].accepted if s.node == "n0"]
     assert dropped and len(lost) == len(dropped)
     assert all(v.node == "n0" and "silently lost" in v.detail for v in lost)
+
+
+def test_integrity_remembers_across_restarts() -> None:
+    # n1's second incarnation prevotes nil where its first incarnation prevoted a block
+    signed: list[Vote] = []
+
+    def remember_or_contradict(sn: SimNode) -> None:
+        assert sn.node is not None
+        consensus, chain_id = sn.node.consensus, sn.node.genesis.chain_id
+        inner = consensus.broadcast
+        if sn.incarnation == 1:
+            def remember(msg: Any) -> None:
+                if isinstance(msg, Vote) and msg.type == VoteType.PREVOTE and not msg.is_nil:
+                    signed.append(msg)
+                inner(msg)
+            consensus.broadcast = remember
+        else:                                   # once running (the P2P service sends from startService on)
+            old = signed[-1]
+            vote = Vote(old.type, old.height, old.round, NIL_HASH, old.validator).signed(sn.key, chain_id)
+            assert sn.reactor is not None
+            sn.reactor.callLater(0.2, consensus.broadcast, vote)
+
+    def restart_n1(cluster: Cluster) -> None:
+        n1 = cluster.nodes[1]
+        cluster.scheduler.at(cluster.now() + 1.5, None, lambda: cluster.restart(n1))
+
+    found, _ = run(lambda c, t: [Integrity()], 2.0, before_start=on_node("n1", remember_or_contradict),
+                   after_start=restart_n1)
+    assert len(found["integrity"]) == 1
+    assert found["integrity"][0].node == "n1" and f"height {signed[-1].height}" in found["integrity"][0].detail
+
+
+def test_check_never_repeats_a_violation() -> None:
+    # faults that persist across many checks: a stall, a double voter at every height, lost txs
+    made: dict[str, Any] = {}
+
+    def invariants(cluster: Cluster, trace: Trace) -> list[Invariant]:
+        made["w"] = Workload(cluster, random.Random(3), 20.0, trace, stop_at=cluster.now() + 2.0)
+        made["invs"] = [Integrity(), Liveness(bound_rounds=1, slack=0.1), Durability(made["w"], grace=0.5)]
+        return made["invs"]
+
+    def broken(cluster: Cluster) -> None:
+        on_node("n1", double_vote_always)(cluster)
+
+    def hang_later(cluster: Cluster) -> None:
+        def hang() -> None:
+            for sn in cluster.nodes[2:]:
+                assert sn.reactor is not None
+                sn.reactor.pause()
+        cluster.scheduler.at(cluster.now() + 1.6, None, hang)
+
+    errors: list[Any] = []
+    cluster = Cluster(4, seed=SEED, on_error=lambda where, exc: errors.append(exc))
+    trace = Trace()
+    try:
+        invs = invariants(cluster, trace)
+        for inv in invs:
+            inv.attach(cluster, trace)
+        broken(cluster)
+        cluster.start_all()
+        cluster.healed_at = cluster.now()  # type: ignore[attr-defined]
+        hang_later(cluster)
+        seen: list[Violation] = []
+        for _ in range(50):                            # a check every 0.1 s, and several final ones
+            cluster.run_for(0.1)
+            for inv in invs:
+                seen += inv.check(cluster, False)
+        for _ in range(3):
+            for inv in invs:
+                seen += inv.check(cluster, True)
+        assert errors == []
+    finally:
+        cluster.close()
+    kinds = {v.invariant for v in seen}
+    assert kinds == {"integrity", "liveness", "durability"}, kinds
+    assert len(seen) == len(set(seen)) and len(seen) >= 5
+    assert len({(v.invariant, v.node, v.detail) for v in seen}) == len(seen)
+
+
+def test_durability_excuses_a_tx_lost_with_the_node_that_accepted_it() -> None:
+    made: dict[str, Any] = {}
+
+    def invariants(cluster: Cluster, trace: Trace) -> list[Invariant]:
+        made["w"] = Workload(cluster, random.Random(4), 10.0, trace, stop_at=cluster.now() + 3.0)
+        made["invs"] = all_invariants(made["w"], bound_rounds=2, grace=0.5)
+        return made["invs"]
+
+    def crash_after_submit(cluster: Cluster) -> None:
+        n0 = cluster.nodes[0]
+
+        def submit_and_crash() -> None:
+            workload: Workload = made["w"]
+            user = next(u for u in cluster.users if u.address not in workload.inflight)
+            nonce = max(workload.nonces[user.address], 0)
+            made["sub"] = workload.submit(n0, workload.build(user, nonce, n0))
+            cluster.crash(n0)                           # before the relayed tx leaves the host
+
+        def back() -> None:
+            cluster.start(n0)
+            cluster.healed_at = cluster.now()  # type: ignore[attr-defined]
+
+        cluster.scheduler.at(cluster.now() + 1.5, None, submit_and_crash)
+        cluster.scheduler.at(cluster.now() + 1.8, None, back)
+
+    found, _ = run(invariants, 4.0, after_start=crash_after_submit)
+    assert found == {name: [] for name in found}
+    workload = made["w"]
+    sub = made["sub"]
+    assert sub.node == "n0" and sub.txid in workload.excused and "crashed" in workload.excused[sub.txid]
