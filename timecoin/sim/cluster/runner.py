@@ -168,7 +168,9 @@ class _Run:
                                byzantine=options.byzantine, on_error=self._exception)
         self.trace = Trace(trace_out, start=self.cluster.now())
         self.rng = random.Random(f"timecoin-sim/{options.seed}/scenario")
-        self.invariants = invariants if invariants is not None else _default_invariants()
+        self.given_invariants = invariants
+        self.invariants: list[Invariant] = []
+        self.workload: Any = None
         self.behaviours: dict[str, Behaviour] = {}
         self.faults: list[Fault] = []
         self.t0 = self.cluster.now()
@@ -191,6 +193,15 @@ class _Run:
     def setup(self) -> None:
         c, o = self.cluster, self.o
         kinds = self._choose()
+        window = max(MIN_FAULT_WINDOW, FAULT_SECONDS_PER_HEIGHT * o.heights)
+        from timecoin.sim.cluster.workload import Workload
+        self.workload = Workload(c, random.Random(f"timecoin-sim/{o.seed}/workload"), WORKLOAD_RATE, self.trace,
+                                 stop_at=self.t0 + WARMUP + window)
+        if self.given_invariants is not None:
+            self.invariants = self.given_invariants
+        else:
+            from timecoin.sim.cluster.invariants import all_invariants
+            self.invariants = all_invariants(workload=self.workload)
         for inv in self.invariants:
             inv.attach(c, self.trace)
         c.on_build.append(self._install)
@@ -201,7 +212,6 @@ class _Run:
             precision = float(c.config_extra.get("precision", "0.05"))
             for sn, skew in zip(c.nodes, draw_skews(self.rng, o.nodes, precision), strict=True):
                 sn.skew = skew
-        window = max(MIN_FAULT_WINDOW, FAULT_SECONDS_PER_HEIGHT * o.heights)
         honest = [sn.index for sn in c.honest()]
         count = self.rng.randint(1, 3) if any(k in kinds for k in FAULT_KINDS) else 0
         self.faults = plan_faults(self.rng, kinds, o.nodes, honest, (WARMUP, WARMUP + window), count)
@@ -209,7 +219,6 @@ class _Run:
         c.provable = {name for name, b in self.behaviours.items() if b.provable}  # type: ignore[attr-defined]
         FaultDriver(c, self.faults, self.emit).schedule(self.t0)
         self._schedule_restarts(self.t0 + WARMUP, self.t0 + WARMUP + window)
-        self.workload = _workload(c, self.rng, self.trace, self.t0 + WARMUP + window)
         c.start_all()
 
     def _choose(self) -> list[str]:
@@ -330,8 +339,10 @@ class _Run:
         rep.exceptions = list(self.exceptions)
         rep.logged_errors = self.logged_errors
         rep.sim_seconds = c.now() - self.t0
-        if self.workload is not None:
-            rep.txs_accepted, rep.txs_final = self.workload.counts(c)
+        if self.workload is not None and honest:
+            store: Any = honest[0].node.store  # type: ignore[union-attr]
+            rep.txs_accepted = len(self.workload.accepted)
+            rep.txs_final = len([s for s in self.workload.accepted if store.tx_location(s.txid) is not None])
         if rep.beyond_bound:
             forks = [v for v in violations if v.invariant == "agreement"]
             safety = [v for v in violations if v.invariant in ("agreement", "validity")]
@@ -353,18 +364,6 @@ class _Run:
         for e in self.exceptions:
             rep.violations.append(Violation("exception", 0.0, e.split(":", 1)[0], e))
         return rep
-
-
-def _default_invariants() -> list[Invariant]:
-    from timecoin.sim.cluster.invariants import all_invariants
-    return all_invariants()
-
-
-def _workload(cluster: Cluster, rng: random.Random, trace: Trace, stop_at: float) -> Any:
-    from timecoin.sim.cluster.workload import Workload
-    w = Workload(cluster, rng, WORKLOAD_RATE, trace, stop_at=stop_at)
-    w.start()
-    return w
 
 
 def run(options: SimOptions, trace_out: IO[str] | None = None, invariants: list[Invariant] | None = None,
