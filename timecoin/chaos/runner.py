@@ -17,6 +17,7 @@ proxied dial failed; such connections bypass the proxies. The run counts them at
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -162,25 +163,30 @@ class ChaosRun:
             child.proc.wait(timeout=10)           # SIGKILL: the kernel reaps promptly
 
     # -- the plan ---------------------------------------------------------------------------------
-    def apply(self, event: FaultEvent) -> None:
+    @defer.inlineCallbacks
+    def apply(self, event: FaultEvent) -> Any:
+        """Play one event; print it (with what it touched) once done."""
         node = self.validators[event.node]
         detail = ""
         if event.action in ("delay", "stall", "reset", "partition", "heal"):
-            proxies = [self.proxies[(self.validators[a].index, self.validators[b].index)] for a, b in event.links()]
-            aborted = 0
+            links = [(self.validators[a].index, self.validators[b].index) for a, b in event.links()]
+            proxies = [self.proxies[link] for link in links]
+            touched = sum(len(proxy.pipes) for proxy in proxies)
             for proxy in proxies:
                 if event.action == "delay":
                     proxy.set_delay(event.value)
                 elif event.action == "stall":
                     proxy.stall()
                 elif event.action == "reset":
-                    aborted += proxy.reset()
+                    proxy.reset()
                 elif event.action == "partition":
-                    aborted += proxy.partition()
+                    proxy.partition()
                 else:
                     proxy.heal()
-            if event.action in ("reset", "partition"):
-                detail = f" ({aborted} connection(s) reset)"
+            if event.action != "heal":
+                closed = yield threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                                         self.reroute, links)
+                detail = f" ({touched} proxied connection(s), {closed} direct one(s) closed)"
         elif event.action == "kill":
             self.signal_node(node.index, signal.SIGKILL)
             self.killed.add(node.index)
@@ -195,6 +201,45 @@ class ChaosRun:
             self.signal_node(node.index, signal.SIGCONT)
             self.stopped.discard(node.index)
         self.say(f"chaos [{self.elapsed():6.2f}s] {event.describe()}{detail}")
+
+    def reroute(self, links: list[tuple[int, int]]) -> int:
+        """Put the faulted links back on their proxies; the number of direct connections closed.
+
+        A node moves a peer's own listen address (from its hello) to the front of its dial list, so after
+        one reconnection two nodes talk directly and a proxy fault would touch nothing. Through the node's
+        RPC: forget the peer and add it back with only its proxy address (``addnode remove``/``add``),
+        then close any connection between the two that was dialed directly (``disconnectnode``). The
+        redial goes through the faulted proxy.
+        """
+        by_index = {n.index: n for n in self.layout.nodes}
+        running = {n.index for n in self.reachable()}
+        closed = 0
+        for a, b in links:
+            if a not in running:
+                continue
+            dialer, dialed = by_index[a], by_index[b]
+            proxied = multiaddr(self.proxies[(a, b)].listening_port, dialed.peer_id)
+            for command in ("remove", "add"):     # an error here (not added / already added) is as wanted
+                with contextlib.suppress(clicall.CallError, clicall.RPCCallError):
+                    self._call(dialer, "addnode", proxied, command)
+            try:
+                peers = self._call(dialer, "getpeerinfo")
+                for peer in peers:
+                    if peer.get("id") == dialed.peer_id and not peer.get("inbound") and \
+                            not self._is_proxied(str(peer.get("multiaddr") or "")):
+                        self._call(dialer, "disconnectnode", dialed.peer_id)
+                        closed += 1
+            except (clicall.CallError, clicall.RPCCallError):
+                pass                              # the node is busy or gone: the next fault tries again
+        return closed
+
+    def _is_proxied(self, addr: str) -> bool:
+        parts = addr.split("/")
+        return len(parts) > 4 and parts[4].isdigit() and int(parts[4]) in self.proxy_ports
+
+    @property
+    def proxy_ports(self) -> set[int]:
+        return {p.listening_port for p in self.proxies.values()}
 
     def heal_all(self) -> None:
         for proxy in self.proxies.values():
@@ -244,10 +289,8 @@ class ChaosRun:
 
     def _bypass(self, node: NodeInfo) -> tuple[int, int]:
         """(outbound connections, those not dialed through a proxy) of one node."""
-        proxied = {p.listening_port for p in self.proxies.values()}
         outbound = [p for p in self._call(node, "getpeerinfo") if not p.get("inbound")]
-        direct = [p for p in outbound if p.get("multiaddr") and int(str(p["multiaddr"]).split("/")[4]) not in proxied]
-        return len(outbound), len(direct)
+        return len(outbound), sum(1 for p in outbound if not self._is_proxied(str(p.get("multiaddr") or "")))
 
     # -- the run ------------------------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -281,7 +324,7 @@ class ChaosRun:
         self.sightings.clear()                      # the run's clock starts now
         self.t0 = self.reactor.seconds()
         self.say(f"chaos: every node is finalizing; playing {len(self.events)} events over {self.duration:g} s")
-        calls = [self.reactor.callLater(e.at, self.apply, e) for e in self.events]
+        calls = [self.reactor.callLater(e.at, self._apply_logged, e) for e in self.events]
         sampler = task.LoopingCall(self._sample_quietly)
         sampler.clock = self.reactor
         watcher = task.LoopingCall(self._watch)
@@ -317,6 +360,10 @@ class ChaosRun:
         except defer.FirstError as exc:
             self.say(f"chaos: could not read getpeerinfo: {exc.subFailure.getErrorMessage()}")
         self.finish([(n.name, c) for n, c in zip(nodes, chains, strict=True)])
+
+    def _apply_logged(self, event: FaultEvent) -> None:
+        d = self.apply(event)
+        d.addErrback(lambda f: self.problems.append(f"{event.describe()} failed: {f.getTraceback()}"))
 
     def _sample_quietly(self) -> Any:
         d = self.sample()
