@@ -39,7 +39,7 @@ CHAOS_CONFIG = "timecoin.chaos.conf"
 DEFAULT_DURATION = 60.0
 SAMPLE_EVERY = 0.5       # seconds between tip readings
 RPC_TIMEOUT = 2.0        # seconds per call: a stopped node must not hold a reading for long
-SETTLE = 60.0            # seconds after the last heal for every node to pass every height seen
+SETTLE = 60.0            # at most this many seconds after the last heal for every node to pass every height seen
 STARTUP = 30.0           # seconds for every node to answer RPC before the plan starts
 MAX_CHECK_HEIGHT = 100_000
 
@@ -391,13 +391,19 @@ class ChaosRun:
             proxy.stop()
 
 
+def settle_for(duration: float) -> float:
+    """Seconds allowed after the last heal: as long as the plan, within 20 .. SETTLE."""
+    return min(SETTLE, max(20.0, duration))
+
+
 def run_chaos(layout: Layout, seed: int, duration: float, out: IO[str] | None = None,
-              err: IO[str] | None = None, settle: float = SETTLE) -> int:
+              err: IO[str] | None = None, settle: float | None = None) -> int:
     """``timecoin testnet --start --chaos SEED``: run, check, return the exit status (0 pass, 1 fail)."""
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
-    run = ChaosRun(layout, seed, duration, reactor, out, err, settle=settle)
+    run = ChaosRun(layout, seed, duration, reactor, out, err,
+                   settle=settle if settle is not None else settle_for(duration))
     failure: list[str] = []
 
     def go() -> None:
