@@ -60,7 +60,7 @@ def verdict(problems: list[str], common: int, nodes: int, sightings: int, out: I
     """Print the result (one line, then the problems) and return the exit status: 0 passed, 1 failed."""
     if not problems:
         out.write(f"chaos: PASS: {nodes} nodes hold one chain through height {common}; all {sightings} "
-                  "finalized heights seen during the run are still there with the same hash\n")
+                  "finalized tips read during the run are still there with the same hash\n")
         out.flush()
         return 0
     out.write(f"chaos: FAIL: {len(problems)} problem(s)\n")
