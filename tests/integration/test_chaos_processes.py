@@ -128,5 +128,9 @@ def test_four_processes_through_fault_proxies_keep_one_chain_and_lose_nothing(tm
     assert took < 90
     # the layout itself is untouched: the chaos configs sit beside the operator's
     for i in range(4):
-        assert "127.0.0.1/tcp/" + str(base) in (tmp_path / "net" / f"node{i}" / "timecoin.conf").read_text() or i == 0
-        assert (tmp_path / "net" / f"node{i}" / "timecoin.chaos.conf").exists()
+        own = (tmp_path / "net" / f"node{i}" / "timecoin.conf").read_text()
+        chaos = (tmp_path / "net" / f"node{i}" / "timecoin.chaos.conf").read_text()
+        for j in range(4):
+            real = f"/ip4/127.0.0.1/tcp/{base + 2 * j}/p2p/"
+            if j != i:
+                assert real in own and real not in chaos, f"node{i}'s bootstrap entry for node{j}"
