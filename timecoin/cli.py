@@ -110,6 +110,19 @@ def cmd_testnet(args: argparse.Namespace) -> None:
 
     writing = {"--observers": args.observers, "--base-port": args.base_port,
                "--block-interval": args.block_interval, "--chain-id": args.chain_id}
+    chaos: tuple[int, float] | None = None
+    if args.chaos is not None or args.chaos_duration is not None:
+        from timecoin.chaos import runner
+
+        if args.chaos is None:
+            raise CliError("--chaos-duration only applies with --chaos SEED")
+        if not args.start:
+            raise CliError("--chaos SEED runs the testnet under faults: add --start")
+        chaos = (runner.parse_seed(args.chaos), runner.parse_duration(
+            args.chaos_duration if args.chaos_duration is not None else runner.DEFAULT_DURATION))
+        if args.nodes is not None and testnet.parse_count(args.nodes, "--nodes", 1) < 4:
+            raise CliError(f"--chaos needs --nodes 4 or more (so that f = (n-1)//3 >= 1 validator may be "
+                           f"faulty), not {args.nodes}")
     if args.nodes is None:
         if not args.start:
             raise CliError("--nodes N is required (or --start alone, to run the testnet already in --dir)")
@@ -128,7 +141,13 @@ def cmd_testnet(args: argparse.Namespace) -> None:
                 args.block_interval if args.block_interval is not None else testnet.DEFAULT_BLOCK_INTERVAL),
             chain_id=args.chain_id, force=args.force)
     print(testnet.format_summary(layout), flush=True)
-    if args.start:
+    if args.start and chaos is not None:
+        from timecoin.chaos import runner
+
+        code = runner.run_chaos(layout, *chaos)
+        if code:
+            raise SystemExit(code)
+    elif args.start:
         code = testnet.run_layout(layout)
         if code:
             raise SystemExit(code)
@@ -295,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-id", metavar="ID", help="default timecoin-testnet-<8 random hex>")
     p.add_argument("--force", action="store_true", help="replace genesis.json and node*/ in a non-empty D")
     p.add_argument("--start", action="store_true", help="run the nodes (child processes) until Ctrl-C/SIGTERM")
+    p.add_argument("--chaos", metavar="SEED", help="with --start: every P2P link through a fault proxy, play the "
+                   "seeded fault plan, then check one chain and nothing finalized lost (exit 0/1; docs/chaos.md)")
+    p.add_argument("--chaos-duration", metavar="SECONDS", help="length of the fault plan (default 60)")
     p.set_defaults(func=cmd_testnet)
 
     p = sub.add_parser("rpc", help="call the node's JSON-RPC like bitcoin-cli (cookie or rpc_user/rpc_password)")
