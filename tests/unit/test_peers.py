@@ -718,3 +718,21 @@ def test_corrupt_records_are_ignored(tmp_path: Path) -> None:
         assert mgr.score(A, T0) == 0
         assert not mgr.is_banned(B, PUBLIC_IP, T0)
         assert mgr.record(A, Event.TIMEOUT, T0).score == -5
+
+
+def test_one_provable_offence_bans_even_a_peer_that_earned_credit_first(tmp_path: Path) -> None:
+    """Found by the whole-node simulator (tests/sim/test_cluster_byzantine.py, forged_certs): a Byzantine peer
+    that first earned +3 for valid messages was charged -50 for a forged certificate, ended at -47 and stayed.
+    Provable misbehaviour (no honest node sends it) bans whatever the peer earned before."""
+    for event in sorted(peers.PROVABLE, key=lambda e: e.value):
+        pm = peers.PeerManager(None, build_config({"datadir": str(tmp_path)}))
+        for i in range(3):
+            pm.record("good-then-bad", peers.Event.VALID_CONSENSUS_MESSAGE, 100.0 + i)
+        assert pm.score("good-then-bad", 103.0) == 3
+        outcome = pm.record("good-then-bad", event, 104.0)
+        assert outcome.banned and pm.is_banned("good-then-bad", None, 104.0), event
+        assert pm.score("good-then-bad", 104.0) <= peers.BAN_THRESHOLD
+    # the ambiguous faults keep their plain deltas: one timeout never bans
+    pm = peers.PeerManager(None, build_config({"datadir": str(tmp_path)}))
+    pm.record("slow", peers.Event.TIMEOUT, 1.0)
+    assert not pm.is_banned("slow", None, 1.0)
