@@ -171,6 +171,9 @@ DELTAS: dict[Event, int] = {
 }
 
 GOOD: frozenset[Event] = frozenset(e for e, d in DELTAS.items() if d > 0)
+# Provable misbehaviour bans at once, whatever the peer earned before: otherwise a Byzantine peer banks
+# credit with valid messages first (up to +100) and then forges a certificate or two for free.
+PROVABLE: frozenset[Event] = frozenset(e for e, d in DELTAS.items() if d <= BAN_THRESHOLD)
 
 RACE_PRONE: frozenset[Event] = frozenset({Event.INVALID_TX, Event.WRONG_HEIGHT_ROUND, Event.NOT_VALIDATOR,
                                           Event.TX_OVER_BUDGET, Event.RATE_LIMITED})
@@ -507,6 +510,8 @@ class PeerManager:
             delta = 0 if banned else self._earn(peer_id, delta, now)
         current = self._current(peer_id, now)
         new = _clamp(current.score + delta)
+        if event in PROVABLE:
+            new = min(new, BAN_THRESHOLD)
         if new != current.score:
             same_side = current.score != 0 and (new > 0) == (current.score > 0)
             self._write_score(peer_id, _Score(new, current.base if same_side else now))

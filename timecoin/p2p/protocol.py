@@ -265,6 +265,7 @@ class PeerConnection(Protocol):
             self.paused = False
             self.transport.resumeProducing()
         if self.state == "ready" and (self.service.precheck_consensus(self, payload)
+                                      or self.service.precheck_duplicate(self, payload)
                                       or self.service.precheck_notice(self, payload)):
             self.messages_in += 1               # judged by its fixed-offset fields, never decoded
             return bool(self.inbox) and self.state not in ("closed", "closing")
