@@ -48,15 +48,19 @@ class _Base:
 
     name: ClassVar[str] = ""
     provable: ClassVar[bool] = False
+    proof: ClassVar[str] = "ban"      # what punishes it: "ban" (by each victim) or "evidence" (on chain)
 
     def __init__(self) -> None:
         self.lies = 0
+        self.victims: set[str] = set()     # PeerIDs that received a provable offence (who must punish it)
 
     def install(self, sn: SimNode, cluster: Cluster, rng: random.Random, trace: Trace) -> None:
         raise NotImplementedError
 
     def lie(self, sn: SimNode, cluster: Cluster, trace: Trace, what: str, **fields: Any) -> None:
         self.lies += 1
+        if self.provable and isinstance(fields.get("peer"), str):
+            self.victims.add(fields["peer"])
         trace.emit(cluster.now(), "lie", node=sn.name, behaviour=self.name, what=what, **fields)
 
     @staticmethod
@@ -141,6 +145,7 @@ class Equivocate(_Base):
     """
 
     name = "equivocate"
+    proof = "evidence"
     provable = True         # two proposals are no evidence (SPEC §4), but the split votes are: evidence, bans
 
     def install(self, sn: SimNode, cluster: Cluster, rng: random.Random, trace: Trace) -> None:
@@ -192,6 +197,7 @@ class Equivocate(_Base):
             first = replace(msg, block_hash=split[0]).signed(sn.key, chain_id)
             second = replace(msg, block_hash=split[1]).signed(sn.key, chain_id)
             send_split(first, second)
+            self.victims.update(c.peer_id for c in self.ready(p2p) if c.peer_id not in members)
             self.lie(sn, cluster, trace, "split_votes", height=msg.height, round=msg.round, type=int(msg.type))
 
         node.consensus.broadcast = broadcast
@@ -215,6 +221,7 @@ class DoubleVote(_Base):
     """Every vote has a conflicting twin (nil for a value, a value for nil) sent to half the peers."""
 
     name = "double_vote"
+    proof = "evidence"
     provable = True         # DuplicateVoteEvidence: gossiped, committed, the signer's PeerID banned
 
     def install(self, sn: SimNode, cluster: Cluster, rng: random.Random, trace: Trace) -> None:
@@ -236,6 +243,7 @@ class DoubleVote(_Base):
                 other = seen_hashes.get((msg.height, msg.round)) or rng.randbytes(32)
             alt = replace(msg, block_hash=other).signed(sn.key, node.genesis.chain_id)
             peers = split_send(p2p, msg, alt, rng)
+            self.victims.update(c.peer_id for c in self.ready(p2p))
             self.lie(sn, cluster, trace, "two_votes", height=msg.height, round=msg.round, type=int(msg.type),
                      alt_peers=peers)
 
@@ -281,6 +289,7 @@ class BadSignatures(_Base):
                 return
             bad = replace(msg, signature=corrupt(msg.signature, rng))
             split_send(p2p, bad, None, rng)
+            self.victims.update(c.peer_id for c in self.ready(p2p))
             self.lie(sn, cluster, trace, "bad_signature", height=msg.height, round=msg.round,
                      message=type(msg).__name__.lower())
 
@@ -520,7 +529,8 @@ class ForkedBranch(_ServesBlocks):
     certified by its own precommit alone (the Byzantine keys cannot make a quorum)."""
 
     name = "forked_branch"
-    provable = True         # the branch's certificates are short of quorum: FORGED_CERTIFICATE
+    provable = False        # a block off the agreed hashes is refused before its certificate is read:
+                            # an honest peer on another branch serves the same shape, so nothing is proven
     what = "forked_blocks"
 
     def _branch(self, sn: SimNode, start: int, count: int) -> list[tuple[Block, CommitCertificate]]:

@@ -41,6 +41,14 @@ def reexec_with_fixed_hashseed(argv: Sequence[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "timecoin", *argv], env)
 
 
+def _quiet_node_logs() -> None:
+    """The nodes' own log lines are counted and traced by the run (``log`` events), not printed: begin
+    Twisted's logging with no observer, or its temporary stderr observer would print every error line."""
+    from twisted.logger import globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo([], discardBuffer=True, redirectStandardIO=False)
+
+
 def run_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     from timecoin.sim.cluster.runner import SimOptions, run
 
@@ -53,6 +61,7 @@ def run_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[st
     except ValueError as exc:
         err.write(f"timecoin sim: error: {exc}\n")
         return 2
+    _quiet_node_logs()
     trace = None
     try:
         if args.trace:

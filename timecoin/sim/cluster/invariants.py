@@ -407,6 +407,11 @@ class Accountability:
     * ``"ban"``: its peer id banned (``p2p.peers.is_banned``) -- what offences only the receiving peer can
       see require (invalid signatures, malformed or invalid messages and blocks, floods);
     * ``"either"`` (the default for a set): one of the two.
+
+    Only the nodes that met the offence can punish it: when the runner names the victims
+    (``cluster.victims``: name -> PeerIDs that received a provable offence), a ban is owed by the honest
+    victims only, and nothing is owed for an offence no one received (a block forger nobody asked). Evidence,
+    once committed, is in every honest chain, so it is owed everywhere as soon as anyone was a victim.
     """
 
     name = "accountability"
@@ -428,12 +433,18 @@ class Accountability:
         provable = getattr(cluster, "provable", None) or set()
         need = dict(provable) if isinstance(provable, dict) else dict.fromkeys(provable, "either")
         by_name = {sn.name: sn for sn in cluster.nodes}
+        victims: dict[str, set[str]] | None = getattr(cluster, "victims", None)
         now = cluster.now()
         out: list[Violation] = []
         for bad_name, kind in sorted(need.items()):
             bad = by_name[bad_name]
+            met = None if victims is None else victims.get(bad_name, set())
+            if met is not None and not met:
+                continue                          # no honest node received a provable offence
             for sn in cluster.honest():
                 if sn.state != "up" or sn.node is None or sn.reactor is None:
+                    continue
+                if met is not None and kind == "ban" and sn.peer_id not in met:
                     continue
                 banned = sn.node.p2p.peers.is_banned(bad.peer_id, None, sn.reactor.seconds())
                 evidenced = bad.key.address in self.evidenced.get(sn.name, set())

@@ -216,7 +216,10 @@ class _Run:
         count = self.rng.randint(1, 3) if any(k in kinds for k in FAULT_KINDS) else 0
         self.faults = plan_faults(self.rng, kinds, o.nodes, honest, (WARMUP, WARMUP + window), count)
         c.healed_at = self.t0 + (max((f.end for f in self.faults), default=0.0))  # type: ignore[attr-defined]
-        c.provable = {name for name, b in self.behaviours.items() if b.provable}  # type: ignore[attr-defined]
+        c.provable = {name: getattr(b, "proof", "either")  # type: ignore[attr-defined]
+                      for name, b in self.behaviours.items() if b.provable}
+        c.victims = {name: getattr(b, "victims", set())  # type: ignore[attr-defined]
+                     for name, b in self.behaviours.items() if b.provable}
         FaultDriver(c, self.faults, self.emit).schedule(self.t0)
         self._schedule_restarts(self.t0 + WARMUP, self.t0 + WARMUP + window)
         c.start_all()
@@ -283,10 +286,7 @@ class _Run:
         last_progress, last_min = self.t0, -1
         while c.now() < deadline:
             c.run_for(CHECK_EVERY)
-            for inv in self.invariants:
-                for v in inv.check(c, final=False):
-                    violations.append(v)
-                    self.emit("violation", **v.to_json())
+            self._collect(violations, final=False)
             hs = [sn.height() for sn in c.honest() if sn.state == "up"]
             low = min(hs) if hs else -1
             if low > last_min:
@@ -296,11 +296,16 @@ class _Run:
             if c.now() >= healed and c.now() - max(last_progress, healed) > STALL_LIMIT:
                 self.emit("stall", since=round(last_progress - self.t0, 6), height=low)
                 break
-        for inv in self.invariants:
-            for v in inv.check(c, final=True):
-                violations.append(v)
-                self.emit("violation", **v.to_json())
+        self._collect(violations, final=True)
         return self._report(violations)
+
+    def _collect(self, into: list[Violation], final: bool) -> None:
+        """Ask every invariant; violations keep their time relative to the run's start."""
+        for inv in self.invariants:
+            for v in inv.check(self.cluster, final=final):
+                v = Violation(v.invariant, v.time - self.t0, v.node, v.detail)
+                into.append(v)
+                self.emit("violation", **v.to_json())
 
     def _report(self, violations: list[Violation]) -> SimReport:
         c, o = self.cluster, self.o
