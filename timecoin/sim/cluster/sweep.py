@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if proc.returncode != 0:
                 failed.append(" ".join(cmd))
     print(f"{runs} runs, {len(failed)} failed")
-    for cmd in failed:
-        print(f"  replay: {cmd}")
+    for line in failed:
+        print(f"  replay: {line}")
     return 1 if failed else 0
 
 
