@@ -4,7 +4,10 @@ Kinds (``FAULT_KINDS``): ``crash`` (kill -9, restart on the same LMDB and WAL), 
 SIGCONT), ``partition`` (the links between two sides cut: each connection stalls or is reset; healed),
 ``slow`` (one node's links get 40-150 ms latency and jitter, then their old model back), ``diskfull``
 (the node's disk fills: it must stop itself cleanly; space is freed and it is started again) and
-``skew`` (every node's clock is offset by a draw within +-80 % of ``precision``, for the whole run).
+``skew`` (every node's clock is offset by a draw within +-40 % of ``precision``, for the whole run: any two
+honest clocks then stay within ``precision`` of each other, the timeliness rule's assumption (SPEC §4); a
+wider spread makes an honest proposer's blocks untimely for some peers by design, which is not a fault
+the protocol promises to survive).
 
 Node faults never overlap in time (one node down at a time, so a faulty minority stays a minority
 among the honest), and all of them end by ``window_end``: from then on the network is synchronous and
@@ -20,7 +23,7 @@ from timecoin.sim.cluster.network import LinkModel
 
 FAULT_KINDS = ("crash", "pause", "partition", "slow", "diskfull", "skew")
 TIMED_KINDS = ("crash", "pause", "partition", "slow", "diskfull")
-SKEW_SHARE = 0.8
+SKEW_SHARE = 0.4
 
 
 @dataclass(frozen=True)
