@@ -35,6 +35,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from timecoin.errors import Reason, StoreError
 from timecoin.ledger.block import Block, CommitCertificate, Evidence
@@ -51,6 +52,10 @@ STATE_CHECK_PEERS = 3              # peers asked for their certified block at th
 FORK_SUSPECT_INTERVAL = 10.0       # seconds: at most one fork check per suspecting peer in this window
 
 
+class SyncStopped(Exception):
+    """The node stopped while a sync cycle was waiting: the cycle ends here, quietly."""
+
+
 class SyncCoordinator(service.Service):
     name = "sync"
     log = Logger()
@@ -59,7 +64,7 @@ class SyncCoordinator(service.Service):
         self.node = node
         self.reactor = reactor
         cfg = node.config
-        self.manager = StateSyncManager(lambda: self.node.store.tip_height(), node.genesis.hash, reactor,
+        self.manager = StateSyncManager(self._tip_height, node.genesis.hash, reactor,
                                         self._apply, batch=cfg.sync_batch, redundancy=cfg.sync_redundancy,
                                         verify=self._verify, on_fork=self.fork_suspected,
                                         on_progress=self._write_status)
@@ -147,11 +152,24 @@ class SyncCoordinator(service.Service):
             return
         self._start(self._check_suspects(), "Fork check failed")
 
+    def _tip_height(self) -> int:
+        store = self.node.store
+        if store is None:                 # the node stopped while a cycle waited on its peers
+            raise SyncStopped("the node stopped during the sync cycle")
+        return int(store.tip_height())
+
     def _start(self, coro: Any, what: str) -> None:
         self._busy = True
         d = defer.Deferred.fromCoroutine(coro)
-        d.addErrback(lambda f: self.log.failure(what, f))
+        d.addErrback(self._failed, what)
         d.addBoth(self._done)
+
+    def _failed(self, failure: Failure, what: str) -> None:
+        """A cycle that fails is logged, unless the node stopped under it (its store is closed: nothing to do)."""
+        if failure.check(SyncStopped) or (not self.running and self.node.store is None):
+            self.log.debug("{what}: the node stopped", what=what)
+            return
+        self.log.failure(what, failure)
 
     def _done(self, _: Any) -> None:
         self._busy = False
