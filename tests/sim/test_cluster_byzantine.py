@@ -241,8 +241,23 @@ def test_lie_height_does_not_stop_catch_up() -> None:
         assert claimed >= max(heights) + 500
 
 
-@pytest.mark.parametrize("name", ["forged_certs", "forked_branch"])
-def test_blocks_served_with_bad_certificates_are_refused_and_charged(name: str) -> None:
+def test_blocks_served_with_forged_certificates_ban_the_server() -> None:
+    """FORGED_CERTIFICATE is provable: every node it served bans it at the first, whatever credit it had."""
+    with byzantine_run("forged_certs") as run:
+        _crash_and_catch_up(run)
+        honest_agree_and_advance(run, 2.5, min_heights=20)
+        heights = run.cluster.heights()
+        assert max(heights[:3]) - heights[0] <= 5, heights         # n0 caught up, on the honest chain
+        served = {e["peer"] for e in run.lies() if e["what"] != "block_hashes"}
+        assert served, "no honest node asked the Byzantine node for blocks"
+        by_peer = {sn.peer_id: sn for sn in run.cluster.honest()}
+        assert {by_peer[p].name for p in served} <= set(run.banned_by())
+
+
+def test_a_forked_branch_served_in_sync_is_refused() -> None:
+    """The branch's blocks are off the agreed hashes: refused before their certificate is read, so not provable
+    (an honest peer on another branch looks the same); the syncing node still takes the honest chain."""
+    name = "forked_branch"
     with byzantine_run(name) as run:
         _crash_and_catch_up(run)
         honest_agree_and_advance(run, 2.5, min_heights=20)
@@ -253,5 +268,4 @@ def test_blocks_served_with_bad_certificates_are_refused_and_charged(name: str) 
         by_peer = {sn.peer_id: sn for sn in run.cluster.honest()}
         for peer in served:
             sn = by_peer[peer]
-            # FORGED_CERTIFICATE is -50: banned from neutral, or left just above the ban by its earlier credits
-            assert sn.name in run.banned_by() or run.score_at(sn) <= -40, (sn.name, run.score_at(sn))
+            assert run.score_at(sn) < 0, (sn.name, run.score_at(sn))       # charged, if not provably
