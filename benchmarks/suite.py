@@ -67,4 +67,5 @@ PARTS: dict[str, str] = {
     # name -> "module:function" (imported only when run, so one part's imports never slow another)
     "hostile": "benchmarks.hostile:run",
     "rpc": "benchmarks.rpc:run",
+    "sim": "benchmarks.sim:run",
 }

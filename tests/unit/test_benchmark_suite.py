@@ -34,6 +34,15 @@ def test_rpc_part_quick_run_reports_both_methods_against_its_baseline() -> None:
     assert all(f["value"] > 0 and f["baseline"] > 0 and f["unit"] == "requests/s" for f in figures.values())
 
 
+def test_sim_part_quick_run_reports_the_simulator_speed() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "sim", "--quick", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    figures = {f["name"]: f for f in json.loads(proc.stdout)}
+    assert set(figures) == {"sim 4 nodes"}
+    assert figures["sim 4 nodes"]["value"] > 1 and figures["sim 4 nodes"]["unit"] == "simulated heights/real s"
+
+
 def test_an_unknown_part_is_a_usage_error() -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nonesuch"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
