@@ -95,6 +95,14 @@ def test_every_fault_kind_is_survived(kind: str) -> None:
     assert rep.heights_min >= 25
 
 
+def test_a_mix_of_behaviours_on_one_byzantine_node_is_all_installed() -> None:
+    """``--scenario equivocate,withhold,flood`` with one Byzantine node: that node gets all three, in order."""
+    rep = runner.run(runner.SimOptions(4, 1, 3, 30, ("equivocate", "withhold", "flood")))
+    assert rep.behaviours == {"n3": "equivocate+withhold+flood"}
+    assert rep.ok, rep.text()
+    assert {b for b, _ in rep.bans} == {"n3"}          # the flood is provable, whatever else it does
+
+
 def test_zipf_stakes_put_most_power_in_few_hands() -> None:
     rep = runner.run(runner.SimOptions(6, 1, 7, 20, ("none",), stake_dist="zipf"))
     assert rep.ok, rep.text()

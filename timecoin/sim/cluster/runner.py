@@ -33,6 +33,19 @@ MIN_FAULT_WINDOW = 3.0           # ... but is at least this long
 WORKLOAD_RATE = 20.0             # client txs per simulated second, while faults last
 
 
+class Victims:
+    """The PeerIDs that received a node's provable offences, over all its behaviours (live: they grow)."""
+
+    def __init__(self, sets: list[set[str]]) -> None:
+        self.sets = sets
+
+    def __contains__(self, peer_id: object) -> bool:
+        return any(peer_id in s for s in self.sets)
+
+    def __bool__(self) -> bool:
+        return any(self.sets)
+
+
 def behaviour_names() -> list[str]:
     from timecoin.sim.cluster import byzantine
     return sorted(byzantine.BEHAVIOURS)
@@ -171,7 +184,7 @@ class _Run:
         self.given_invariants = invariants
         self.invariants: list[Invariant] = []
         self.workload: Any = None
-        self.behaviours: dict[str, Behaviour] = {}
+        self.behaviours: dict[str, list[Behaviour]] = {}     # node name -> its behaviours, installed in order
         self.faults: list[Fault] = []
         self.t0 = self.cluster.now()
 
@@ -216,10 +229,14 @@ class _Run:
         count = self.rng.randint(1, 3) if any(k in kinds for k in FAULT_KINDS) else 0
         self.faults = plan_faults(self.rng, kinds, o.nodes, honest, (WARMUP, WARMUP + window), count)
         c.healed_at = self.t0 + (max((f.end for f in self.faults), default=0.0))  # type: ignore[attr-defined]
-        c.provable = {name: getattr(b, "proof", "either")  # type: ignore[attr-defined]
-                      for name, b in self.behaviours.items() if b.provable}
-        c.victims = {name: getattr(b, "victims", set())  # type: ignore[attr-defined]
-                     for name, b in self.behaviours.items() if b.provable}
+        c.provable = {}  # type: ignore[attr-defined]
+        c.victims = {}  # type: ignore[attr-defined]
+        for name, bs in self.behaviours.items():
+            provable = [b for b in bs if b.provable]
+            if provable:
+                proofs = {getattr(b, "proof", "either") for b in provable}
+                c.provable[name] = proofs.pop() if len(proofs) == 1 else "either"  # type: ignore[attr-defined]
+                c.victims[name] = Victims([getattr(b, "victims", set()) for b in provable])  # type: ignore[attr-defined]
         FaultDriver(c, self.faults, self.emit).schedule(self.t0)
         self._schedule_restarts(self.t0 + WARMUP, self.t0 + WARMUP + window)
         c.start_all()
@@ -234,21 +251,23 @@ class _Run:
         if "random" in scen:
             kinds = list(FAULT_KINDS)
         byz = [sn for sn in c.nodes if sn.byzantine]
-        if byz:
-            pool = wanted or (sorted(names) if "random" in scen else [])
-            for i, sn in enumerate(byz):
-                if not pool:
-                    break
-                name = pool[i % len(pool)] if wanted else self.rng.choice(pool)
-                from timecoin.sim.cluster.byzantine import make_behaviour
-                self.behaviours[sn.name] = make_behaviour(name)
+        from timecoin.sim.cluster.byzantine import make_behaviour
+        if byz and wanted:
+            # Named behaviours go to the Byzantine nodes in turn; with more names than nodes a node gets several.
+            for i, name in enumerate(wanted):
+                self.behaviours.setdefault(byz[i % len(byz)].name, []).append(make_behaviour(name))
+            for i, sn in enumerate(byz[len(wanted):]):
+                self.behaviours[sn.name] = [make_behaviour(wanted[i % len(wanted)])]
+        elif byz and "random" in scen:
+            for sn in byz:
+                self.behaviours[sn.name] = [make_behaviour(self.rng.choice(sorted(names)))]
         return kinds
 
     def _schedule_restarts(self, start: float, end: float) -> None:
         """Behaviours that need restarts (amnesia: it forgets its lock each time) get them inside the fault window."""
         c = self.cluster
-        for name, b in sorted(self.behaviours.items()):
-            every = getattr(b, "restart_every", None)
+        for name, bs in sorted(self.behaviours.items()):
+            every = min((getattr(b, "restart_every", 0) or 0 for b in bs), default=0)
             if not every:
                 continue
             sn = next(n for n in c.nodes if n.name == name)
@@ -263,10 +282,10 @@ class _Run:
             self.cluster.restart(sn)
 
     def _install(self, sn: SimNode) -> None:
-        b = self.behaviours.get(sn.name)
-        if b is not None:
-            b.install(sn, self.cluster, random.Random(f"timecoin-sim/{self.o.seed}/{sn.name}/{sn.incarnation}"),
-                      self.trace)
+        for i, b in enumerate(self.behaviours.get(sn.name, [])):
+            suffix = f"/{i}" if i else ""
+            b.install(sn, self.cluster,
+                      random.Random(f"timecoin-sim/{self.o.seed}/{sn.name}/{sn.incarnation}{suffix}"), self.trace)
 
     def _watch_commits(self, sn: SimNode) -> None:
         node = sn.node
@@ -310,7 +329,7 @@ class _Run:
     def _report(self, violations: list[Violation]) -> SimReport:
         c, o = self.cluster, self.o
         share = c.byzantine_power / c.total_power
-        rep = SimReport(o, share, {k: v.name for k, v in self.behaviours.items()},
+        rep = SimReport(o, share, {k: "+".join(b.name for b in v) for k, v in self.behaviours.items()},
                         [f.describe() for f in self.faults])
         honest = [sn for sn in c.honest() if sn.node is not None and sn.node.store is not None]
         hs = [sn.height() for sn in honest]
