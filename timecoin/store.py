@@ -237,6 +237,9 @@ class Store:
                     return fn(txn)
             except lmdb.MapFullError:
                 self._grow()
+            except lmdb.BadValsizeError as exc:
+                # A key or value LMDB cannot hold: this one write is refused, the store is fine.
+                raise StoreError(f"cannot write the store at {self.path}: {exc}") from None
             except lmdb.Error as exc:
                 # e.g. a disk error (full, I/O): the transaction was aborted, nothing half-written.
                 raise self._write_failed(f"cannot write the store at {self.path}: {exc}") from None

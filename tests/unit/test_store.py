@@ -633,3 +633,17 @@ def test_sigkilled_writer_leaves_a_consistent_store(path: str, genesis: Genesis,
         with Store.open_readonly(path) as r:
             assert r.tip_height() == durable_tip
     assert last_printed >= sum(n for n, _ in KILLS) and durable_tip < 300
+
+
+def test_a_key_lmdb_cannot_hold_refuses_that_write_only(path: str, genesis: Genesis) -> None:
+    """Only a store that cannot write at all (disk full, I/O, map at its cap) stops the node: a key over LMDB's
+    511 bytes is one refused write, so whoever could make the node write such a key cannot stop it."""
+    told: list[str] = []
+    with Store(path) as s:
+        initialize(s, genesis)
+        s.on_write_error = told.append
+        with pytest.raises(StoreError, match="cannot write"):
+            s.put("peers", b"k" * 600, b"v")
+        assert told == []
+        s.put("peers", b"k", b"v")
+        assert s.get("peers", b"k") == b"v"
