@@ -23,10 +23,16 @@ pytestmark = pytest.mark.slow
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
+def _default_sigint() -> None:
+    # A test run started in the background (`bash .ci/run &`, nohup) hands its children SIGINT ignored, and
+    # twistd rightly leaves an ignored SIGINT alone; the node under test must see SIGINT as a terminal sends it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_node(cwd: Path, *args: str, log: str = "node.log") -> subprocess.Popen[bytes]:
     out = open(cwd / log, "ab")  # noqa: SIM115 - the child owns the file for its lifetime
     return subprocess.Popen([sys.executable, "-c", TWISTD, "-n", "--pidfile=", "timecoin", *args], cwd=cwd,
-                            stdout=out, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
 
 def status(datadir: Path, *extra: str) -> dict | None:
