@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 ENVELOPE_HEADER = 5                       # type (1) + request id (4), as in p2p.service
 
 
-class _Base:
+class _Base(ABC):
     """What every behaviour shares: the trace of lies and per-peer sends."""
 
     name: ClassVar[str] = ""
@@ -54,8 +55,9 @@ class _Base:
         self.lies = 0
         self.victims: set[str] = set()     # PeerIDs that received a provable offence (who must punish it)
 
+    @abstractmethod
     def install(self, sn: SimNode, cluster: Cluster, rng: random.Random, trace: Trace) -> None:
-        raise NotImplementedError
+        """Swap the behaviour into this incarnation of ``sn.node`` (each behaviour says how)."""
 
     def lie(self, sn: SimNode, cluster: Cluster, trace: Trace, what: str, **fields: Any) -> None:
         self.lies += 1
@@ -496,8 +498,9 @@ class _ServesBlocks(_Base):
 
     what = "blocks"
 
+    @abstractmethod
     def serve(self, sn: SimNode, start: int, count: int, rng: random.Random) -> list[tuple[Block, CommitCertificate]]:
-        raise NotImplementedError
+        """The (block, certificate) pairs this server answers a get_blocks for [start, start + count) with."""
 
     def hashes(self, sn: SimNode, start: int, count: int, rng: random.Random) -> list[bytes] | None:
         return None
