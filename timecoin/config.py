@@ -247,6 +247,17 @@ KEYS: tuple[Key, ...] = (
         "Lowest fee (units) accepted into the mempool; never below the chain's min_fee."),
     Key("lmdb_map_size", _size(1 << 20, 1 << 40), 64 << 20,
         "Initial LMDB map size; it doubles automatically when full."),
+    Key("metrics_host", _host, "127.0.0.1", "Address the Prometheus metrics endpoint binds to."),
+    Key("metrics_port", _PORT, _per_network(29334, 19334, 9334),
+        "Prometheus metrics TCP port (/metrics; 0: any free port)."),
+    Key("manhole_ssh_port", _PORT, 0, "SSH manhole port on manhole_host (0: off). Needs manhole_authorized_keys."),
+    Key("manhole_telnet_port", _PORT, 0, "Telnet manhole port, loopback only (0: off). Needs manhole_passwd."),
+    Key("manhole_host", _host, "127.0.0.1", "Address the SSH manhole binds to (telnet always binds loopback)."),
+    Key("manhole_authorized_keys", _text, "",
+        "OpenSSH authorized_keys file: a listed key logs into the SSH manhole under any user name.", kind="path"),
+    Key("manhole_passwd", _text, "", "user:password lines for the telnet manhole.", kind="path"),
+    Key("blocknotify", _text, "", "Command run for each new block; %s is replaced by the block hash."),
+    Key("log_format", _choice("text", "json"), "text", "Log lines as text, or JSON (one event per line)."),
 )
 KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
 
@@ -301,6 +312,15 @@ class NodeConfig:
     mempool_max_bytes: int
     min_relay_fee: int
     lmdb_map_size: int
+    metrics_host: str
+    metrics_port: int
+    manhole_ssh_port: int
+    manhole_telnet_port: int
+    manhole_host: str
+    manhole_authorized_keys: str
+    manhole_passwd: str
+    blocknotify: str
+    log_format: str
     config_file: str | None = None
 
     @property
@@ -398,6 +418,17 @@ def check(config: NodeConfig) -> None:
     """Rules that span keys."""
     if config.p2p_port and config.p2p_port == config.rpc_port:
         raise ConfigError("rpc_port", f"equals p2p_port ({config.p2p_port}); the two listeners need two ports")
+    ports = {"p2p_port": config.p2p_port, "rpc_port": config.rpc_port, "metrics_port": config.metrics_port,
+             "manhole_ssh_port": config.manhole_ssh_port, "manhole_telnet_port": config.manhole_telnet_port}
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port and port in seen:
+            raise ConfigError(name, f"equals {seen[port]} ({port}); every listener needs its own port")
+        seen.setdefault(port, name)
+    if config.manhole_ssh_port and not config.manhole_authorized_keys:
+        raise ConfigError("manhole_authorized_keys", "the SSH manhole (manhole_ssh_port) needs an authorized_keys file")
+    if config.manhole_telnet_port and not config.manhole_passwd:
+        raise ConfigError("manhole_passwd", "the telnet manhole (manhole_telnet_port) needs a passwd file")
     if bool(config.rpc_user) != bool(config.rpc_password):
         missing = "rpc_password" if config.rpc_user else "rpc_user"
         raise ConfigError(missing, "rpc_user and rpc_password go together (set both, or neither for the cookie)")

@@ -50,8 +50,8 @@ def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path) -> None
     assert (cfg.network, cfg.rpc_port, cfg.p2p_port) == ("testnet", 7000, 7001)
     assert cfg.block_interval == 0.5 and cfg.mempool_max_bytes == 2 << 20
     assert cfg.timeout_propose == 3.0                      # testnet default, chosen by the file's network
-    cfg2 = build_config({"rpc_port": "9334", "network": "mainnet"}, conf)
-    assert cfg2.rpc_port == 9334 and cfg2.p2p_port == 7001
+    cfg2 = build_config({"rpc_port": "9340", "network": "mainnet"}, conf)
+    assert cfg2.rpc_port == 9340 and cfg2.p2p_port == 7001
     assert cfg2.network == "mainnet" and cfg2.timeout_propose == 30.0
 
 

@@ -30,7 +30,7 @@ from timecoin.wire.framing import FrameDecoder, encode_frame
 
 reactor: Any = cast(Any, _reactor)    # the global reactor (typed loosely: its interfaces are many)
 
-FAST = {"network": "testnet", "p2p_port": "0", "rpc_port": "0", "block_interval": "0.05",
+FAST = {"network": "testnet", "p2p_port": "0", "rpc_port": "0", "metrics_port": "0", "block_interval": "0.05",
         "timeout_propose": "0.4", "timeout_propose_delta": "0.1", "timeout_prevote": "0.2",
         "timeout_prevote_delta": "0.1", "timeout_precommit": "0.2", "timeout_precommit_delta": "0.1",
         "gossip_interval": "0.1", "max_per_ip": "100", "ping_interval": "1"}
