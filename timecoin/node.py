@@ -140,15 +140,15 @@ def prepare_datadir(config: NodeConfig) -> tuple[crypto.PrivateKey, Genesis]:
 
 
 def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
-    """Build the node's service tree. A bad datadir, key or genesis exits with one line (code 1)."""
+    """Build the node's service tree. A bad datadir, key, genesis or manhole file exits with one line (code 1)."""
+    from twisted.internet import reactor
+
     try:
         key, genesis = prepare_datadir(config)
+        node = build_node(config, key, genesis, reactor)
     except (TimecoinError, GenesisError, StoreError, OSError) as exc:
         sys.stderr.write(f"twistd timecoin: error: {exc}\n")
         raise SystemExit(1) from None
-    from twisted.internet import reactor
-
-    node = build_node(config, key, genesis, reactor)
     node.rpc.on_stop = reactor.stop         # RPC ``stop`` ends twistd as SIGTERM does
     node.on_fatal = reactor.stop            # ... and so does a fatal store error (after its one clear line)
     Node.log.info("Timecoin node {peer_id} on {network} ({chain_id}), datadir {datadir}",
@@ -174,6 +174,9 @@ def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, rea
     node.sync.setServiceParent(node)
     node.rpc = RPCService(node, reactor)
     node.rpc.setServiceParent(node)
+    if config.manhole_ssh_port or config.manhole_telnet_port:      # 0 and 0: no manhole at all
+        from timecoin.manhole.service import ManholeService
+        ManholeService(node, reactor).setServiceParent(node)        # a bad credentials file: TimecoinError
     return node
 
 

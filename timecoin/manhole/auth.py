@@ -1,0 +1,87 @@
+"""Credentials of the manhole: the SSH host key in the datadir, the authorized keys, the telnet passwd file.
+
+Every file is checked when the service is built (before twistd daemonizes), so a missing or unreadable
+file is one :class:`TimecoinError` line and exit code 1, never a traceback or a manhole that silently
+lets nobody in.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch.checkers import IAuthorizedKeysDB, readAuthorizedKeyFile
+from twisted.conch.ssh import keys
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from timecoin.errors import TimecoinError
+
+HOST_KEY_FILE = "manhole_host_key"
+log = Logger()
+
+
+def host_key(datadir: str) -> keys.Key:
+    """The node's SSH host key: made once (Ed25519, mode 0600) and reused, so its fingerprint is stable."""
+    path = os.path.join(datadir, HOST_KEY_FILE)
+    if not os.path.exists(path):
+        key = keys.Key(ed25519.Ed25519PrivateKey.generate())
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.toString("openssh"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        log.info("Created the manhole SSH host key {path} ({fp})", path=path, fp=key.fingerprint())
+    try:
+        with open(path, "rb") as f:
+            key = keys.Key.fromString(f.read())
+    except (OSError, keys.BadKeyError, ValueError) as exc:
+        raise TimecoinError(f"bad manhole host key {path}: {exc} (delete it to make a new one)") from None
+    if key.isPublic():
+        raise TimecoinError(f"bad manhole host key {path}: it holds a public key, not a private one")
+    return key
+
+
+def read_authorized_keys(path: str) -> list[keys.Key]:
+    """The keys of an OpenSSH authorized_keys file; TimecoinError if it cannot be read or lists none."""
+    try:
+        with open(path, "rb") as f:
+            found = list(readAuthorizedKeyFile(f))
+    except OSError as exc:
+        raise TimecoinError(f"cannot read manhole_authorized_keys {path}: {exc.strerror or exc}") from None
+    if not found:
+        raise TimecoinError(f"manhole_authorized_keys {path} lists no usable key (OpenSSH format, one a line)")
+    return found
+
+
+@implementer(IAuthorizedKeysDB)
+class AnyUserKeyDB:
+    """``IAuthorizedKeysDatabase`` for the manhole: every listed key logs in under any user name.
+
+    The file is read again at each login, so removing a line revokes that key without a restart; a file
+    that became unreadable lets nobody in (and says so in the log).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        read_authorized_keys(path)                  # fail now, with one line, if it is unusable
+
+    def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:  # noqa: N802 - Twisted API
+        try:
+            return read_authorized_keys(self.path)
+        except TimecoinError as exc:
+            log.error("Manhole login refused: {why}", why=str(exc))
+            return []
+
+
+def check_passwd(path: str) -> None:
+    """The telnet passwd file must be readable and hold at least one ``user:password`` line."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise TimecoinError(f"cannot read manhole_passwd {path}: {exc.strerror or exc}") from None
+    if not any(b":" in line and not line.startswith(b"#") and line.split(b":", 1)[0] for line in lines):
+        raise TimecoinError(f"manhole_passwd {path} has no user:password line")
