@@ -45,6 +45,7 @@ async def test_helpers_read_the_live_node(tmp_path: Path) -> None:
         height_line = next(line for line in text.splitlines() if line.startswith("height"))
         assert int(height_line.split()[1]) >= 2
         assert "peers      1" in text
+        assert "mempool    0 txs, 0 bytes" in text
 
         text = ns.peers(node)
         assert other.peer_id in text and "127.0.0.1:" in text and "yes" in text     # a validator

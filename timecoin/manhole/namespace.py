@@ -50,7 +50,8 @@ def status(node: Any) -> Text:
         rows.append(("consensus", f"height {engine.height} round {engine.round} step {engine.step.name.lower()}"))
     p2p = node.p2p
     rows.append(("peers", len(p2p.connections) if p2p is not None else 0))
-    rows.append(("mempool", f"{len(node.mempool)} txs, {node.mempool.size_bytes} bytes" if node.mempool else "-"))
+    pool = node.mempool                 # an empty Mempool is falsy: compare with None
+    rows.append(("mempool", "-" if pool is None else f"{len(pool)} txs, {pool.size_bytes} bytes"))
     sync = node.sync
     if sync is not None:
         rows.append(("syncing", bool(sync.progress.get("syncing"))))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.application import service
+from twisted.conch import interfaces as iconch
 from twisted.conch import manhole, manhole_ssh, telnet
 from twisted.conch.checkers import SSHPublicKeyChecker
 from twisted.conch.insults import insults
@@ -38,6 +39,27 @@ class _SessionFactory:
         return insults.ServerProtocol(manhole.ColoredManhole, build_namespace(self.node))
 
 
+class _Session(manhole_ssh.TerminalSession):
+    """conch's TerminalSession, completed: EOF from the client ends the session (as it ends a shell) and a
+    resized window resizes the terminal (conch's raise NotImplementedError, a traceback per ``ssh < file``)."""
+
+    _proto: Any = None
+    _terminal: Any = None
+
+    def openShell(self, proto: Any) -> None:  # noqa: N802 - Twisted API
+        self._proto = proto
+        self._terminal = self.transportFactory(proto, self.chainedProtocolFactory(),
+                                               iconch.IConchUser(self.original), self.width, self.height)
+
+    def windowChanged(self, size: Any) -> None:  # noqa: N802 - Twisted API
+        if self._terminal is not None:
+            self._terminal.chainedProtocol.terminalProtocol.terminalSize(size[1], size[0])
+
+    def eofReceived(self) -> None:  # noqa: N802 - Twisted API
+        if self._proto is not None:
+            self._proto.loseConnection()
+
+
 @implementer(portal.IRealm)
 class _TelnetRealm:
     """A logged-in telnet user gets a terminal running a manhole on a fresh namespace."""
@@ -57,6 +79,7 @@ def ssh_factory(node: Any, authorized_keys: str, datadir: str) -> manhole_ssh.Co
     """The SSH server: public-key auth only (no password method is even offered), the datadir's host key."""
     realm: Any = manhole_ssh.TerminalRealm()          # Any: zope interfaces are not visible to mypy
     realm.chainedProtocolFactory = _SessionFactory(node)
+    realm.sessionFactory = _Session
     checker: Any = SSHPublicKeyChecker(cast(Any, AnyUserKeyDB(authorized_keys)))
     factory = manhole_ssh.ConchFactory(portal.Portal(realm, [checker]))
     key = host_key(datadir)
