@@ -145,6 +145,40 @@ async def test_ssh_session_shows_the_live_height_and_survives_an_exception(tmp_p
 
 
 @pytest_twisted.ensureDeferred
+async def test_end_of_input_ends_the_ssh_session(tmp_path: Path, keys: Keys) -> None:
+    net, port, _ = await start_node(tmp_path, keys)
+    try:
+        res = await threads.deferToThread(ssh, port, ["-i", str(keys.base / "good")], b"6*7\r")   # no Ctrl-D
+        assert "\n42" in ANSI.sub(b"", res.stdout).decode().replace("\r", "")
+        assert net.nodes[0].running
+    finally:
+        await net.stop()
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_manhole_host_moves_ssh_only_telnet_stays_on_127_0_0_1(tmp_path: Path, keys: Keys) -> None:
+    port = free_port_block(2)
+    net = Net(tmp_path / "net", 1, chain_id="timecoin-manhole-test", manhole_host="127.0.0.2",
+              **keys.config(port, port + 1))
+    await net.start(connect=False)
+    try:
+        assert await threads.deferToThread(reachable, "127.0.0.2", port)
+        assert not await threads.deferToThread(reachable, "127.0.0.1", port)
+        assert await threads.deferToThread(reachable, "127.0.0.1", port + 1)
+        assert not await threads.deferToThread(reachable, "127.0.0.2", port + 1)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_each_ssh_session_has_its_own_namespace(tmp_path: Path, keys: Keys) -> None:
     net, port, _ = await start_node(tmp_path, keys)
     try:
