@@ -23,7 +23,7 @@ from twisted.internet import threads
 from tests.p2pnet import Net, wait_for
 from tests.ports import free_port_block
 from timecoin.errors import TimecoinError
-from timecoin.manhole.auth import HOST_KEY_FILE, host_key
+from timecoin.manhole.auth import HOST_KEY_FILE, fingerprint, host_key
 from timecoin.node import build_node, makeService
 
 ANSI = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|c)")
@@ -213,6 +213,8 @@ async def test_host_key_is_made_once_private_and_reused_across_restarts(tmp_path
     try:
         path = Path(net.nodes[0].config.datadir) / HOST_KEY_FILE
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        listed = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True, timeout=30).stdout
+        assert f"SHA256:{fingerprint(host_key(str(path.parent)))} " in listed
 
         def scan() -> str:
             res = subprocess.run(["ssh-keyscan", "-p", str(port), "-t", "ed25519", "127.0.0.1"],

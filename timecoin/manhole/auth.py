@@ -33,7 +33,7 @@ def host_key(datadir: str) -> keys.Key:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        log.info("Created the manhole SSH host key {path} ({fp})", path=path, fp=key.fingerprint())
+        log.info("Created the manhole SSH host key {path} (SHA256:{fp})", path=path, fp=fingerprint(key))
     try:
         with open(path, "rb") as f:
             key = keys.Key.fromString(f.read())
@@ -42,6 +42,11 @@ def host_key(datadir: str) -> keys.Key:
     if key.isPublic():
         raise TimecoinError(f"bad manhole host key {path}: it holds a public key, not a private one")
     return key
+
+
+def fingerprint(key: keys.Key) -> str:
+    """The SHA256 fingerprint as ``ssh-keygen -lf`` and ssh's prompts show it (without "SHA256:")."""
+    return str(key.fingerprint(format=keys.FingerprintFormats.SHA256_BASE64)).rstrip("=")
 
 
 def read_authorized_keys(path: str) -> list[keys.Key]:
