@@ -44,6 +44,7 @@ class Node(service.MultiService):
         self.p2p: Any = None
         self.sync: Any = None
         self.rpc: Any = None
+        self.metrics: Any = None
         self.fatal_reason: str | None = None
         self.on_fatal: Callable[[], Any] = self._stop_services     # twistd: reactor.stop (makeService)
 
@@ -174,6 +175,9 @@ def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, rea
     node.sync.setServiceParent(node)
     node.rpc = RPCService(node, reactor)
     node.rpc.setServiceParent(node)
+    from timecoin.metrics.service import MetricsService
+    node.metrics = MetricsService(node, reactor)     # Prometheus /metrics (issue 14)
+    node.metrics.setServiceParent(node)
     return node
 
 

@@ -1,0 +1,70 @@
+"""The metrics listener in the node's service tree: ``/metrics`` on ``metrics_host:metrics_port``.
+
+One ``CollectorRegistry`` per node (many nodes share a test process, so never the global default), with
+the library's ProcessCollector (RSS, open fds, CPU), the event metrics and the scrape-time collector.
+The page is prometheus_client's own Twisted resource (``MetricsResource``). A port that cannot be bound
+is one error line and the node runs on without metrics, as it does without RPC. Loopback by default
+(``metrics_host = 127.0.0.1``): there is no authentication, so exposing it is the operator's choice.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.twisted import MetricsResource
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from timecoin.metrics.collector import NodeCollector
+from timecoin.metrics.events import ConsensusEvents
+
+
+def make_registry(node: Any) -> tuple[CollectorRegistry, ConsensusEvents]:
+    """A fresh registry holding every metric of ``node`` (process, events, scrape-time)."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    events = ConsensusEvents(registry)
+    registry.register(NodeCollector(node))
+    return registry, events
+
+
+class MetricsService(service.Service):
+    name = "metrics"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(self, node: Any, reactor: Any) -> None:
+        self.node = node
+        self.reactor = reactor
+        self.registry, self.events = make_registry(node)
+        if node.consensus is not None:
+            self.events.hook(node.consensus)
+        self.port: int | None = None            # the bound TCP port once listening
+        self._listener: Any = None
+
+    def startService(self) -> None:  # noqa: N802 - Twisted API
+        super().startService()
+        cfg = self.node.config
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry=self.registry))
+        site = Site(root)
+        site.displayTracebacks = False
+        try:
+            self._listener = self.reactor.listenTCP(cfg.metrics_port, site, interface=cfg.metrics_host)
+        except CannotListenError as exc:
+            self.log.error("Cannot listen for metrics on {host}:{port}: {why}; running without metrics",
+                           host=cfg.metrics_host, port=cfg.metrics_port, why=str(exc.socketError))
+            return
+        self.port = self._listener.getHost().port
+        self.log.info("Prometheus metrics on http://{host}:{port}/metrics", host=cfg.metrics_host, port=self.port)
+
+    def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802 - Twisted API
+        super().stopService()
+        listener, self._listener = self._listener, None
+        self.port = None
+        if listener is None:
+            return None
+        return defer.maybeDeferred(listener.stopListening)
