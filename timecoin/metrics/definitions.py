@@ -41,7 +41,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("timecoin_consensus_block_interval_seconds", "histogram", (),
               "Time between the last two committed blocks (their header timestamps)."),
     MetricDef("timecoin_consensus_step_duration_seconds", "histogram", ("step",),
-              "Time the consensus engine spent in each step (propose, prevote, precommit, committed)."),
+              "Time the consensus engine spent in each step (propose, prevote, precommit; committed while a decided block is fetched)."),
     MetricDef("timecoin_consensus_txs", "counter", (),
               "Transactions in the blocks consensus committed since the node started."),
     # p2p
@@ -84,12 +84,19 @@ BY_NAME: dict[str, MetricDef] = {d.name: d for d in METRICS}
 REPUTATION_BUCKETS: tuple[float, ...] = (-100, -50, -20, 0, 20, 50, 100)
 BLOCK_INTERVAL_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 60)
 STEP_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+BUCKETS: dict[str, tuple[float, ...]] = {
+    "timecoin_p2p_peer_reputation": REPUTATION_BUCKETS,
+    "timecoin_consensus_block_interval_seconds": BLOCK_INTERVAL_BUCKETS,
+    "timecoin_consensus_step_duration_seconds": STEP_BUCKETS,
+}
 
 
 def exported_names(d: MetricDef) -> tuple[str, ...]:
     """The sample names a definition appears as in /metrics (what PromQL and alert rules use)."""
     if d.type == "counter":
         return (d.name + "_total",)
+    if d.type == "histogram" and BUCKETS[d.name][0] < 0:
+        return (d.name + "_bucket",)      # negative buckets: no _sum/_count (the +Inf bucket is the count)
     if d.type == "histogram":
         return (d.name + "_bucket", d.name + "_sum", d.name + "_count")
     return (d.name,)

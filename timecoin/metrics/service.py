@@ -43,6 +43,7 @@ class MetricsService(service.Service):
         if node.consensus is not None:
             self.events.hook(node.consensus)
         self.port: int | None = None            # the bound TCP port once listening
+        self.host: str | None = None            # ... and the bound address
         self._listener: Any = None
 
     def startService(self) -> None:  # noqa: N802 - Twisted API
@@ -58,13 +59,13 @@ class MetricsService(service.Service):
             self.log.error("Cannot listen for metrics on {host}:{port}: {why}; running without metrics",
                            host=cfg.metrics_host, port=cfg.metrics_port, why=str(exc.socketError))
             return
-        self.port = self._listener.getHost().port
+        self.host, self.port = self._listener.getHost().host, self._listener.getHost().port
         self.log.info("Prometheus metrics on http://{host}:{port}/metrics", host=cfg.metrics_host, port=self.port)
 
     def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802 - Twisted API
         super().stopService()
         listener, self._listener = self._listener, None
-        self.port = None
+        self.host = self.port = None
         if listener is None:
             return None
         return defer.maybeDeferred(listener.stopListening)
