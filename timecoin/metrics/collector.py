@@ -118,7 +118,8 @@ class NodeCollector(Collector):
         counts = {(k, d): 0 for k in ("validator", "observer") for d in ("inbound", "outbound")}
         for conn in p2p.connections.values():
             if conn.state == "ready":
-                counts[("validator" if conn.is_validator else "observer", "inbound" if conn.inbound else "outbound")] += 1
+                kind = "validator" if conn.is_validator else "observer"
+                counts[(kind, "inbound" if conn.inbound else "outbound")] += 1
         for (kind, direction), n in counts.items():
             peers.add_metric([kind, direction], n)
         out: list[Metric] = [peers]

@@ -41,7 +41,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("timecoin_consensus_block_interval_seconds", "histogram", (),
               "Time between the last two committed blocks (their header timestamps)."),
     MetricDef("timecoin_consensus_step_duration_seconds", "histogram", ("step",),
-              "Time the consensus engine spent in each step (propose, prevote, precommit; committed while a decided block is fetched)."),
+              "Time the consensus engine spent in each step (propose, prevote, precommit; committed while "
+              "a decided block is fetched)."),
     MetricDef("timecoin_consensus_txs", "counter", (),
               "Transactions in the blocks consensus committed since the node started."),
     # p2p
@@ -100,3 +101,13 @@ def exported_names(d: MetricDef) -> tuple[str, ...]:
     if d.type == "histogram":
         return (d.name + "_bucket", d.name + "_sum", d.name + "_count")
     return (d.name,)
+
+
+def markdown_table() -> str:
+    """The metric list of docs/metrics.md (a test keeps the two equal)."""
+    rows = ["| Name | Type | Labels | Help |", "|---|---|---|---|"]
+    for d in METRICS:
+        names = ", ".join(f"`{n}`" for n in exported_names(d))
+        labels = ", ".join(f"`{label}`" for label in d.labels) or "—"
+        rows.append(f"| {names} | {d.type} | {labels} | {d.help} |")
+    return "\n".join(rows) + "\n"

@@ -8,7 +8,7 @@ is one error line and the node runs on without metrics, as it does without RPC. 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.twisted import MetricsResource
@@ -16,7 +16,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from timecoin.metrics.collector import NodeCollector
@@ -50,7 +50,7 @@ class MetricsService(service.Service):
         super().startService()
         cfg = self.node.config
         root = Resource()
-        root.putChild(b"metrics", MetricsResource(registry=self.registry))
+        root.putChild(b"metrics", cast(IResource, MetricsResource(registry=self.registry)))  # WSGIResource
         site = Site(root)
         site.displayTracebacks = False
         try:
