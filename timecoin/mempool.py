@@ -167,7 +167,8 @@ class Mempool:
         try:
             self._add(tx)
         except ValidationError as exc:
-            self.rejected[_reason_label(exc.reason)] += 1
+            key = _reason_label(exc.reason)       # (a scratch copy holds a plain dict: testmempoolaccept)
+            self.rejected[key] = self.rejected.get(key, 0) + 1
             raise
 
     def _add(self, tx: Transaction) -> None:
