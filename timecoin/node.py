@@ -159,7 +159,7 @@ def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
 
 
 def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, reactor: Any) -> Node:
-    """The service tree on ``reactor``: store, consensus, P2P, sync, RPC (in start order). Tests build nodes here."""
+    """The service tree on ``reactor``: store, consensus, P2P, sync, RPC, metrics (in start order). Tests build here."""
     from timecoin.consensus.service import ConsensusService
     from timecoin.p2p.service import P2PService
     from timecoin.rpc.service import RPCService

@@ -23,6 +23,13 @@ from timecoin.metrics.collector import NodeCollector
 from timecoin.metrics.events import ConsensusEvents
 
 
+class _QuietSite(Site):
+    """No access-log line per scrape (Prometheus scrapes every few seconds)."""
+
+    def log(self, request: Any) -> None:
+        return None
+
+
 def make_registry(node: Any) -> tuple[CollectorRegistry, ConsensusEvents]:
     """A fresh registry holding every metric of ``node`` (process, events, scrape-time)."""
     registry = CollectorRegistry(auto_describe=False)
@@ -51,7 +58,7 @@ class MetricsService(service.Service):
         cfg = self.node.config
         root = Resource()
         root.putChild(b"metrics", cast(IResource, MetricsResource(registry=self.registry)))  # WSGIResource
-        site = Site(root)
+        site = _QuietSite(root)
         site.displayTracebacks = False
         try:
             self._listener = self.reactor.listenTCP(cfg.metrics_port, site, interface=cfg.metrics_host)
