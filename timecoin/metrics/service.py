@@ -16,11 +16,19 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from timecoin.metrics.collector import NodeCollector
 from timecoin.metrics.events import ConsensusEvents
+
+
+class _Root(Resource):
+    """Only /metrics: anything else is a plain 404."""
+
+    def getChild(self, path: bytes, request: Any) -> Any:  # noqa: N802 - Twisted API
+        return notFound()
 
 
 class _QuietSite(Site):
@@ -56,7 +64,7 @@ class MetricsService(service.Service):
     def startService(self) -> None:  # noqa: N802 - Twisted API
         super().startService()
         cfg = self.node.config
-        root = Resource()
+        root = _Root()
         root.putChild(b"metrics", cast(IResource, MetricsResource(registry=self.registry)))  # WSGIResource
         site = _QuietSite(root)
         site.displayTracebacks = False
