@@ -41,6 +41,7 @@ Only the reactor thread uses a Mempool (like the Store); nothing here blocks.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator
@@ -97,6 +98,7 @@ class Mempool:
         self._entries: dict[bytes, _Entry] = {}
         self._chains: dict[bytes, list[_Entry]] = {}      # sender address -> entries in nonce order
         self._bytes = 0
+        self.rejected: collections.Counter[str] = collections.Counter()   # refused txs by reason (metrics)
         self._seq = itertools.count()
         # Min-heap of eviction candidates (rate, -seq, txid); lazily pruned: an item counts only while
         # its tx is still the last of its sender's chain. Every chain tail is in it at least once.
@@ -158,7 +160,18 @@ class Mempool:
 
     # -- adding -------------------------------------------------------------------------------------
     def add(self, tx: Transaction) -> None:
-        """Admit ``tx`` or raise ValidationError saying why not (the pool is then unchanged)."""
+        """Admit ``tx`` or raise ValidationError saying why not (the pool is then unchanged).
+
+        Refusals are counted by reason in ``rejected`` (the metrics' mempool rejections).
+        """
+        try:
+            self._add(tx)
+        except ValidationError as exc:
+            key = _reason_label(exc.reason)       # (a scratch copy holds a plain dict: testmempoolaccept)
+            self.rejected[key] = self.rejected.get(key, 0) + 1
+            raise
+
+    def _add(self, tx: Transaction) -> None:
         if tx.id in self._entries:
             raise ValidationError(Reason.DUPLICATE, "transaction already in the mempool")
         if tx.chain_id != self.params.chain_id:
@@ -383,3 +396,7 @@ class Mempool:
         if len(self._tails) > 2 * len(self._chains) + 64:
             self._tails = [(c[-1].rate, -c[-1].seq, c[-1].tx.id) for c in self._chains.values()]
             heapq.heapify(self._tails)
+
+
+def _reason_label(reason: Reason) -> str:
+    return reason.name.lower()

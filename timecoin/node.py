@@ -44,6 +44,7 @@ class Node(service.MultiService):
         self.p2p: Any = None
         self.sync: Any = None
         self.rpc: Any = None
+        self.metrics: Any = None
         self.fatal_reason: str | None = None
         self.on_fatal: Callable[[], Any] = self._stop_services     # twistd: reactor.stop (makeService)
 
@@ -158,7 +159,7 @@ def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
 
 
 def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, reactor: Any) -> Node:
-    """The service tree on ``reactor``: store, consensus, P2P, sync, RPC (in start order). Tests build nodes here."""
+    """The service tree on ``reactor``: store, consensus, P2P, sync, RPC, metrics (in start order). Tests build here."""
     from timecoin.consensus.service import ConsensusService
     from timecoin.p2p.service import P2PService
     from timecoin.rpc.service import RPCService
@@ -174,6 +175,9 @@ def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, rea
     node.sync.setServiceParent(node)
     node.rpc = RPCService(node, reactor)
     node.rpc.setServiceParent(node)
+    from timecoin.metrics.service import MetricsService
+    node.metrics = MetricsService(node, reactor)     # Prometheus /metrics (issue 14)
+    node.metrics.setServiceParent(node)
     if config.manhole_ssh_port or config.manhole_telnet_port:      # 0 and 0: no manhole at all
         from timecoin.manhole.service import ManholeService
         ManholeService(node, reactor).setServiceParent(node)        # a bad credentials file: TimecoinError

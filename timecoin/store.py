@@ -197,6 +197,12 @@ class Store:
         """Current size of the memory map in bytes (grows on demand)."""
         return int(self._live_env().info()["map_size"])
 
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of the map in use (pages up to the last one written): with ``map_size``, how full the map is."""
+        env = self._live_env()
+        return (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+
     # -- transactions ------------------------------------------------------------------------------
     def _live_env(self) -> lmdb.Environment:
         if self._env is None:

@@ -80,6 +80,7 @@ class NodeInfo:
     rpc_port: int
     datadir: str
     config_file: str
+    metrics_port: int = 0    # Prometheus /metrics (base + 2 x nodes + index)
 
     @property
     def name(self) -> str:
@@ -124,11 +125,20 @@ def parse_block_interval(text: str | float) -> float:
 
 
 def check_ports(base_port: int, count: int) -> None:
-    """Node i uses base+2i (P2P) and base+2i+1 (RPC); all of them must be valid fixed ports."""
+    """Node i uses base+2i (P2P), base+2i+1 (RPC) and base+2*count+i (metrics): all valid fixed ports."""
     last = base_port + 2 * count - 1
     if base_port < 1 or last > 65535:
         raise TestnetError(f"--base-port {base_port}: {count} node(s) need ports {base_port}..{last}, "
                            "which must lie within 1..65535")
+    first_metrics, last_metrics = metrics_port(base_port, count, 0), metrics_port(base_port, count, count - 1)
+    if last_metrics > 65535:
+        raise TestnetError(f"--base-port {base_port}: {count} node(s) need metrics ports "
+                           f"{first_metrics}..{last_metrics}, which must lie within 1..65535")
+
+
+def metrics_port(base_port: int, count: int, index: int) -> int:
+    """Node ``index``'s metrics port: after every node's P2P and RPC ports, so no two listeners share one."""
+    return base_port + 2 * count + index
 
 
 def check_chain_id(chain_id: str) -> str:
@@ -172,7 +182,8 @@ def _write_text(path: str, text: str) -> None:
 
 
 def render_config(index: int, role: str, chain_id: str, p2p_port: int, rpc_port: int, block_interval: float,
-                  bootstrap: Sequence[str], max_per_ip: int, max_inbound: int | None) -> str:
+                  bootstrap: Sequence[str], max_per_ip: int, max_inbound: int | None,
+                  metrics_port: int | None = None) -> str:
     """The text of ``node{index}/timecoin.conf``; keys as in :data:`timecoin.config.KEYS`."""
     lines = [
         f"# Timecoin local testnet {chain_id}: node{index}, {role}. Written by `timecoin testnet`.",
@@ -191,6 +202,7 @@ def render_config(index: int, role: str, chain_id: str, p2p_port: int, rpc_port:
         "p2p_host = 127.0.0.1",
         f"p2p_port = {p2p_port}",
         f"rpc_port = {rpc_port}",
+        *([f"metrics_port = {metrics_port}"] if metrics_port is not None else []),
         f"block_interval = {format_value(block_interval)}",
         "# Consensus timeouts for loopback (the public testnet's defaults are 3 s / 1 s / 1 s):",
         *(f"{key} = {value}" for key, value in LOCAL_TIMEOUTS),
@@ -250,7 +262,7 @@ def write_testnet(directory: str, nodes: int, observers: int = 0, base_port: int
             bootstrap = [addr for j, addr in enumerate(validator_addrs) if j != i]
             _write_text(os.path.join(node_dir, CONFIG_FILE),
                         render_config(i, role, chain_id, p2p[i], p2p[i] + 1, block_interval, bootstrap,
-                                      max_per_ip, max_inbound))
+                                      max_per_ip, max_inbound, metrics_port(base_port, total, i)))
     except OSError as exc:
         raise TestnetError(f"cannot write the testnet in {directory}: {exc.strerror or exc}"
                            + (f" ({exc.filename})" if exc.filename else "")) from None
@@ -290,7 +302,7 @@ def read_layout(directory: str) -> Layout:
                               role="validator" if key.address in validators else "observer",
                               peer_id=key.peer_id, address=crypto.encode_address(key.address, config.network),
                               p2p_port=config.p2p_port, rpc_port=config.rpc_port, datadir=config.datadir,
-                              config_file=config_file))
+                              config_file=config_file, metrics_port=config.metrics_port))
     return Layout(directory, genesis.chain_id, genesis.hash.hex(), tuple(nodes))
 
 

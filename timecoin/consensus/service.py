@@ -122,6 +122,9 @@ class ConsensusService(service.Service):
         # (it comes back through apply_certified_block, with those precommits as its certificate).
         self.fetch_block: FetchBlockFn = lambda height, block_hash, voters: None
         self.on_commit: list[Callable[[Any], None]] = []
+        # Called with (step left, seconds spent in it) when the engine's (height, round, step) changes (metrics).
+        self.on_step: list[Callable[[str, float], None]] = []
+        self._step_since: tuple[tuple[int, int, int], float] | None = None
         self.signer: WalSigner | None = None
         self._timers: dict[tuple[int, int, int], IDelayedCall] = {}
         self._replaying = False
@@ -361,6 +364,20 @@ class ConsensusService(service.Service):
         while queue:
             action = queue.pop(0)
             queue.extend(self._perform(action))
+        self._note_step()
+
+    def _note_step(self) -> None:
+        """Time each engine step (propose, prevote, precommit, committed) for the ``on_step`` listeners."""
+        if self.engine is None:
+            return
+        key = (self.engine.height, self.engine.round, int(self.engine.step))
+        now = self.clock.seconds()
+        if self._step_since is None or self._step_since[0] != key:
+            if self._step_since is not None:
+                (_, _, step), since = self._step_since
+                for cb in self.on_step:
+                    cb(eng.Step(step).name.lower(), now - since)
+            self._step_since = (key, now)
 
     def _perform(self, action: eng.Action) -> list[eng.Action]:
         if isinstance(action, eng.BroadcastVote):          # already in the WAL: WalSigner logged it

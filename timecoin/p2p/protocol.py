@@ -261,6 +261,7 @@ class PeerConnection(Protocol):
             return False
         payload = self.inbox.popleft()
         self.inbox_bytes -= len(payload)
+        self.service.count_traffic("in", payload)
         if self.paused and self.inbox_bytes <= MAX_QUEUED_BYTES // 2 and self.transport is not None:
             self.paused = False
             self.transport.resumeProducing()
@@ -288,6 +289,7 @@ class PeerConnection(Protocol):
         if self.transport is None or self.state == "closed":
             return
         self.messages_out += 1
+        self.service.count_traffic("out", payload)
         self.transport.write(encode_frame(payload, self.service.config.max_frame_bytes))
 
     def send_tx(self, payload: bytes) -> None:

@@ -132,6 +132,10 @@ class P2PService(service.Service):
         self.relayed: collections.Counter[m.MsgType] = collections.Counter()     # frames flooded to peers, by type
         self.duplicates: collections.Counter[m.MsgType] = collections.Counter()  # seen-cache hits, by type
         self.accepted: collections.Counter[m.MsgType] = collections.Counter()    # new valid messages from peers
+        self.charged: collections.Counter[str] = collections.Counter()  # reputation events charged, by name (metrics)
+        self.bans = 0                                        # peers banned by this node since it started (metrics)
+        self.traffic: collections.Counter[tuple[str, int]] = collections.Counter()  # (in|out, type) -> messages
+        self.traffic_bytes: collections.Counter[tuple[str, int]] = collections.Counter()  # ... -> payload bytes
         self._first_proposal: dict[bytes, str] = {}          # block hash -> PeerID that delivered it first
         self._capped: dict[bytes, None] = {}                 # next-height messages refused for a cap (not seen)
         self._capped_height = -1                             # ... while the engine is at this height
@@ -379,11 +383,20 @@ class P2PService(service.Service):
         if not conn.peer_id or self.peers is None:
             return
         outcome = self.peers.record(conn.peer_id, event, self.reactor.seconds(), ip=conn.ip)
+        if event not in peers.GOOD:
+            self.charged[event.value] += 1
         if outcome.banned:
+            self.bans += 1
             self.log.warn("Banned peer {peer} ({ip}): reputation {score} after {event}", peer=conn.peer_id,
                           ip=conn.ip, score=outcome.score, event=event.name)
             conn.reject(Reason.BANNED, "banned")
             conn.close()
+
+    def count_traffic(self, direction: str, payload: bytes) -> None:
+        """One whole message in or out (its type is the payload's first byte): the metrics' p2p counters."""
+        key = (direction, payload[0] if payload else -1)
+        self.traffic[key] += 1
+        self.traffic_bytes[key] += len(payload)
 
     def credit(self, peer_id: str, event: peers.Event) -> None:
         """A good delivery (peers.GOOD), by PeerID: the peer may have disconnected since.
