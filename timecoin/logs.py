@@ -33,10 +33,23 @@ def twistd_json_factory(logfile_name: str, nodaemon: bool) -> Callable[[], Any]:
     return factory
 
 
+_twistd_target: tuple[str, bool] = ("", True)    # (logfile, nodaemon) of this twistd run
+
+
+def twistd_json_logger() -> Any:
+    """twistd's ``--logger`` by name (twistd imports it): JSON lines where twistd would write its text."""
+    return twistd_json_factory(*_twistd_target)()
+
+
 def install_twistd_logger(twistd_options: MutableMapping[str, Any] | None, log_format: str) -> bool:
-    """Make twistd log JSON lines when ``log_format`` is json (and no ``--logger`` was given). True if done."""
+    """Make twistd log JSON lines when ``log_format`` is json (and no ``--logger`` was given). True if done.
+
+    twistd resolves ``--logger`` by its dotted name after every option is parsed, so the name of
+    :func:`twistd_json_logger` is set, with this run's logfile and daemon mode beside it.
+    """
+    global _twistd_target
     if log_format != "json" or twistd_options is None or twistd_options.get("logger"):
         return False
-    twistd_options["logger"] = twistd_json_factory(str(twistd_options.get("logfile") or ""),
-                                                   bool(twistd_options.get("nodaemon")))
+    _twistd_target = (str(twistd_options.get("logfile") or ""), bool(twistd_options.get("nodaemon")))
+    twistd_options["logger"] = f"{__name__}.twistd_json_logger"
     return True
