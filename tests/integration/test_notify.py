@@ -19,7 +19,7 @@ import pytest_twisted
 import txaio
 from twisted.internet import threads
 
-from tests.integration.test_rpc_acceptance import PASSWORD, ROOT, USER, rpc
+from tests.integration.test_rpc_acceptance import PASSWORD, ROOT, USER, rpc, run_cli
 from tests.p2pnet import Net, make_keys, wait_for
 from timecoin import crypto
 from timecoin.client import Client, ClientError, subscribe
@@ -176,40 +176,79 @@ async def main():
     got = []
     done = asyncio.get_running_loop().create_future()
     def on(m):
+        if m.get("type") == "subscribed":
+            print("subscribed", flush=True)         # the parent sends the transfer once this is read
         if m.get("type") == "address":
-            got.append(m["txid"])
+            got.append([m["txid"], m["height"]])
             if len(got) >= int(WANT) and not done.done():
                 done.set_result(None)
     client = Client(f"http://127.0.0.1:{PORT}/", USER, PASSWORD, timeout=10)
-    sub = await subscribe(client, [{"op": "subscribe", "topic": "address", "address": ADDR,
-                                    "from_height": int(FROM)}], on)
-    await asyncio.wait_for(done, 30)
+    request = {"op": "subscribe", "topic": "address", "address": ADDR}
+    if int(FROM):
+        request["from_height"] = int(FROM)
+    sub = await subscribe(client, [request], on)
+    await asyncio.wait_for(done, 40)
     sub.close()
     await asyncio.wait_for(sub.closed, 10)
-    print(json.dumps(got))
+    print(json.dumps(got), flush=True)
 
 asyncio.run(main())
 '''
 
 
+def start_asyncio_client(port: int, addr: str, from_height: int, want: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", ASYNCIO_SCRIPT, str(port), USER, PASSWORD, addr,
+                             str(from_height), str(want)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def read_result(proc: subprocess.Popen[str]) -> list[list[Any]]:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return list(json.loads(out.splitlines()[-1]))
+
+
+def timecoin_send(port: int, key_file: str, to: str, amount: str) -> str:
+    done = run_cli("send", "--rpc-url", f"http://127.0.0.1:{port}/", "--rpc-user", USER, "--rpc-password",
+                   PASSWORD, "--key", key_file, "--to", to, "--amount", amount, "--wait", "--wait-timeout", "60")
+    assert done.returncode == 0, f"timecoin send failed: {done.stdout}{done.stderr}"
+    return done.stdout.split()[0]
+
+
 @pytest_twisted.ensureDeferred
-async def test_asyncio_client_replays_an_address_from_a_height(tmp_path: Path) -> None:
+async def test_asyncio_client_gets_a_timecoin_send_transfer_and_what_it_missed(tmp_path: Path) -> None:
+    """The issue's acceptance: an autobahn asyncio client subscribed to an address receives the finalized
+    transfer sent by ``timecoin send``; after a reconnect with ``from_height`` it receives what it missed."""
     net = Net(tmp_path, 2, chain_id="timecoin-notify-aio", **NET)
     node = net.nodes[0]
     recipient = make_keys(1, seed=98)[0].address
     addr = crypto.encode_address(recipient, "testnet")
+    key_file = str(tmp_path / "sender.key")
+    net.keys[1].save(key_file)
+    procs: list[subprocess.Popen[str]] = []
     try:
         await net.start()
         await wait_for(lambda: min(net.heights()) >= 2, 30.0, "both at height 2")
         port = int(node.rpc.port or 0)
-        sent = []
-        for nonce in range(2):
-            sent.append(await send_transfer(net, port, nonce, recipient, (nonce + 1) * UNITS))
-            await wait_for(lambda: final_on(net, sent[-1]), 30.0, "transfer final")
-        done = await threads.deferToThread(
-            subprocess.run, [sys.executable, "-c", ASYNCIO_SCRIPT, str(port), USER, PASSWORD, addr, "1", "2"],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == sent
+        live = start_asyncio_client(port, addr, 0, 1)
+        procs.append(live)
+        line = await threads.deferToThread(live.stdout.readline) if live.stdout else ""
+        assert line.strip() == "subscribed", line
+        first = await threads.deferToThread(timecoin_send, port, key_file, addr, "3.5")
+        [[txid, height]] = await threads.deferToThread(read_result, live)
+        assert txid == first and node.store.tx_location(bytes.fromhex(first))[0] == height
+
+        missed = []                                         # while no client is connected
+        for amount in ("1", "2"):
+            missed.append(await threads.deferToThread(timecoin_send, port, key_file, addr, amount))
+        back = start_asyncio_client(port, addr, height + 1, 2)
+        procs.append(back)
+        got = await threads.deferToThread(read_result, back)
+        assert [t for t, _ in got] == missed
+        assert [h for _, h in got] == [node.store.tx_location(bytes.fromhex(t))[0] for t in missed]
     finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
         await net.stop()
