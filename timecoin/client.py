@@ -162,6 +162,10 @@ class Client:
     def getfinalityproof(self, target: int | str) -> Any:
         return self.call("getfinalityproof", target)
 
+    def subscribe(self, requests: list[dict[str, Any]], on_message: Any) -> Any:
+        """A future of a :class:`Subscriber` on this node's ``/ws`` feed (see :func:`subscribe`)."""
+        return subscribe(self, requests, on_message)
+
     def verified_finality(self, target: int | str, trusted: Any) -> Any:
         """A future of the :class:`~timecoin.ledger.proof.VerifiedBlock` that ``target``'s finality proof
         establishes, checked here against ``trusted`` (``Trusted.from_genesis(genesis)`` or ``Trusted.at``):
@@ -246,3 +250,93 @@ def parse_reply(status: int, data: bytes, request_id: Any) -> Any:
             raise RPCError(error["code"], str(error.get("message", "")))
         raise ClientError(f"an error reply that is not JSON-RPC: {error!r}")
     return message.get("result")
+
+
+# -- push notifications (/ws, docs/notifications.md) -------------------------------------------------
+class Subscriber:
+    """A WebSocket connection to the node's ``/ws`` feed (same credentials as RPC).
+
+    ``on_message`` gets every message the node sends, as a dict (``subscribed``, ``newblock``, ``tx``,
+    ``address``, ``error``...). ``opened`` is a future that resolves once the handshake is done (fails
+    with :class:`ClientError` if refused); ``closed`` resolves when the connection ends.
+    """
+
+    def __init__(self, client: Client, requests: list[dict[str, Any]], on_message: Any) -> None:
+        self.client = client
+        self.requests = requests
+        self.on_message = on_message
+        self.opened = txaio.create_future()
+        self.closed = txaio.create_future()
+        self.protocol: Any = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one more request (a subscribe or unsubscribe) on the open connection."""
+        if self.protocol is None:
+            raise ClientError("the subscription is not connected")
+        self.protocol.sendMessage(json.dumps(message).encode())
+
+    def close(self) -> None:
+        if self.protocol is not None:
+            self.protocol.sendClose()
+
+    def _protocol_class(self, base: Any) -> Any:
+        owner = self
+
+        class Proto(base):
+            def onOpen(self) -> None:  # noqa: N802 - autobahn API
+                owner.protocol = self
+                for request in owner.requests:
+                    self.sendMessage(json.dumps(request).encode())
+                txaio.resolve(owner.opened, owner)
+
+            def onMessage(self, payload: bytes, is_binary: bool) -> None:  # noqa: N802 - autobahn API
+                try:
+                    message = json.loads(payload)
+                except ValueError:
+                    return
+                owner.on_message(message)
+
+            def onClose(self, was_clean: bool, code: Any, reason: Any) -> None:  # noqa: N802 - autobahn API
+                owner.protocol = None
+                if not txaio.is_called(owner.opened):
+                    txaio.reject(owner.opened, ClientError(f"the node refused the WebSocket: {reason}"))
+                if not txaio.is_called(owner.closed):
+                    txaio.resolve(owner.closed, reason)
+
+        return Proto
+
+    def connect(self) -> Any:
+        url = f"ws://{self.client.host}:{self.client.port}/ws"
+        headers = {"Authorization": self.client._auth}
+        if txaio.using_twisted:
+            from autobahn.twisted.websocket import WebSocketClientFactory as TxFactory
+            from autobahn.twisted.websocket import WebSocketClientProtocol as TxProto
+            from autobahn.twisted.websocket import connectWS
+            factory: Any = TxFactory(url, headers=headers)
+            factory.protocol = self._protocol_class(TxProto)
+            connector = connectWS(factory, timeout=self.client.timeout)
+            factory.clientConnectionFailed = lambda _c, reason: self._failed(reason.getErrorMessage())
+            del connector
+        else:
+            import asyncio
+
+            from autobahn.asyncio.websocket import WebSocketClientFactory as AioFactory
+            from autobahn.asyncio.websocket import WebSocketClientProtocol as AioProto
+            factory = AioFactory(url, headers=headers)
+            factory.protocol = self._protocol_class(AioProto)
+            made = asyncio.ensure_future(asyncio.get_running_loop().create_connection(
+                factory, self.client.host, self.client.port))
+            made.add_done_callback(lambda f: self._failed(str(f.exception())) if f.exception() else None)
+        return self.opened
+
+    def _failed(self, why: str) -> None:
+        if not txaio.is_called(self.opened):
+            txaio.reject(self.opened, ClientError(f"no WebSocket to {self.client.host}:{self.client.port}: {why}"))
+        if not txaio.is_called(self.closed):
+            txaio.resolve(self.closed, why)
+
+
+def subscribe(client: Client, requests: list[dict[str, Any]], on_message: Any) -> Any:
+    """Connect to ``client``'s node ``/ws`` and send ``requests`` (e.g. ``{"op": "subscribe", "topic":
+    "address", "address": ..., "from_height": 120}``); a future of the open :class:`Subscriber`."""
+    return Subscriber(client, requests, on_message).connect()

@@ -173,6 +173,8 @@ def build_node(config: NodeConfig, key: crypto.PrivateKey, genesis: Genesis, rea
     node.p2p.setServiceParent(node)
     node.sync = SyncCoordinator(node, reactor)
     node.sync.setServiceParent(node)
+    from timecoin.notify.service import NotifyService  # push notifications, blocknotify (/ws on RPC)
+    NotifyService(node, reactor).setServiceParent(node)
     node.rpc = RPCService(node, reactor)
     node.rpc.setServiceParent(node)
     from timecoin.metrics.service import MetricsService

@@ -16,6 +16,7 @@ from twisted.python import usage
 from timecoin import __version__
 from timecoin.config import KEYS, NodeConfig, build_config
 from timecoin.errors import ConfigError
+from timecoin.logs import install_twistd_logger
 
 
 class Options(usage.Options):
@@ -37,6 +38,7 @@ class Options(usage.Options):
         except ConfigError as exc:
             sys.stderr.write(f"twistd timecoin: error: {exc}\n")
             raise SystemExit(2) from None
+        install_twistd_logger(getattr(self, "parent", None), self.node_config.log_format)
 
 
 def makeService(options: Options | dict[str, Any]) -> IService:  # noqa: N802 - twistd's name

@@ -34,6 +34,17 @@ class RPCService(service.Service):
         self.on_stop: Callable[[], Any] = self._stop_node
         self._listener: Any = None
         self._cookie = False
+        self.ws_factory: Any = None             # /ws (timecoin.notify) when the node has a notify service
+
+    def _mount_ws(self, rpc: RPCResource) -> Any:
+        """The site's root: ``/ws`` to the notifications WebSocket (same credentials and allow list), the
+        rest to the JSON-RPC resource."""
+        notify = self.node.namedServices.get("notify") if hasattr(self.node, "namedServices") else None
+        if notify is None:
+            return rpc
+        from timecoin.notify.ws import WSRoot, ws_resource
+        ws, self.ws_factory = ws_resource(notify.hub, rpc.credentials, rpc.allow)
+        return WSRoot(rpc, ws)
 
     def startService(self) -> None:  # noqa: N802 - Twisted API
         super().startService()
@@ -47,7 +58,7 @@ class RPCService(service.Service):
             how = f"cookie {cookie_path(cfg.datadir)}"
         self.resource = RPCResource(self.node, self.reactor, TABLE, Credentials(pairs), AllowList(cfg.rpc_allow_ip),
                                     self.reactor.seconds(), cfg.rpc_max_batch, cfg.rpc_max_concurrent)
-        self.site = RPCSite(self.resource, cfg.rpc_max_body_bytes)
+        self.site = RPCSite(self._mount_ws(self.resource), cfg.rpc_max_body_bytes)
         try:
             self._listener = self.reactor.listenTCP(cfg.rpc_port, self.site, interface=cfg.rpc_host)
         except CannotListenError as exc:
@@ -64,6 +75,8 @@ class RPCService(service.Service):
         listener, self._listener = self._listener, None
         if self.site is not None:
             self.site.close_all()
+        if self.ws_factory is not None:
+            self.ws_factory.close_all()
         if listener is None:
             return None
         return defer.maybeDeferred(listener.stopListening)
