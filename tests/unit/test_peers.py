@@ -521,6 +521,9 @@ class _Service:
     def penalize(self, conn: Any, reason: Reason) -> None:
         pass
 
+    def count_traffic(self, direction: str, payload: bytes) -> None:
+        pass                                  # metrics (P2PService.count_traffic): nothing to count here
+
 
 def _client(rate_limit: int, burst: int) -> tuple[PeerConnection, task.Clock, StringTransport]:
     clock = task.Clock()
