@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from tests.p2pnet import Net, wait_for
@@ -130,3 +131,13 @@ async def test_namespace_is_fresh_per_session(tmp_path: Path) -> None:
         assert ns.peers(node) == "no peers connected"
     finally:
         await node.stopService()
+
+
+def test_the_telnet_realm_serves_telnet_terminals_only() -> None:
+    """A login asking the realm for anything else (e.g. a conch SSH avatar) fails instead of getting a shell."""
+    from twisted.conch.interfaces import IConchUser
+
+    from timecoin.manhole.service import UnsupportedAvatar, _TelnetRealm
+
+    with pytest.raises(UnsupportedAvatar):
+        _TelnetRealm(None).requestAvatar("operator", None, IConchUser)

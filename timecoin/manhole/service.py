@@ -41,7 +41,7 @@ class _SessionFactory:
 
 class _Session(manhole_ssh.TerminalSession):
     """conch's TerminalSession, completed: EOF from the client ends the session (as it ends a shell) and a
-    resized window resizes the terminal (conch's raise NotImplementedError, a traceback per ``ssh < file``)."""
+    resized window resizes the terminal (conch's own methods raise there: a traceback per ``ssh < file``)."""
 
     _proto: Any = None
     _terminal: Any = None
@@ -60,6 +60,10 @@ class _Session(manhole_ssh.TerminalSession):
             self._proto.loseConnection()
 
 
+class UnsupportedAvatar(Exception):
+    """A login asked the telnet realm for something other than a telnet terminal (the portal fails it)."""
+
+
 @implementer(portal.IRealm)
 class _TelnetRealm:
     """A logged-in telnet user gets a terminal running a manhole on a fresh namespace."""
@@ -69,7 +73,7 @@ class _TelnetRealm:
 
     def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:  # noqa: N802 - Twisted API
         if telnet.ITelnetProtocol not in interfaces:
-            raise NotImplementedError("the manhole only serves telnet terminals")
+            raise UnsupportedAvatar("the manhole only serves telnet terminals")
         proto = telnet.TelnetBootstrapProtocol(insults.ServerProtocol, manhole.ColoredManhole,
                                                build_namespace(self.node))
         return telnet.ITelnetProtocol, proto, lambda: None
