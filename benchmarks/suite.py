@@ -45,13 +45,35 @@ class Figure:
 
 
 def ratio_figure(name: str, value: float, unit: str, baseline: float, baseline_unit: str,
-                 max_ratio: float | None = None) -> Figure:
-    """A figure with its baseline; with ``max_ratio`` the target is ``ratio <= max_ratio``."""
+                 max_ratio: float | None = None, min_ratio: float | None = None) -> Figure:
+    """A figure with its baseline; the target is ``ratio <= max_ratio`` and/or ``ratio >= min_ratio``."""
     ratio = value / baseline if baseline else math.inf
     fig = Figure(name, value, unit, baseline, baseline_unit, round(ratio, 3))
+    bounds = []
+    if min_ratio is not None:
+        bounds.append(f"ratio >= {min_ratio:g}")
+        fig.met = ratio >= min_ratio
     if max_ratio is not None:
-        fig.target = f"ratio <= {max_ratio:g}"
-        fig.met = ratio <= max_ratio
+        bounds.append(f"ratio <= {max_ratio:g}")
+        fig.met = (fig.met is not False) and ratio <= max_ratio
+    if bounds:
+        fig.target = " and ".join(bounds)
+    return fig
+
+
+def value_figure(name: str, value: float, unit: str, at_least: float | None = None,
+                 at_most: float | None = None) -> Figure:
+    """A figure without a baseline whose target bounds the value itself (e.g. ``>= 70 heights/s``)."""
+    fig = Figure(name, value, unit)
+    bounds = []
+    if at_least is not None:
+        bounds.append(f">= {at_least:g} {unit}")
+        fig.met = value >= at_least
+    if at_most is not None:
+        bounds.append(f"<= {at_most:g} {unit}")
+        fig.met = (fig.met is not False) and value <= at_most
+    if bounds:
+        fig.target = " and ".join(bounds)
     return fig
 
 
@@ -65,7 +87,11 @@ def _num(x: float | None) -> str:
 
 PARTS: dict[str, str] = {
     # name -> "module:function" (imported only when run, so one part's imports never slow another)
+    "baselines": "benchmarks.baselines:run",
     "hostile": "benchmarks.hostile:run",
     "rpc": "benchmarks.rpc:run",
     "sim": "benchmarks.sim:run",
 }
+# Parts being written (issue 15); each is registered here by the change that adds its module:
+#   codec, ingest, admission, apply (benchmarks/{codec,ingest,admission,apply}.py), sync (benchmarks/sync.py),
+#   p2p, bignode (benchmarks/{p2p,bignode}.py), testnet, load (benchmarks/{testnet,load}.py).

@@ -120,6 +120,11 @@ class PeerConnection(Protocol):
         """
         peer = self.transport.getPeer()
         self.ip, self.port = getattr(peer, "host", ""), getattr(peer, "port", 0)
+        # Consensus messages are small and latency-bound: without TCP_NODELAY, Nagle's algorithm holds a
+        # vote back until the previous segment is acknowledged, and the peer's delayed ACK holds that back.
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            set_nodelay(True)
         self._hello_deadline = self.clock.seconds() + HANDSHAKE_TIMEOUT
         self._handshake_timer = self.clock.callLater(min(PRE_TLS_TIMEOUT, HANDSHAKE_TIMEOUT),
                                                      self._handshake_timed_out)
