@@ -62,6 +62,7 @@ MAX_VALIDATOR_IPS = 1_024          # addresses validator peers were connected fr
 MAX_FIRST_PROPOSALS = 1024         # proposals of the current height remembered for VALID_BLOCK credit
 MAX_CAPPED = 10_000                # next-height messages refused for a per-sender cap, remembered per height
 FETCH_RETRY = 0.5                  # s before a block wanted by hash is asked of the next peer
+LAG_GRACE = 2.0                    # s a peer may stay one height ahead of us before we sync that height
 FETCH_ATTEMPTS = 30                # asks per wanted block (while we are still at its height); sync covers the rest
 NOTICE_RATE = 3_000                # per minute: new_block announcements + rejects without a request id, per peer
 NOTICE_BURST = 500                 # ... at once (honest peers send about one announcement per block)
@@ -155,6 +156,7 @@ class P2PService(service.Service):
         self._validator_ips_at = -float("inf")               # ... as of this time
         self._validator_seen: dict[str, None] = {}           # ip_keys validator peers connected from, oldest first
         self._loops: list[task.LoopingCall] = []
+        self._lag_check: Any = None            # the pending "still one height behind?" check (_maybe_catch_up)
         self._rng = random_for(reactor, "p2p")
         if node.consensus is not None:
             # Hooked before anything starts: a validator that proposes or votes while the services
@@ -211,6 +213,9 @@ class P2PService(service.Service):
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
         self._end_fetch()
+        if self._lag_check is not None and self._lag_check.active():
+            self._lag_check.cancel()
+        self._lag_check = None
         for conn in list(self.connections.values()):
             conn.close()
         if self.listening_port is not None:
@@ -1169,7 +1174,22 @@ class P2PService(service.Service):
         if sync is None or not self.running or self.node.store is None:
             return
         tip = self.node.store.tip_height()
-        if any(c.state == "ready" and c.height > tip + 1 for c in self.connections.values()):
+        ahead = [c.height for c in self.connections.values() if c.state == "ready" and c.height > tip]
+        if any(h > tip + 1 for h in ahead):
+            sync.trigger()
+        elif ahead and (self._lag_check is None or not self._lag_check.active()):
+            # One ahead for longer than a commit takes to propagate: the peers have moved on and will not
+            # gossip that height's votes again (a network restarted mid-commit halts here otherwise).
+            self._lag_check = self.reactor.callLater(LAG_GRACE, self._still_behind, tip)
+
+    def _still_behind(self, tip: int) -> None:
+        self._lag_check = None
+        store, sync = self.node.store, getattr(self.node, "sync", None)
+        if not self.running or store is None or sync is None or store.tip_height() != tip:
+            return
+        if any(c.state == "ready" and c.height > tip for c in self.connections.values()):
+            self.log.info("Peers are at height {h} and ours has not moved for {s} s: syncing", h=tip + 1,
+                          s=LAG_GRACE)
             sync.trigger()
 
     # -- dialing and pinging -----------------------------------------------------------------------
