@@ -28,6 +28,7 @@ from tests.integration.test_consensus_service import make_node, run_until
 from timecoin.config import NodeConfig, build_config
 from timecoin.consensus import engine as eng
 from timecoin.consensus.app import ChainApp
+from timecoin.consensus.guardfile import GUARD_FILE, GuardFile
 from timecoin.consensus.privval import PrivValidator
 from timecoin.consensus.service import WalSigner
 from timecoin.consensus.wal import WalKind, WriteAheadLog
@@ -52,9 +53,14 @@ def _drop_last_record(path: str) -> WalKind:
     return kind
 
 
-def _crash_state(config: NodeConfig, clock: Clock, upto: str, wal_records: bool = True) -> list[Message]:
+def _crash_state(config: NodeConfig, clock: Clock, upto: str, wal_records: bool = True,
+                 guard_in: str = "file") -> list[Message]:
     """Height 4 as a single validator signs it (proposal, prevote, precommit), with a crash right after
-    the guard committed ``upto`` and before its WAL record. Returns the signed messages."""
+    the guard committed ``upto`` and before its WAL record. Returns the signed messages.
+
+    ``guard_in``: "file" is the node's own layout (the guard file in the datadir); "store" is a datadir of
+    a node from before the guard file (its record in the store's ``privval`` database), which the service
+    must adopt."""
     key, genesis = prepare_datadir(config)
     node = Node(config, key, genesis)
     store_service = StoreService(node)
@@ -66,7 +72,8 @@ def _crash_state(config: NodeConfig, clock: Clock, upto: str, wal_records: bool 
         app = ChainApp(store, genesis.params, key.address, genesis.genesis_time)
         wal_path = os.path.join(config.datadir, "consensus.wal")
         wal = WriteAheadLog(wal_path)
-        signer = WalSigner(PrivValidator(key, genesis.chain_id, store), wal)
+        guard_file = GuardFile(os.path.join(config.datadir, GUARD_FILE)) if guard_in == "file" else None
+        signer = WalSigner(PrivValidator(key, genesis.chain_id, guard_file or store), wal)
         wal.append(WalKind.TIMEOUT, (4).to_bytes(8, "big") + (0).to_bytes(4, "big") +
                    bytes((eng.TimeoutKind.BLOCK_INTERVAL,)))
         block = app.propose(4, 0, int(clock.seconds() * 1000))
@@ -91,7 +98,12 @@ def _crash_state(config: NodeConfig, clock: Clock, upto: str, wal_records: bool 
             while WriteAheadLog(wal_path).pending():
                 _drop_last_record(wal_path)
             assert os.path.getsize(wal_path) < len(data)
-        assert store.get("privval", b"last_signed") is not None
+        if guard_file is not None:
+            assert guard_file.get("privval", b"last_signed") is not None
+            assert store.get("privval", b"last_signed") is None
+            guard_file.close()
+        else:
+            assert store.get("privval", b"last_signed") is not None
         return signed
     finally:
         store_service.stopService()
@@ -122,11 +134,12 @@ def _first_run(tmp_path: Path, block_interval: str = "1") -> tuple[NodeConfig, C
     return config, clock, sent
 
 
+@pytest.mark.parametrize("guard_in", ["file", "store"])
 @pytest.mark.parametrize("upto", ["proposal", "prevote", "precommit"])
 def test_crash_between_guard_commit_and_wal_append_resumes_with_the_signed_message(
-        tmp_path: Path, upto: str) -> None:
+        tmp_path: Path, upto: str, guard_in: str) -> None:
     config, clock, sent = _first_run(tmp_path)
-    signed = _crash_state(config, clock, upto)
+    signed = _crash_state(config, clock, upto, guard_in=guard_in)
     clock.advance(0.5)                                       # restarted a little later: new timestamps
 
     node = make_node(config, clock)

@@ -10,9 +10,12 @@ file is truncated there so later appends start clean. After a marker the file is
 with just the marker) once it grows past ``rotate_bytes``, so it never holds more than a height or so.
 It is read in a stream at open (two passes, in pieces): memory follows the records after the last marker
 (what replay needs), never the size of the file, and a torn record's claimed length is never allocated.
-Our own messages are fsync'd (``sync=True``); peers' are flushed only, since they can be re-fetched.
+Appends are flushed; :meth:`WriteAheadLog.sync` makes everything appended so far durable, and the
+consensus service calls it before each signature (so the inputs behind a signature, and our previous
+signed message, are durable before the guard records the next one). End-of-height markers are flushed
+only: the next sync carries them.
 
-``PROPOSAL_INTENT`` is an unsigned proposal of ours (with its block), fsync'd *before* the guard is asked
+``PROPOSAL_INTENT`` is an unsigned proposal of ours (with its block), synced *before* the guard is asked
 to sign it: the guard's record holds only the block's hash, so after a crash between the guard's commit
 and the signed ``PROPOSAL`` record the signed proposal is rebuilt from the intent and the guard's
 signature. Intents are never fed to the engine. (An older node reading a log with an intent record would
@@ -120,7 +123,10 @@ class WriteAheadLog:
             self._f.close()
             self._f = open(self.path, "ab")  # noqa: SIM115
         else:
-            self.append(WalKind.END_HEIGHT, marker, sync=True)
+            # Flushed, not synced: a marker lost to a power cut only leaves the committed height's records
+            # before the next height's (replay takes the records of the store's tip + 1 only), and the next
+            # signature's sync makes it durable with them.
+            self.append(WalKind.END_HEIGHT, marker)
 
     def close(self) -> None:
         if not self._f.closed:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import task
 
+from timecoin.consensus.guardfile import GUARD_FILE
 from timecoin.ledger.block import NIL_HASH, Block, CommitCertificate, Proposal, Vote, VoteType
 from timecoin.ledger.state import build_block
 from timecoin.p2p.gossip import message_id
@@ -356,9 +357,14 @@ class Amnesia(_Base):
             start = consensus.startService
 
             def forget_then_start() -> None:
-                # The store opens first (it is the first service): wipe the guard's record, then the WAL.
+                # The store opens first (it is the first service): wipe the guard's records (the guard file,
+                # and an older node's record in the store), then the WAL.
                 assert node.store is not None
                 guard = node.store.delete("privval", b"last_signed")
+                guard_path = os.path.join(node.config.datadir, GUARD_FILE)
+                if os.path.isfile(guard_path):
+                    os.remove(guard_path)
+                    guard = True
                 removed = [p for p in sorted(glob.glob(os.path.join(node.config.datadir, "consensus.wal*")))
                            if os.path.isfile(p)]
                 for path in removed:
