@@ -6,6 +6,8 @@ runs unchanged over LMDB. It is a real backend, not a stand-in: nothing is faked
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from timecoin.errors import StoreError
 from timecoin.ledger.block import Block, CommitCertificate
 from timecoin.ledger.genesis import Genesis
@@ -50,7 +52,8 @@ class MemoryStore(MemoryState):
     def get_blocks(self, start: int, count: int) -> list[tuple[Block, CommitCertificate]]:
         return [(self.blocks[h], self.certs[h]) for h in range(start, start + count) if h in self.blocks]
 
-    def commit_block(self, block: Block, cert: CommitCertificate, result: BlockResult) -> None:
+    def commit_block(self, block: Block, cert: CommitCertificate, result: BlockResult,
+                     also: Mapping[tuple[str, bytes], bytes] | None = None) -> None:
         if block.height != self.tip_height() + 1 or block.header.prev_hash != self.tip_hash():
             raise StoreError(f"block {block.height} does not extend the tip {self.tip_height()}")
         if result.height != block.height or cert.height != block.height or cert.block_hash != block.hash:
@@ -65,6 +68,7 @@ class MemoryStore(MemoryState):
         self.commit(result)
         self.blocks[block.height] = block
         self.certs[block.height] = cert
+        self.kv.update(also or {})
 
     def get(self, db_name: str, key: bytes) -> bytes | None:
         return self.kv.get((db_name, key))

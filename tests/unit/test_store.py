@@ -647,3 +647,29 @@ def test_a_key_lmdb_cannot_hold_refuses_that_write_only(path: str, genesis: Gene
         assert told == []
         s.put("peers", b"k", b"v")
         assert s.get("peers", b"k") == b"v"
+
+
+def test_records_committed_with_a_block_are_atomic_with_it(store: Store, builder: ChainBuilder) -> None:
+    block, result, cert = builder.block(store, 1, store.tip_hash(), [])
+    key = (2).to_bytes(8, "big")
+    with pytest.raises(StoreError):                  # refused (a certificate of another block): nothing written
+        store.commit_block(block, dataclasses.replace(cert, block_hash=b"\x00" * 32), result,
+                           also={(PRIORITIES_DB, key): b"next"})
+    assert store.get(PRIORITIES_DB, key) is None and store.tip_height() == 0
+    store.commit_block(block, cert, result, also={(PRIORITIES_DB, key): b"next"})
+    assert store.get(PRIORITIES_DB, key) == b"next" and store.tip_height() == 1
+
+
+def test_consensus_commits_a_height_in_one_write_transaction(store: Store, genesis: Genesis,
+                                                            builder: ChainBuilder,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each LMDB commit is two syncs on the consensus critical path: the block, its state and the next
+    proposer priorities go in one (issue 15: they were two commits a height)."""
+    app = ChainApp(store, genesis.params, None, genesis.genesis_time)
+    block, _result, cert = builder.block(store, 1, store.tip_hash(), [])
+    writes = []
+    real = store._write
+    monkeypatch.setattr(store, "_write", lambda fn: writes.append(fn) or real(fn))
+    app.commit(block, cert)
+    assert len(writes) == 1
+    assert store.tip_height() == 1 and store.get(PRIORITIES_DB, (2).to_bytes(8, "big")) is not None

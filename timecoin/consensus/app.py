@@ -145,8 +145,9 @@ class ChainApp:
         height = block.height
         next_prio = prio.next_height(self.validator_set(height), self.priorities(height),
                                      self.validator_set(height + 1))
-        self.chain.commit_block(block, cert, result)
-        self.chain.put(PRIORITIES_DB, (height + 1).to_bytes(8, "big"), prio.encode(next_prio))
+        # The next height's proposer priorities in the block's own transaction: atomic, and one commit.
+        self.chain.commit_block(block, cert, result,
+                                also={(PRIORITIES_DB, (height + 1).to_bytes(8, "big")): prio.encode(next_prio)})
         self._prio_cache[height + 1] = next_prio
         self._results.clear()
         for ev in block.evidence:
