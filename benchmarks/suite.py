@@ -90,6 +90,7 @@ PARTS: dict[str, str] = {
     "baselines": "benchmarks.baselines:run",
     "hostile": "benchmarks.hostile:run",
     "rpc": "benchmarks.rpc:run",
+    "bignode": "benchmarks.bignode:run",
     "p2p": "benchmarks.p2p:run",
     "sim": "benchmarks.sim:run",
     "tls": "benchmarks.baseline_tls:run",
