@@ -90,7 +90,10 @@ PARTS: dict[str, str] = {
     "baselines": "benchmarks.baselines:run",
     "hostile": "benchmarks.hostile:run",
     "rpc": "benchmarks.rpc:run",
+    "bignode": "benchmarks.bignode:run",
+    "p2p": "benchmarks.p2p:run",
     "sim": "benchmarks.sim:run",
+    "tls": "benchmarks.baseline_tls:run",
 }
 # Parts being written (issue 15); each is registered here by the change that adds its module:
 #   codec, ingest, admission, apply (benchmarks/{codec,ingest,admission,apply}.py), sync (benchmarks/sync.py),

@@ -115,6 +115,36 @@ def _int(data: bytes) -> int:
     return int.from_bytes(data, "big")
 
 
+def stored_block(raw: bytes) -> Block:
+    """A block from the store's own bytes: parsed without the canonical re-encoding check of the wire decoder.
+
+    The store holds only what it wrote: ``Block.encoded`` of a block that was built here or decoded
+    canonically on receipt (``Block.decode``) before it was validated and committed, so rebuilding it to
+    compare would only repeat that. Reading a block for RPC or sync then costs one parse instead of a parse
+    and a build. The header is the fixed-size prefix of the encoding, so its bytes (and hash) come free.
+    Corrupt bytes still fail, with DecodeError, as ``Block.decode`` does.
+    """
+    data = bytes(raw)
+    try:
+        block = Block.from_wire(messages.BLOCK.compiled.parse(data))
+    except Exception as exc:
+        raise DecodeError(f"stored Block: {type(exc).__name__}: {exc}".splitlines()[0][:200]) from None
+    block.__dict__["encoded"] = data
+    block.header.__dict__["encoded"] = data[:HEADER_SIZE]
+    return block
+
+
+def stored_certificate(raw: bytes) -> CommitCertificate:
+    """A certificate from the store's own bytes (see :func:`stored_block`: parsed once, not rebuilt)."""
+    data = bytes(raw)
+    try:
+        cert = CommitCertificate.from_wire(messages.COMMIT_CERTIFICATE.compiled.parse(data))
+    except Exception as exc:
+        raise DecodeError(f"stored CommitCertificate: {type(exc).__name__}: {exc}".splitlines()[0][:200]) from None
+    cert.__dict__["encoded"] = data
+    return cert
+
+
 class Store:
     """The LMDB store; implements ``timecoin.ledger.result.StateReader``.
 
@@ -124,7 +154,9 @@ class Store:
     log = Logger()
 
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
-                 max_map_size: int = MAX_MAP_SIZE, undo_depth: int = MAX_REORG_DEPTH) -> None:
+                 max_map_size: int = MAX_MAP_SIZE, undo_depth: int = MAX_REORG_DEPTH, durable: bool = True) -> None:
+        """``durable=False`` skips the fsync of each commit (LMDB ``sync``/``metasync`` off): for bulk builders
+        of throwaway chains only (benchmarks), never a node -- a system crash may then lose recent commits."""
         if map_size <= 0 or max_map_size < map_size:
             raise StoreError(f"bad map sizes: map_size={map_size}, max_map_size={max_map_size}")
         if undo_depth < 1:
@@ -134,6 +166,7 @@ class Store:
         self.on_write_error: Callable[[str], None] | None = None    # a write that cannot be made (node.fatal)
         self.max_map_size = max_map_size
         self.undo_depth = undo_depth
+        self._vset_cache: tuple[bytes, ValidatorSet] | None = None     # (stored bytes, decoded): validator_set
         data_file = os.path.join(path, "data.mdb")
         if readonly:
             # Never create anything for a reader: a typo in --datadir must not leave an empty store.
@@ -149,7 +182,7 @@ class Store:
         try:
             self._env: lmdb.Environment | None = lmdb.open(
                 path, map_size=map_size, subdir=True, readonly=readonly, lock=True, create=not readonly,
-                max_dbs=MAX_DBS, sync=True, metasync=True)
+                max_dbs=MAX_DBS, sync=durable, metasync=durable)
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}") from None
         try:
@@ -378,10 +411,22 @@ class Store:
         return None if raw is None else Account.decode(raw)
 
     def validator_set(self, height: int) -> ValidatorSet | None:
+        """The set of ``height``; decoded once per distinct stored value (sets rarely change between heights).
+
+        The cache is keyed by the stored bytes read in this very call, so a write that changes the set of a
+        height (a new block, a rollback) can never be answered from a stale entry.
+        """
         if height < 0:
             return None
         raw = self.get(VALIDATORS, _h(height))
-        return None if raw is None else ValidatorSet.decode(raw)
+        if raw is None:
+            return None
+        cached = self._vset_cache
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        vs = ValidatorSet.decode(raw)
+        self._vset_cache = (raw, vs)
+        return vs
 
     def lthash(self) -> bytes:
         return self._read(lambda txn: self._meta(txn, K_LTHASH))
@@ -435,11 +480,31 @@ class Store:
 
     def get_block(self, height: int) -> Block | None:
         raw = self.get_block_bytes(height)
-        return None if raw is None else Block.decode(raw)
+        return None if raw is None else stored_block(raw)
 
     def get_certificate(self, height: int) -> CommitCertificate | None:
         raw = self.get(CERTS, _h(height)) if height >= 0 else None
-        return None if raw is None else CommitCertificate.decode(raw)
+        return None if raw is None else stored_certificate(raw)
+
+    def block_view(self, height: int) -> tuple[Block, CommitCertificate | None, int, bytes | None] | None:
+        """(block, its certificate, tip height, hash of the next block or None) from one snapshot (getblock).
+
+        One read transaction instead of four: the answer is consistent even if a block commits meanwhile.
+        """
+        if height < 1:
+            return None
+        blocks, certs = self._dbs[BLOCKS], self._dbs[CERTS]
+
+        def read(txn: lmdb.Transaction) -> tuple[bytes, bytes | None, int, bytes | None] | None:
+            raw = txn.get(_h(height), db=blocks)
+            if raw is None:
+                return None
+            return raw, txn.get(_h(height), db=certs), self._tip(txn), self._hash_at(txn, height + 1)
+        got = self._read(read)
+        if got is None:
+            return None
+        raw, cert, tip, next_hash = got
+        return stored_block(raw), None if cert is None else stored_certificate(cert), tip, next_hash
 
     def tx_location(self, txid: bytes) -> tuple[int, int] | None:
         """(height, index in block) of a committed transaction."""

@@ -101,10 +101,11 @@ def getblock(ctx: RPCContext, blockhash: str, verbosity: int) -> Any:
         if raw is None:
             raise RPCError(INVALID_ADDRESS_OR_KEY, "Block not found")
         return bytes(raw).hex()
-    block = _block_at(ctx, height)
-    store = ctx.store
-    return render.block_json(block, store.get_certificate(height), network(ctx), tip=store.tip_height(),
-                             next_hash=store.block_hash_at(height + 1), verbosity=verbosity)
+    view = ctx.store.block_view(height)        # block, certificate, tip and next hash from one snapshot
+    if view is None:                           # rolled back between the two reads: gone
+        raise RPCError(INVALID_ADDRESS_OR_KEY, "Block not found")
+    block, cert, tip, next_hash = view
+    return render.block_json(block, cert, network(ctx), tip=tip, next_hash=next_hash, verbosity=verbosity)
 
 
 @TABLE.method(
