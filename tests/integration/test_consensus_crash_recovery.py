@@ -45,12 +45,23 @@ def _drop_last_record(path: str) -> WalKind:
     off, last = 0, 0
     while off + 8 <= len(data):
         length, _ = struct.unpack_from(">II", data, off)
+        if length == 0:
+            break                                  # the log's end: preallocated zeros follow
         last, off = off, off + 8 + length
-    assert off == len(data)
+    assert not any(data[off:])
     kind = WalKind(data[last + 8])
     with open(path, "r+b") as f:
         f.truncate(last)
     return kind
+
+
+def _log_size(path: str) -> int:
+    """Bytes of records in the WAL at ``path`` (its file is longer: preallocated zeros follow them)."""
+    wal = WriteAheadLog(path)
+    try:
+        return wal.size
+    finally:
+        wal.close()
 
 
 def _crash_state(config: NodeConfig, clock: Clock, upto: str, wal_records: bool = True,
@@ -93,11 +104,10 @@ def _crash_state(config: NodeConfig, clock: Clock, upto: str, wal_records: bool 
             if upto == "proposal":                              # the unsigned intent (with the block) survives
                 assert [r.kind for r in WriteAheadLog(wal_path).pending()][-1] == WalKind.PROPOSAL_INTENT
         else:                                                   # the old ordering: none of height 4 logged
-            with open(wal_path, "rb") as f:
-                data = f.read()
+            logged = _log_size(wal_path)
             while WriteAheadLog(wal_path).pending():
                 _drop_last_record(wal_path)
-            assert os.path.getsize(wal_path) < len(data)
+            assert _log_size(wal_path) < logged
         if guard_file is not None:
             assert guard_file.get("privval", b"last_signed") is not None
             assert store.get("privval", b"last_signed") is None

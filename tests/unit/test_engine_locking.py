@@ -328,6 +328,8 @@ def _truncate_to_last_marker(path: str) -> int:
     off, keep, count = 0, 0, 0
     while off + 8 <= len(data):
         length, _ = struct.unpack_from(">II", data, off)
+        if length == 0:
+            break                                  # the log's end: preallocated zeros follow
         off += 8 + length
         count += 1
         if data[off - length] == WalKind.END_HEIGHT:

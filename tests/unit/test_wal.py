@@ -30,6 +30,24 @@ def _write(path: Path, records: list[WalRecord]) -> WriteAheadLog:
     return wal
 
 
+def _used(path: Path) -> bytes:
+    """The log's records: the file's bytes up to the first zero length, everything after them zeros (the
+    preallocation; a torn tail left after them would be read as a record one day)."""
+    data = path.read_bytes()
+    off = 0
+    while off + HEADER <= len(data):
+        length = int.from_bytes(data[off:off + 4], "big")
+        if length == 0:
+            break
+        off += HEADER + length
+    assert not any(data[off:]), "non-zero bytes after the log's end"
+    return data[:off]
+
+
+def _size(path: Path) -> int:
+    return len(_used(path))
+
+
 def _marker(height: int) -> WalRecord:
     return WalRecord(WalKind.END_HEIGHT, height.to_bytes(8, "big"))
 
@@ -56,7 +74,7 @@ def test_missing_and_empty_files_open_empty(tmp_path: Path) -> None:
     wal = WriteAheadLog(str(tmp_path / "new.wal"))
     assert wal.pending() == [] and wal.last_end_height() is None
     wal.close()
-    assert (tmp_path / "new.wal").stat().st_size == 0
+    assert _used(tmp_path / "new.wal") == b""
     wal = WriteAheadLog(str(tmp_path / "new.wal"))
     assert wal.pending() == []
     wal.close()
@@ -65,7 +83,7 @@ def test_missing_and_empty_files_open_empty(tmp_path: Path) -> None:
 def test_records_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "c.wal"
     _write(path, RECORDS)
-    assert path.read_bytes() == b"".join(_frame(r.kind, r.data) for r in RECORDS)   # the documented framing
+    assert _used(path) == b"".join(_frame(r.kind, r.data) for r in RECORDS)   # the documented framing
     wal = WriteAheadLog(str(path))
     assert wal.pending() == RECORDS
     assert wal.last_end_height() is None
@@ -84,7 +102,7 @@ def test_torn_last_record_is_dropped_at_every_cut(tmp_path: Path) -> None:
     src = tmp_path / "full.wal"
     records = [*RECORDS[:3], _marker(7), *RECORDS[3:]]
     _write(src, records)
-    full = src.read_bytes()
+    full = _used(src)
     last = _frame(records[-1].kind, records[-1].data)
     start = len(full) - len(last)
     assert full[start:] == last
@@ -94,7 +112,7 @@ def test_torn_last_record_is_dropped_at_every_cut(tmp_path: Path) -> None:
         wal = WriteAheadLog(str(path))
         assert wal.pending() == records[4:-1], f"cut at {cut}"
         assert wal.last_end_height() == 7
-        assert path.stat().st_size == start, f"torn tail not truncated at cut {cut}"
+        assert _size(path) == start, f"torn tail not truncated at cut {cut}"
         wal.append(WalKind.TIMEOUT, b"\x01" * 13)
         wal.close()
         assert _pending(path) == [*records[4:-1], WalRecord(WalKind.TIMEOUT, b"\x01" * 13)]
@@ -104,7 +122,7 @@ def test_torn_end_height_marker_leaves_the_height_pending(tmp_path: Path) -> Non
     """A crash while writing the marker: the height's records are still pending (replayed, not lost)."""
     path = tmp_path / "m.wal"
     _write(path, [*RECORDS[:2], _marker(3)])
-    data = path.read_bytes()
+    data = _used(path)
     for cut in range(len(data) - len(_frame(WalKind.END_HEIGHT, bytes(8))), len(data)):
         path.write_bytes(data[:cut])
         wal = WriteAheadLog(str(path))
@@ -119,7 +137,7 @@ def test_corrupt_record_in_the_middle_cuts_the_log_there(tmp_path: Path, where: 
     ever damaged at its tail by a crash, so damage in the middle is treated as the tail)."""
     path = tmp_path / "x.wal"
     _write(path, RECORDS)
-    data = bytearray(path.read_bytes())
+    data = bytearray(_used(path))
     offsets = []
     off = 0
     for r in RECORDS:
@@ -139,7 +157,7 @@ def test_corrupt_record_in_the_middle_cuts_the_log_there(tmp_path: Path, where: 
     path.write_bytes(bytes(data))
     wal = WriteAheadLog(str(path))
     assert wal.pending() == RECORDS[:bad]
-    assert path.stat().st_size == o
+    assert _size(path) == o
     wal.append(WalKind.VOTE, b"after repair")
     wal.close()
     assert _pending(path) == [*RECORDS[:bad], WalRecord(WalKind.VOTE, b"after repair")]
@@ -166,10 +184,10 @@ def test_end_height_appends_a_marker_below_the_rotation_size(tmp_path: Path) -> 
     wal = WriteAheadLog(str(path), rotate_bytes=1 << 20)
     for r in RECORDS:
         wal.append(r.kind, r.data)
-    size = path.stat().st_size
+    size = _size(path)
     wal.end_height(9)
     wal.close()
-    assert path.stat().st_size == size + HEADER + 1 + 8
+    assert _size(path) == size + HEADER + 1 + 8
     wal = WriteAheadLog(str(path))
     assert wal.pending() == [] and wal.last_end_height() == 9
     wal.close()
@@ -180,9 +198,9 @@ def test_end_height_compacts_the_file_past_the_rotation_size(tmp_path: Path) -> 
     wal = WriteAheadLog(str(path), rotate_bytes=200)
     for r in RECORDS:                                        # > 200 bytes of height 41
         wal.append(r.kind, r.data)
-    assert path.stat().st_size > 200
+    assert _size(path) > 200
     wal.end_height(41)
-    assert path.read_bytes() == _frame(WalKind.END_HEIGHT, (41).to_bytes(8, "big"))
+    assert _used(path) == _frame(WalKind.END_HEIGHT, (41).to_bytes(8, "big"))
     assert not os.path.exists(str(path) + ".tmp")
     # the log keeps working on the new file: records of height 42 land after the marker
     wal.append(WalKind.VOTE, b"h42")
@@ -195,7 +213,7 @@ def test_end_height_compacts_the_file_past_the_rotation_size(tmp_path: Path) -> 
         for r in RECORDS:
             wal.append(r.kind, r.data)
         wal.end_height(h)
-        assert path.stat().st_size <= 200 + sum(len(_frame(r.kind, r.data)) for r in RECORDS) + 17
+        assert _size(path) <= 200 + sum(len(_frame(r.kind, r.data)) for r in RECORDS) + 17
     wal.close()
     wal = WriteAheadLog(str(path))
     assert wal.last_end_height() == 59 and wal.pending() == []
@@ -257,7 +275,42 @@ def test_a_torn_length_is_not_allocated_before_it_is_found_torn(tmp_path: Path) 
         tracemalloc.stop()
     try:
         assert wal.pending() == [WalRecord(WalKind.VOTE, b"kept")]
-        assert path.stat().st_size == HEADER + 1 + 4
+        assert _size(path) == HEADER + 1 + 4
         assert peak < 1 << 20, peak
     finally:
         wal.close()
+
+
+def test_appends_write_over_preallocated_zeros_so_the_file_size_never_changes(tmp_path: Path) -> None:
+    """A sync of a file whose size and blocks do not change is data only (fdatasync, no journal commit):
+    issue 15 measured the WAL's sync of a growing file at 2.5x the cost of the guard file's."""
+    path = tmp_path / "z.wal"
+    wal = WriteAheadLog(str(path), prealloc_bytes=64 << 10)
+    size = path.stat().st_size
+    assert size >= 64 << 10
+    for i in range(200):
+        wal.append(WalKind.VOTE, b"v" * 100 + bytes([i % 256]), sync=i % 10 == 0)
+    assert path.stat().st_size == size and wal.size == 200 * (HEADER + 102)
+    for _ in range(700):                                     # past the preallocation: grown once, by a chunk
+        wal.append(WalKind.VOTE, b"w" * 100)
+    assert path.stat().st_size == size + (64 << 10)
+    wal.close()
+    assert len(_pending(path)) == 900
+
+
+def test_a_torn_tail_inside_the_preallocation_is_zeroed_not_read_later(tmp_path: Path) -> None:
+    """Garbage after the last good record of a preallocated file (a torn write) is zeroed at open: a
+    shorter record written there later must not leave the garbage's end to be read as a record."""
+    path = tmp_path / "g.wal"
+    _write(path, RECORDS[:2])
+    end = _size(path)
+    stale = _frame(WalKind.VOTE, b"old but well framed")
+    with open(path, "r+b") as f:                             # a torn record, then a whole one after it
+        f.seek(end)
+        f.write(struct.pack(">II", 999, 0) + b"\x01" * 20 + stale)
+    wal = WriteAheadLog(str(path))
+    assert wal.pending() == RECORDS[:2]
+    wal.append(WalKind.TIMEOUT, b"\x02" * 13)
+    wal.close()
+    assert _pending(path) == [*RECORDS[:2], WalRecord(WalKind.TIMEOUT, b"\x02" * 13)]
+    assert _size(path) == end + HEADER + 14                  # _used checks every byte after it is zero

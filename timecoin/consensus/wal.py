@@ -6,7 +6,9 @@ is never appended (``Engine.on_accept``). A record is ``length (4 BE) || crc32 (
 an ``END_HEIGHT`` record marks a height as committed. On restart the records after the last marker
 are replayed into the engine, so a validator resumes the height (and round, and lock) it was in. A
 torn or corrupt last record (a crash mid-write) fails its length or CRC check and is cut off; the
-file is truncated there so later appends start clean. After a marker the file is compacted (rewritten
+bytes after it are zeroed so later appends start clean. The file is preallocated with zeros ahead of the
+log's end (``PREALLOC_BYTES``; a zero length ends the log), so appending never changes its size and a
+sync is an ``fdatasync`` without a filesystem journal commit. After a marker the file is compacted (rewritten
 with just the marker) once it grows past ``rotate_bytes``, so it never holds more than a height or so.
 It is read in a stream at open (two passes, in pieces): memory follows the records after the last marker
 (what replay needs), never the size of the file, and a torn record's claimed length is never allocated.
@@ -35,6 +37,7 @@ from twisted.logger import Logger
 _HEADER = struct.Struct(">II")
 MAX_RECORD = 64 * 1024 * 1024
 _CHUNK = 64 * 1024              # bytes read at a time while checking a record's CRC at open
+PREALLOC_BYTES = 1 << 20        # zeros kept ahead of the log's end (see WriteAheadLog._reserve)
 _MAX_MARKER = 1 + 16            # an END_HEIGHT record's body: kind + height (8 bytes; a little slack)
 
 
@@ -56,15 +59,56 @@ class WalRecord:
 class WriteAheadLog:
     log = Logger()
 
-    def __init__(self, path: str, rotate_bytes: int = 1 << 20) -> None:
+    def __init__(self, path: str, rotate_bytes: int = 1 << 20, prealloc_bytes: int = PREALLOC_BYTES) -> None:
         self.path = path
         self.rotate_bytes = rotate_bytes
+        self.prealloc_bytes = max(prealloc_bytes, 4096)
         self._pending_at_open, self._last_end_at_open, good_len = self._scan()
-        self._f = open(path, "ab")  # noqa: SIM115 - held open for the node's life
-        if self._f.tell() != good_len:
-            self.log.warn("WAL {path}: dropped a torn tail of {n} bytes", path=path, n=self._f.tell() - good_len)
-            self._f.truncate(good_len)
-            self._f.seek(good_len)
+        self._f = open(path, "r+b" if os.path.exists(path) else "w+b")  # noqa: SIM115 - held for the node's life
+        self._end = good_len                  # the log's end: records live in [0, _end), zeros after it
+        self._alloc = os.fstat(self._f.fileno()).st_size
+        torn = self._nonzero_tail(good_len)
+        if torn:
+            self.log.warn("WAL {path}: dropped a torn tail of {n} bytes", path=path, n=torn)
+        if torn or self._alloc < good_len + self.prealloc_bytes:
+            self._f.truncate(good_len)        # a torn record's bytes must never be read as a record later
+            self._alloc = good_len
+            self._reserve(self.prealloc_bytes)
+        self._f.seek(good_len)
+
+    @property
+    def size(self) -> int:
+        """Bytes of records in the log (the file itself is longer: preallocated zeros follow them)."""
+        return self._end
+
+    def _nonzero_tail(self, good: int) -> int:
+        """How many bytes after the good prefix are not the preallocated zeros (a torn or corrupt tail)."""
+        self._f.seek(good)
+        last, off = 0, good
+        while True:
+            chunk = self._f.read(_CHUNK)
+            if not chunk:
+                return last
+            stripped = chunk.rstrip(b"\0")
+            if stripped:
+                last = off + len(stripped) - good
+            off += len(chunk)
+
+    def _reserve(self, need: int) -> None:
+        """Make sure ``need`` bytes after the end are allocated and zeroed.
+
+        Records are written over zeros that are already on disk, so the file's size and block map do not
+        change as the log grows: a sync is then an ``fdatasync`` of data blocks alone, with no journal
+        commit (issue 15: the WAL's fsync of a growing file cost 2.5x the guard file's fdatasync). The
+        zeros end the log for the reader (a record of length 0 is invalid).
+        """
+        if self._end + need <= self._alloc:
+            return
+        grow = max(self.prealloc_bytes, need)
+        self._f.flush()
+        _write_zeros(self._f.fileno(), self._alloc, grow)
+        os.fsync(self._f.fileno())            # the new size and blocks, once per prealloc_bytes of log
+        self._alloc += grow
 
     def _scan(self) -> tuple[list[WalRecord], int | None, int]:
         """(records after the last marker, that marker's height, length of the good prefix), in two passes.
@@ -99,29 +143,36 @@ class WriteAheadLog:
 
     def append(self, kind: WalKind, data: bytes, sync: bool = False) -> None:
         body = bytes((kind,)) + data
-        self._f.write(_HEADER.pack(len(body), zlib.crc32(body)) + body)
+        record = _HEADER.pack(len(body), zlib.crc32(body)) + body
+        self._reserve(len(record))
+        self._f.write(record)
         self._f.flush()
+        self._end += len(record)
         if sync:
-            os.fsync(self._f.fileno())
+            os.fdatasync(self._f.fileno())
 
     def sync(self) -> None:
         """Make everything appended so far durable (before the guard signs on what it led to)."""
         self._f.flush()
-        os.fsync(self._f.fileno())
+        os.fdatasync(self._f.fileno())
 
     def end_height(self, height: int) -> None:
         """Mark ``height`` committed; compact the file when it has grown."""
         marker = height.to_bytes(8, "big")
-        if self._f.tell() > self.rotate_bytes:
+        if self._end > self.rotate_bytes:
+            body = bytes((WalKind.END_HEIGHT,)) + marker
+            record = _HEADER.pack(len(body), zlib.crc32(body)) + body
             tmp = self.path + ".tmp"
             with open(tmp, "wb") as f:
-                body = bytes((WalKind.END_HEIGHT,)) + marker
-                f.write(_HEADER.pack(len(body), zlib.crc32(body)) + body)
+                f.write(record)
                 f.flush()
+                _write_zeros(f.fileno(), len(record), self.prealloc_bytes)
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
             self._f.close()
-            self._f = open(self.path, "ab")  # noqa: SIM115
+            self._f = open(self.path, "r+b")  # noqa: SIM115
+            self._f.seek(len(record))
+            self._end, self._alloc = len(record), len(record) + self.prealloc_bytes
         else:
             # Flushed, not synced: a marker lost to a power cut only leaves the committed height's records
             # before the next height's (replay takes the records of the store's tip + 1 only), and the next
@@ -131,6 +182,15 @@ class WriteAheadLog:
     def close(self) -> None:
         if not self._f.closed:
             self._f.close()
+
+
+def _write_zeros(fd: int, offset: int, count: int) -> None:
+    """``count`` zero bytes at ``offset``, written (not a hole: its blocks must exist before a record lands)."""
+    zeros = bytes(min(count, _CHUNK))
+    while count > 0:
+        n = os.pwrite(fd, zeros[:count], offset)
+        offset += n
+        count -= n
 
 
 def _check_records(f: BinaryIO, size: int) -> tuple[int, int | None, int]:
