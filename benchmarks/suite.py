@@ -92,6 +92,7 @@ PARTS: dict[str, str] = {
     "rpc": "benchmarks.rpc:run",
     "sim": "benchmarks.sim:run",
     "testnet": "benchmarks.testnet:run",
+    "load": "benchmarks.load:run",
 }
 # Parts being written (issue 15); each is registered here by the change that adds its module:
 #   codec, ingest, admission, apply (benchmarks/{codec,ingest,admission,apply}.py), sync (benchmarks/sync.py),

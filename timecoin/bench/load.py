@@ -9,10 +9,12 @@ What it does, in order (every step bounded in time):
    its transfers final (``getaccount``).
 2. **Pre-signing.** ``rate x duration`` 1-unit transfers, sender ``k % senders`` with consecutive
    nonces, are signed and encoded into JSON-RPC batch bodies *before* the clock starts, so the run
-   costs the generator only HTTP. Sender ``s`` always goes to node ``s % nodes``: its nonces arrive at
-   one node in order (the others get them by gossip), and the load is spread over every node.
-3. **Submission.** One thread per node, one keep-alive connection each, sends batch ``j`` at
-   ``t0 + j x batch x nodes / rate`` (open loop: a late batch goes at once, and the lag is reported).
+   costs the generator only HTTP. The senders are split into *lanes*, ``connections`` per node: sender
+   ``s`` always goes through lane ``s % lanes`` to node ``lane % nodes``, so its nonces arrive at one
+   node in order on one connection (the other nodes get them by gossip), spread over every node.
+3. **Submission.** One thread per lane, one keep-alive connection each, sends batch ``j`` at
+   ``t0 + j x batch x lanes / rate`` (open loop: a late batch goes at once, and the lag is reported;
+   several connections per node keep a slow reply from holding the others back).
    A reply with an error counts the tx rejected, by its reason.
 4. **Finality.** A tracker thread polls node 0's ``getblockcount`` every ``POLL_S`` and reads each new
    block's txids (``getblock`` verbosity 1); a tx's latency is from just before its batch was sent to
@@ -59,6 +61,7 @@ class LoadSettings:
     batch: int = 0                        # txs per JSON-RPC batch; 0: about 20 batches/s per node
     drain: float = 10.0                   # seconds to wait for finality after the last batch
     fee: int = 0                          # units per tx; 0: the node's fee floor (getmempoolinfo)
+    connections: int = 4                  # keep-alive connections per node (each its own senders)
 
     def check(self) -> None:
         if not self.rate > 0:
@@ -71,6 +74,8 @@ class LoadSettings:
             raise LoadError(f"--senders must be between 1 and {MAX_SENDERS}, not {self.senders}")
         if self.batch < 0 or self.batch > 1000:
             raise LoadError(f"--batch must be between 1 and 1000 (rpc_max_batch), not {self.batch}")
+        if not 1 <= self.connections <= 64:
+            raise LoadError(f"--connections must be between 1 and 64, not {self.connections}")
         if self.drain < 0:
             raise LoadError(f"--drain must not be negative, not {self.drain:g}")
 
@@ -78,7 +83,8 @@ class LoadSettings:
         return self.senders or max(16, min(MAX_SENDERS, int(self.rate // 4)))
 
     def batch_size(self, nodes: int) -> int:
-        return self.batch or max(1, min(1000, int(self.rate / nodes / 20)))
+        """Default: about 20 batches a second on each connection."""
+        return self.batch or max(1, min(1000, int(self.rate / (nodes * self.connections) / 20)))
 
 
 @dataclass
@@ -88,6 +94,7 @@ class LoadReport:
     nodes: int
     senders: int
     batch: int
+    connections: int = 1
     submitted: int = 0
     accepted: int = 0
     rejected: int = 0
@@ -106,7 +113,7 @@ class LoadReport:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reject_reasons.items())) or "none"
         return [
             f"load: {self.rate:g} tx/s for {self.duration:g} s to {self.nodes} node(s), {self.senders} senders, "
-            f"batches of {self.batch} (setup {self.setup_s:.1f} s)",
+            f"batches of {self.batch} on {self.connections} connection(s) per node (setup {self.setup_s:.1f} s)",
             f"submitted {self.submitted}, accepted {self.accepted}, rejected {self.rejected} ({reasons}), "
             f"finalized {self.finalized}",
             f"finalized {self.finalized_tx_per_s:,.1f} tx/s; submitted {self.submit_tx_per_s:,.1f} tx/s "
@@ -211,15 +218,15 @@ class _Batch:
 
 
 def presign(keys: Sequence[crypto.PrivateKey], nonces: Sequence[int], total: int, fee: int, chain_id: str,
-            nodes: int, batch: int) -> list[list[_Batch]]:
-    """``total`` transfers, sender ``k % len(keys)``, in batches per node (sender s to node s % nodes)."""
-    per_node: list[list[tuple[str, str]]] = [[] for _ in range(nodes)]
+            lanes: int, batch: int) -> list[list[_Batch]]:
+    """``total`` transfers, sender ``k % len(keys)``, in batches per lane (sender s in lane s % lanes)."""
+    per_node: list[list[tuple[str, str]]] = [[] for _ in range(lanes)]
     n = len(keys)
     for k in range(total):
         s = k % n
         tx = Transaction.create(keys[s], TxKind.TRANSFER, chain_id, nonces[s] + k // n, fee, AMOUNT,
                                 keys[(s + 1) % n].address)
-        per_node[s % nodes].append((tx.id.hex(), tx.encoded.hex()))
+        per_node[s % lanes].append((tx.id.hex(), tx.encoded.hex()))
     out: list[list[_Batch]] = []
     for items in per_node:
         batches = []
@@ -318,16 +325,18 @@ def run_load(endpoints: Sequence[Endpoint], funders: Sequence[crypto.PrivateKey]
         start_height = int(conn.call("getblockcount"))
     finally:
         conn.close()
-    plan = presign(keys, nonces, total, fee, chain_id, nodes, batch)
-    report = LoadReport(settings.rate, settings.duration, nodes, senders, batch, setup_s=time.monotonic() - setup_start)
+    lanes = nodes * settings.connections
+    plan = presign(keys, nonces, total, fee, chain_id, lanes, batch)
+    report = LoadReport(settings.rate, settings.duration, nodes, senders, batch, settings.connections,
+                        setup_s=time.monotonic() - setup_start)
     tracker = _Tracker(endpoints[0], start_height)
     tracker.tracked = {txid for batches in plan for b in batches for txid in b.txids}
     tracker.start()
-    interval = batch * nodes / settings.rate
+    interval = batch * lanes / settings.rate
     t0 = time.monotonic() + 0.05
-    outs: list[dict[str, Any]] = [{} for _ in endpoints]
-    threads = [threading.Thread(target=_submit, args=(ep, plan[i], t0, interval, outs[i]), daemon=True)
-               for i, ep in enumerate(endpoints)]
+    outs: list[dict[str, Any]] = [{} for _ in plan]
+    threads = [threading.Thread(target=_submit, args=(endpoints[i % nodes], batches, t0, interval, outs[i]),
+                                daemon=True) for i, batches in enumerate(plan)]
     for t in threads:
         t.start()
     for t in threads:
@@ -360,3 +369,23 @@ def run_load(endpoints: Sequence[Endpoint], funders: Sequence[crypto.PrivateKey]
 
 def report_json(report: LoadReport) -> str:
     return json.dumps(report.to_json(), indent=2)
+
+
+def generator_max_rate(endpoint: Endpoint, count: int, batch: int, connections: int = 4) -> float:
+    """The generator's own ceiling: ``count`` pre-signed txs sent unpaced on ``connections`` connections to
+    ``endpoint`` (a stub that answers at once), in tx/s. Signing is not timed (it happens before a run)."""
+    keys = [crypto.PrivateKey.generate() for _ in range(8)]
+    plan = presign(keys, [0] * len(keys), count, 1_000, "timecoin-bench-stub", connections, batch)
+    outs: list[dict[str, Any]] = [{} for _ in plan]
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=_submit, args=(endpoint, batches, t0, 0.0, outs[i]), daemon=True)
+               for i, batches in enumerate(plan)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120.0)
+    errors = [o["error"] for o in outs if "error" in o]
+    if errors:
+        raise LoadError("; ".join(errors))
+    end = max(o.get("end", t0) for o in outs)
+    return count / (end - t0) if end > t0 else 0.0
