@@ -14,7 +14,9 @@ What it does, in order (every step bounded in time):
    node in order on one connection (the other nodes get them by gossip), spread over every node.
 3. **Submission.** One thread per lane, one keep-alive connection each, sends batch ``j`` at
    ``t0 + j x batch x lanes / rate`` (open loop: a late batch goes at once, and the lag is reported;
-   several connections per node keep a slow reply from holding the others back).
+   several connections per node keep a slow reply from holding the others back). A lane that falls
+   ``late`` (5 s) behind its schedule stops: an overloaded network then ends the run in bounded time,
+   and the txs never sent are reported as ``unsent``.
    A reply with an error counts the tx rejected, by its reason.
 4. **Finality.** A tracker thread polls node 0's ``getblockcount`` every ``POLL_S`` and reads each new
    block's txids (``getblock`` verbosity 1); a tx's latency is from just before its batch was sent to
@@ -60,6 +62,7 @@ class LoadSettings:
     senders: int = 0                      # 0: rate / 4, within 16..MAX_SENDERS
     batch: int = 0                        # txs per JSON-RPC batch; 0: about 20 batches/s per node
     drain: float = 10.0                   # seconds to wait for finality after the last batch
+    late: float = 5.0                     # a lane stops sending once this many seconds behind its schedule
     fee: int = 0                          # units per tx; 0: the node's fee floor (getmempoolinfo)
     connections: int = 4                  # keep-alive connections per node (each its own senders)
 
@@ -96,6 +99,7 @@ class LoadReport:
     batch: int
     connections: int = 1
     submitted: int = 0
+    unsent: int = 0                       # planned txs never sent: the nodes' replies fell ``late`` s behind
     accepted: int = 0
     rejected: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
@@ -114,8 +118,8 @@ class LoadReport:
         return [
             f"load: {self.rate:g} tx/s for {self.duration:g} s to {self.nodes} node(s), {self.senders} senders, "
             f"batches of {self.batch} on {self.connections} connection(s) per node (setup {self.setup_s:.1f} s)",
-            f"submitted {self.submitted}, accepted {self.accepted}, rejected {self.rejected} ({reasons}), "
-            f"finalized {self.finalized}",
+            f"submitted {self.submitted} (unsent {self.unsent}), accepted {self.accepted}, "
+            f"rejected {self.rejected} ({reasons}), finalized {self.finalized}",
             f"finalized {self.finalized_tx_per_s:,.1f} tx/s; submitted {self.submit_tx_per_s:,.1f} tx/s "
             f"(max lag {self.max_lag_s * 1000:.0f} ms)",
             "latency submit->final ms: " + " ".join(f"{k} {v:,.0f}" for k, v in lat.items()),
@@ -282,8 +286,10 @@ class _Tracker(threading.Thread):
         self.height = last
 
 
-def _submit(endpoint: Endpoint, batches: list[_Batch], t0: float, interval: float, out: dict[str, Any]) -> None:
-    """Send ``batches`` on one connection, batch j at t0 + j x interval; collect rejections in ``out``."""
+def _submit(endpoint: Endpoint, batches: list[_Batch], t0: float, interval: float, out: dict[str, Any],
+            late: float = float("inf")) -> None:
+    """Send ``batches`` on one connection, batch j at t0 + j x interval, until one is ``late`` seconds
+    behind (the rest stay unsent: their ``sent_at`` is 0); collect rejections in ``out``."""
     conn = Conn(endpoint)
     reasons: Counter[str] = Counter()
     rejected: set[str] = set()
@@ -295,6 +301,8 @@ def _submit(endpoint: Endpoint, batches: list[_Batch], t0: float, interval: floa
             if now < due:
                 time.sleep(due - now)
                 now = time.monotonic()
+            if now - due > late:
+                break
             lag = max(lag, now - due)
             b.sent_at = now
             for txid, reply in zip(b.txids, conn.batch_raw(b.body, len(b.txids)), strict=True):
@@ -335,8 +343,8 @@ def run_load(endpoints: Sequence[Endpoint], funders: Sequence[crypto.PrivateKey]
     interval = batch * lanes / settings.rate
     t0 = time.monotonic() + 0.05
     outs: list[dict[str, Any]] = [{} for _ in plan]
-    threads = [threading.Thread(target=_submit, args=(endpoints[i % nodes], batches, t0, interval, outs[i]),
-                                daemon=True) for i, batches in enumerate(plan)]
+    threads = [threading.Thread(target=_submit, args=(endpoints[i % nodes], batches, t0, interval, outs[i],
+                                                      settings.late), daemon=True) for i, batches in enumerate(plan)]
     for t in threads:
         t.start()
     for t in threads:
@@ -344,14 +352,15 @@ def run_load(endpoints: Sequence[Endpoint], funders: Sequence[crypto.PrivateKey]
     errors = [o["error"] for o in outs if "error" in o]
     end = max((o.get("end", time.monotonic()) for o in outs), default=time.monotonic())
     rejected = set().union(*(o.get("rejected", set()) for o in outs))
-    tracker.want = len(tracker.tracked) - len(rejected)
+    sent_at = {txid: b.sent_at for batches in plan for b in batches if b.sent_at for txid in b.txids}
+    tracker.want = len(sent_at) - len(rejected)
     tracker.stop_at = time.monotonic() + settings.drain
     tracker.join(settings.drain + 30.0)
     if errors or tracker.error:
         raise LoadError("; ".join(errors + ([tracker.error] if tracker.error else [])))
-    sent_at = {txid: b.sent_at for batches in plan for b in batches for txid in b.txids}
     latencies = [(seen - sent_at[txid]) * 1000 for txid, seen in tracker.seen.items()]
     report.submitted = len(sent_at)
+    report.unsent = len(tracker.tracked) - len(sent_at)
     report.rejected = len(rejected)
     report.accepted = report.submitted - report.rejected
     report.reject_reasons = dict(sum((o.get("reasons", Counter()) for o in outs), Counter()))
