@@ -422,9 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", metavar="FILE", help="one running node's config; its key must hold funds")
     p.add_argument("--testnet-dir", metavar="D", help="a running `timecoin testnet` layout (its validators fund)")
     p.add_argument("--senders", type=_count, default=0, metavar="N", help="sending accounts (default rate/4)")
-    p.add_argument("--batch", type=_count, default=0, metavar="B", help="txs per JSON-RPC batch (default: 20/s/node)")
-    p.add_argument("--connections", type=_count, default=4, metavar="C",
-                   help="keep-alive connections per node, each with its own senders (default 4)")
+    p.add_argument("--batch", type=_count, default=0, metavar="B",
+                   help="txs per JSON-RPC batch (default: 10 batches/s per connection)")
+    p.add_argument("--connections", type=_count, default=2, metavar="C",
+                   help="keep-alive connections per node, each with its own senders (default 2)")
     p.add_argument("--drain", type=_positive_float, default=10.0, metavar="S",
                    help="seconds to wait for finality after the last batch (default 10)")
     p.add_argument("--json", action="store_true", help="the report as JSON")

@@ -47,7 +47,7 @@ def test_no_testnet_in_the_folder_is_one_line(tmp_path: Path) -> None:
 def test_settings_defaults_and_presigned_lanes_keep_each_sender_in_one_lane() -> None:
     settings = LoadSettings(rate=3000, duration=10)
     settings.check()
-    assert settings.sender_count() == 750 and settings.batch_size(4) == 9
+    assert settings.sender_count() == 750 and settings.batch_size(4) == 37
     with pytest.raises(LoadError, match="--rate must be positive"):
         LoadSettings(rate=0, duration=1).check()
     keys = [PrivateKey.generate() for _ in range(6)]
