@@ -94,6 +94,8 @@ PARTS: dict[str, str] = {
     "p2p": "benchmarks.p2p:run",
     "sim": "benchmarks.sim:run",
     "tls": "benchmarks.baseline_tls:run",
+    "testnet": "benchmarks.testnet:run",
+    "load": "benchmarks.load:run",
 }
 # Parts being written (issue 15); each is registered here by the change that adds its module:
 #   codec, ingest, admission, apply (benchmarks/{codec,ingest,admission,apply}.py), sync (benchmarks/sync.py),

@@ -273,6 +273,60 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 # -- parser ----------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> None:
+    """``timecoin bench load``: drive running nodes with signed transfers; see :mod:`timecoin.bench.load`."""
+    from timecoin import testnet
+    from timecoin.bench.conn import RPCFailure
+    from timecoin.bench.load import LoadError, LoadSettings, run_load
+    from timecoin.bench.localnet import endpoint_of
+    from timecoin.rpc.clicall import CallError, endpoint_from
+
+    if (args.config is None) == (args.testnet_dir is None):
+        raise CliError("give exactly one of --config FILE (one node, its key funded) or --testnet-dir D")
+    settings = LoadSettings(rate=args.rate, duration=args.duration, senders=args.senders, batch=args.batch,
+                            drain=args.drain, connections=args.connections)
+    try:
+        settings.check()
+        if args.testnet_dir is not None:
+            layout = testnet.read_layout(args.testnet_dir)
+            endpoints = [endpoint_of(n) for n in layout.nodes]
+            funders = [crypto.PrivateKey.load(os.path.join(n.dir, testnet.KEY_FILE))
+                       for n in layout.nodes if n.role == "validator"]
+        else:
+            config = build_config(config_file=args.config)
+            endpoints = [endpoint_from(config, None, None, None)]
+            funders = [crypto.PrivateKey.load(config.key_path)]
+        report = run_load(endpoints, funders, settings)
+    except (LoadError, CallError, RPCFailure) as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot read {exc.filename or 'a key file'}: {exc.strerror or exc}") from None
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print("\n".join(report.lines()))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timecoin", description="Timecoin node tools.")
     parser.add_argument("--version", action="version", version=f"timecoin {__version__}")
@@ -355,6 +409,27 @@ def build_parser() -> argparse.ArgumentParser:
     from timecoin.sim.cluster.cli import add_arguments as add_sim_arguments
     add_sim_arguments(p)
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("bench", help="measurement tools that drive running nodes (docs/benchmarks.md)")
+    bench = p.add_subparsers(dest="bench_command", metavar="TOOL")
+    bench.required = True
+    p = bench.add_parser("load", help="submit signed transfers at a fixed rate to every node; report finality",
+                         description="Funds fresh senders from the genesis-funded keys, pre-signs rate x duration "
+                                     "transfers, submits them in JSON-RPC batches to every node at --rate tx/s, and "
+                                     "reports submitted, rejected, finalized, tx/s and submit-to-final latency.")
+    p.add_argument("--rate", type=_positive_float, required=True, metavar="R", help="transactions per second")
+    p.add_argument("--duration", type=_positive_float, required=True, metavar="S", help="seconds of submission")
+    p.add_argument("--config", "-c", metavar="FILE", help="one running node's config; its key must hold funds")
+    p.add_argument("--testnet-dir", metavar="D", help="a running `timecoin testnet` layout (its validators fund)")
+    p.add_argument("--senders", type=_count, default=0, metavar="N", help="sending accounts (default rate/4)")
+    p.add_argument("--batch", type=_count, default=0, metavar="B",
+                   help="txs per JSON-RPC batch (default: 10 batches/s per connection)")
+    p.add_argument("--connections", type=_count, default=2, metavar="C",
+                   help="keep-alive connections per node, each with its own senders (default 2)")
+    p.add_argument("--drain", type=_positive_float, default=10.0, metavar="S",
+                   help="seconds to wait for finality after the last batch (default 10)")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

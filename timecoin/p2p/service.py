@@ -754,10 +754,12 @@ class P2PService(service.Service):
         well-connected node reads are copies. The message id is the hash of the body's bytes, which a copy
         shares; checking the seen-cache first costs hashing ~200 bytes instead of a decode (what
         ``_on_consensus`` does with a copy is unchanged: counted, and not offered back to a peer that has
-        it). Votes only: a proposal can be megabytes, and is hashed once, in ``_on_consensus``; this runs
-        after :meth:`precheck_consensus`, whose fixed-offset reads are cheaper still.
+        it). Votes and txs (a tx is relayed by every peer too: under load most tx frames are copies, and
+        ``_on_tx`` treats a copy exactly so, before its budget check); not proposals: one can be megabytes,
+        and is hashed once, in ``_on_consensus``; this runs after :meth:`precheck_consensus`, whose
+        fixed-offset reads are cheaper still.
         """
-        if not payload or payload[0] != _VOTE:
+        if not payload or payload[0] not in _PRECHECKED:
             return False
         msg_type = m.MsgType(payload[0])
         mid = message_id(msg_type, payload[ENVELOPE_HEADER:])
@@ -1283,6 +1285,7 @@ class _Fetch:
 
 
 _VOTE = int(m.MsgType.VOTE)
+_PRECHECKED = frozenset({_VOTE, int(m.MsgType.TX)})   # copies dropped before decoding (precheck_duplicate)
 _PEEKED_KINDS: dict[m.MsgType, type[Proposal | Vote | QuorumProof]] = {
     m.MsgType.PROPOSAL: Proposal, m.MsgType.VOTE: Vote, m.MsgType.VOTE_QUORUM: QuorumProof}
 
