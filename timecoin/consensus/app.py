@@ -156,15 +156,10 @@ class ChainApp:
         height = block.height
         next_prio = prio.next_height(self.validator_set(height), self.priorities(height),
                                      self.validator_set(height + 1))
-<<<<<<< HEAD
         # The next height's proposer priorities in the block's own transaction: atomic, and one commit.
         self.chain.commit_block(block, cert, result,
                                 also={(PRIORITIES_DB, (height + 1).to_bytes(8, "big")): prio.encode(next_prio)})
-=======
-        self.chain.commit_block(block, cert, result)
         self._tip_time = (block.hash, block.header.timestamp)
-        self.chain.put(PRIORITIES_DB, (height + 1).to_bytes(8, "big"), prio.encode(next_prio))
->>>>>>> perf-load
         self._prio_cache[height + 1] = next_prio
         self._results.clear()
         for ev in block.evidence:
