@@ -87,11 +87,15 @@ def _num(x: float | None) -> str:
 
 PARTS: dict[str, str] = {
     # name -> "module:function" (imported only when run, so one part's imports never slow another)
+    "admission": "benchmarks.admission:run",
+    "apply": "benchmarks.apply:run",
     "baselines": "benchmarks.baselines:run",
+    "codec": "benchmarks.codec:run",
     "hostile": "benchmarks.hostile:run",
+    "ingest": "benchmarks.ingest:run",
     "rpc": "benchmarks.rpc:run",
     "sim": "benchmarks.sim:run",
 }
 # Parts being written (issue 15); each is registered here by the change that adds its module:
-#   codec, ingest, admission, apply (benchmarks/{codec,ingest,admission,apply}.py), sync (benchmarks/sync.py),
+#   sync (benchmarks/sync.py),
 #   p2p, bignode (benchmarks/{p2p,bignode}.py), testnet, load (benchmarks/{testnet,load}.py).
