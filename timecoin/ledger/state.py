@@ -79,10 +79,10 @@ class Overlay:
     the LtHash), each a store read and decode otherwise.
     """
 
-    def __init__(self, base: StateReader) -> None:
+    def __init__(self, base: StateReader, known: dict[bytes, Account | None] | None = None) -> None:
         self.base = base
         self.changes: dict[bytes, Account] = {}
-        self._read: dict[bytes, Account | None] = {}
+        self._read: dict[bytes, Account | None] = dict(known) if known else {}   # base reads the caller already made
 
     def base_account(self, address: bytes) -> Account | None:
         """The base's account (None if absent), read once."""
