@@ -35,6 +35,7 @@ def test_encoding_is_constructs(account: Account) -> None:
         "unbonding": [{"amount": a, "release_height": h} for a, h in account.unbonding],
         "pubkey": account.pubkey.decode("latin-1"), "jailed": account.jailed})
     assert Account.decode(data) == account
+    assert Account.decode(data).encoded == data
 
 
 @settings(max_examples=300, deadline=None)

@@ -48,8 +48,10 @@ class Account:
 
     @classmethod
     def decode(cls, data: bytes) -> Account:
-        fast = _fast_decode(bytes(data))
+        data = bytes(data)
+        fast = _fast_decode(data)
         if fast is not None:
+            fast.__dict__["encoded"] = data        # canonical: it is what ``encoded`` would build (no re-encode)
             return fast
         c = ACCOUNT.decode(data)
         pubkey = c.pubkey.encode("latin-1")
