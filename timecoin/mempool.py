@@ -44,9 +44,9 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-import math
 from typing import Any
 
 from twisted.logger import Logger

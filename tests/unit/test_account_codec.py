@@ -1,10 +1,9 @@
 """Account's struct fast paths agree with its construct codec (ledger/account.py): same bytes, same refusals."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import pytest
 
 from timecoin.errors import DecodeError
 from timecoin.ledger.account import ACCOUNT, Account

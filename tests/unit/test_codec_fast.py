@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz.test_wire_fuzz import mutated, strategy_for
 from timecoin.errors import DecodeError
 from timecoin.wire import messages
-from tests.fuzz.test_wire_fuzz import mutated, strategy_for
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                          HealthCheck.data_too_large])

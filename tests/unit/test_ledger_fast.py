@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from timecoin.crypto import PrivateKey
-from timecoin.errors import ValidationError
+from timecoin.errors import DecodeError, ValidationError
 from timecoin.ledger.account import Account
 from timecoin.ledger.block import Block, Header, tx_root
 from timecoin.ledger.params import ChainParams
@@ -65,3 +65,16 @@ def test_decoded_block_txs_hold_their_slice_of_the_block() -> None:
     for tx, original in zip(decoded.txs, txs, strict=True):
         assert tx.__dict__["encoded"] == original.encoded
         assert tx.id == original.id
+
+
+def test_validator_set_decode_is_cached_by_bytes_and_still_checks_them() -> None:
+    from timecoin.ledger.validators import DECODED_CACHE, Validator, ValidatorSet
+    vs = ValidatorSet([Validator(A.address, A.public_key, 10), Validator(B.address, B.public_key, 20)])
+    raw = vs.encode()
+    first = ValidatorSet.decode(raw)
+    assert first == vs and ValidatorSet.decode(raw) is first
+    with pytest.raises(DecodeError):                # trailing bytes: refused, whatever was cached
+        ValidatorSet.decode(raw + b"\x00")
+    for power in range(1, DECODED_CACHE + 2):      # the cache stays bounded
+        ValidatorSet.decode(ValidatorSet([Validator(A.address, A.public_key, power)]).encode())
+    assert ValidatorSet.decode(raw) == vs
