@@ -68,3 +68,10 @@ def test_a_non_canonical_flag_byte_is_refused() -> None:
 def test_an_out_of_range_field_still_fails_to_encode() -> None:
     with pytest.raises(ValueError):
         _ = Account(balance=2**64).encoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(ACCOUNTS, st.just(Account()), st.builds(Account, st.integers(0, 1), st.integers(0, 1))))
+def test_is_empty_means_equal_to_the_empty_account(account: Account) -> None:
+    from timecoin.ledger.account import EMPTY_ACCOUNT
+    assert account.is_empty == (account == EMPTY_ACCOUNT)

@@ -62,7 +62,9 @@ class Account:
 
     @property
     def is_empty(self) -> bool:
-        return self == EMPTY_ACCOUNT
+        # Field by field (what ``self == EMPTY_ACCOUNT`` means), without building two tuples per call.
+        return (not self.balance and not self.nonce and not self.stake and not self.unbonding and not self.pubkey
+                and not self.jailed)
 
     def matured(self, height: int) -> Account:
         """This account with unbonding entries released at or before ``height`` moved to balance."""

@@ -135,10 +135,11 @@ def _credit(account: Account, amount: int) -> Account:
 
 
 def _with(account: Account, **fields: object) -> Account:
-    values = {"balance": account.balance, "nonce": account.nonce, "stake": account.stake,
-              "unbonding": account.unbonding, "pubkey": account.pubkey, "jailed": account.jailed}
-    values.update(fields)
-    return Account(**values)  # type: ignore[arg-type]
+    """``account`` with some fields replaced (``dataclasses.replace`` without its per-field introspection)."""
+    get = fields.get
+    return Account(get("balance", account.balance), get("nonce", account.nonce),  # type: ignore[arg-type]
+                   get("stake", account.stake), get("unbonding", account.unbonding),  # type: ignore[arg-type]
+                   get("pubkey", account.pubkey), get("jailed", account.jailed))  # type: ignore[arg-type]
 
 
 def apply_tx(overlay: Overlay, params: ChainParams, tx: Transaction, height: int) -> int:
