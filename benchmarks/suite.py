@@ -87,8 +87,12 @@ def _num(x: float | None) -> str:
 
 PARTS: dict[str, str] = {
     # name -> "module:function" (imported only when run, so one part's imports never slow another)
+    "admission": "benchmarks.admission:run",
+    "apply": "benchmarks.apply:run",
     "baselines": "benchmarks.baselines:run",
+    "codec": "benchmarks.codec:run",
     "hostile": "benchmarks.hostile:run",
+    "ingest": "benchmarks.ingest:run",
     "rpc": "benchmarks.rpc:run",
     "bignode": "benchmarks.bignode:run",
     "p2p": "benchmarks.p2p:run",
@@ -98,5 +102,5 @@ PARTS: dict[str, str] = {
     "load": "benchmarks.load:run",
 }
 # Parts being written (issue 15); each is registered here by the change that adds its module:
-#   codec, ingest, admission, apply (benchmarks/{codec,ingest,admission,apply}.py), sync (benchmarks/sync.py),
+#   sync (benchmarks/sync.py),
 #   p2p, bignode (benchmarks/{p2p,bignode}.py), testnet, load (benchmarks/{testnet,load}.py).

@@ -44,9 +44,9 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from twisted.logger import Logger
@@ -60,6 +60,9 @@ from timecoin.ledger.tx import Transaction
 
 MAX_PER_SENDER = 64            # pending txs per sender chain
 REPLACE_NUM, REPLACE_DEN = 11, 10   # a replacement pays at least 1.1x the old fee
+# Every encoded tx is 143 + len(chain id) bytes, the chain id at most 255 bytes (the wire layout's one-byte length).
+MAX_TX_SIZE = 143 + 255
+RATE_SCALE = math.lcm(*range(1, MAX_TX_SIZE + 1))
 
 
 @dataclass(eq=False)
@@ -70,8 +73,11 @@ class _Entry:
     seq: int
 
     @property
-    def rate(self) -> Fraction:
-        return Fraction(self.tx.fee, self.tx.size)
+    def rate(self) -> int:
+        """The fee per byte as an exact integer key: ``fee * RATE_SCALE / size`` (RATE_SCALE is a multiple of
+        every possible tx size, so this is an integer and orders exactly as ``fee / size`` would, at the cost of
+        one big-int compare instead of two Fraction ones per heap step)."""
+        return self.tx.fee * (RATE_SCALE // self.tx.size)
 
 
 class _StaleChain(Exception):
@@ -102,7 +108,7 @@ class Mempool:
         self._seq = itertools.count()
         # Min-heap of eviction candidates (rate, -seq, txid); lazily pruned: an item counts only while
         # its tx is still the last of its sender's chain. Every chain tail is in it at least once.
-        self._tails: list[tuple[Fraction, int, bytes]] = []
+        self._tails: list[tuple[int, int, bytes]] = []
         # Per sender: (height, committed account, the account after the whole chain at that height), so
         # appending to a chain applies only the newcomer. Valid while both keys match; dropped whenever
         # the chain changes in any other way.
@@ -193,7 +199,8 @@ class Mempool:
                 raise ValidationError(Reason.INTERNAL, "sender's pending txs do not re-validate") from None
 
     def _admit(self, tx: Transaction, addr: bytes) -> None:
-        account = self._account(addr)
+        stored = self.state.get_account(addr)
+        account = stored or EMPTY_ACCOUNT
         chain = self._chains.get(addr, [])
         if chain and chain[0].tx.nonce != account.nonce:
             raise _StaleChain()
@@ -210,7 +217,7 @@ class Mempool:
             raise ValidationError(Reason.MEMPOOL_FULL, f"sender already has {len(chain)} pending txs "
                                                        f"(at most {self.max_per_sender})")
         height = self.height_fn()
-        overlay = Overlay(self.state)
+        overlay = Overlay(self.state, {addr: stored})
         cached = self._after.get(addr)
         if cached is not None and cached[0] == height and cached[1] == account:
             overlay.set_account(addr, cached[2])       # the sender after its chain: no re-application
@@ -278,7 +285,7 @@ class Mempool:
             raise ValidationError(Reason.MEMPOOL_FULL, f"a {tx.size}-byte tx exceeds max_bytes {self.max_bytes}")
         victims: list[_Entry] = []
         depth: dict[bytes, int] = {}                   # victims taken so far per sender
-        restore: list[tuple[Fraction, int, bytes]] = []
+        restore: list[tuple[int, int, bytes]] = []
         ok = False
         while self._tails:
             item = heapq.heappop(self._tails)

@@ -51,6 +51,8 @@ class VoteSet:
     by_hash: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)  # value -> validator -> vote
     pending: dict[bytes, list[tuple[Vote, int]]] = field(default_factory=dict)  # validator -> uncounted
     justified: set[bytes] = field(default_factory=set)                   # values a QuorumProof showed > 2/3 for
+    # quorum_value()'s answer, valid until the next _count (the engine asks ~10 times per vote it takes)
+    _value: tuple[bytes | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     def add(self, vote: Vote, power: int) -> Evidence | None | bool:
         """True if counted, False if a duplicate, Evidence if it conflicts with an earlier vote."""
@@ -96,6 +98,7 @@ class VoteSet:
         return [h for h, p in self.power_by_hash.items() if has_quorum(p, self.total_power)]
 
     def _count(self, vote: Vote, power: int) -> None:
+        self._value = None
         self.by_hash.setdefault(vote.block_hash, {})[vote.validator] = vote
         self.power_by_hash[vote.block_hash] = self.power_by_hash.get(vote.block_hash, 0) + power
 
@@ -110,10 +113,15 @@ class VoteSet:
 
     def quorum_value(self) -> bytes | None:
         """The non-nil hash with > 2/3, if any."""
+        if self._value is not None:
+            return self._value[0]
+        found = None
         for h, p in self.power_by_hash.items():
             if h != NIL_HASH and has_quorum(p, self.total_power):
-                return h
-        return None
+                found = h
+                break
+        self._value = (found,)
+        return found
 
     def votes_for(self, block_hash: bytes) -> list[Vote]:
         """One vote per validator that voted for ``block_hash`` (an equivocator's included)."""

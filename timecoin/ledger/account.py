@@ -5,6 +5,7 @@ stakers) so that a validator's votes can be verified from state alone.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -22,6 +23,8 @@ AccountLayout = Struct(
     "jailed" / Flag,
 )
 ACCOUNT = Codec("Account", AccountLayout)
+_HEAD = struct.Struct(">QQQH")          # balance, nonce, stake, unbonding count
+_ENTRY = struct.Struct(">QQ")           # amount, release height
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Account:
 
     @cached_property
     def encoded(self) -> bytes:
+        fast = _fast_encode(self)
+        if fast is not None:
+            return fast
         return ACCOUNT.encode({
             "balance": self.balance, "nonce": self.nonce, "stake": self.stake,
             "unbonding": [{"amount": a, "release_height": h} for a, h in self.unbonding],
@@ -42,6 +48,11 @@ class Account:
 
     @classmethod
     def decode(cls, data: bytes) -> Account:
+        data = bytes(data)
+        fast = _fast_decode(data)
+        if fast is not None:
+            fast.__dict__["encoded"] = data        # canonical: it is what ``encoded`` would build (no re-encode)
+            return fast
         c = ACCOUNT.decode(data)
         pubkey = c.pubkey.encode("latin-1")
         if len(pubkey) not in (0, 33):
@@ -51,7 +62,9 @@ class Account:
 
     @property
     def is_empty(self) -> bool:
-        return self == EMPTY_ACCOUNT
+        # Field by field (what ``self == EMPTY_ACCOUNT`` means), without building two tuples per call.
+        return (not self.balance and not self.nonce and not self.stake and not self.unbonding and not self.pubkey
+                and not self.jailed)
 
     def matured(self, height: int) -> Account:
         """This account with unbonding entries released at or before ``height`` moved to balance."""
@@ -63,3 +76,34 @@ class Account:
 
 
 EMPTY_ACCOUNT = Account()
+
+
+def _fast_decode(data: bytes) -> Account | None:
+    """``struct`` decode of exactly the canonical encoding (an Account is read for every tx); None for
+    anything else, which the guarded codec then judges (and refuses with its own error)."""
+    end = len(data)
+    if end < _HEAD.size + 2:
+        return None
+    balance, nonce, stake, count = _HEAD.unpack_from(data)
+    at = _HEAD.size + count * _ENTRY.size
+    if end < at + 2:
+        return None
+    size = data[at]
+    if end != at + 1 + size + 1 or data[end - 1] > 1 or size not in (0, 33):
+        return None                 # a flag byte other than 0/1 is not canonical; a key is 0 or 33 bytes
+    unbonding = tuple(_ENTRY.iter_unpack(data[_HEAD.size:at]))
+    return Account(balance, nonce, stake, unbonding, data[at + 1:at + 1 + size], data[end - 1] == 1)
+
+
+def _fast_encode(account: Account) -> bytes | None:
+    """The canonical encoding by ``struct`` when every field is plain; None to let the codec judge the rest."""
+    pubkey, jailed = account.pubkey, account.jailed
+    if type(pubkey) is not bytes or len(pubkey) > 255 or type(jailed) is not bool:
+        return None
+    try:
+        parts = [_HEAD.pack(account.balance, account.nonce, account.stake, len(account.unbonding))]
+        parts.extend(_ENTRY.pack(a, h) for a, h in account.unbonding)
+    except (struct.error, TypeError, ValueError):
+        return None
+    parts.append(bytes((len(pubkey),)) + pubkey + (b"\x01" if jailed else b"\x00"))
+    return b"".join(parts)

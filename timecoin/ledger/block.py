@@ -27,6 +27,9 @@ from timecoin.wire import messages
 
 BLOCK_VERSION = 1
 NIL_HASH = bytes(32)
+BLOCK_TXS_AT = messages.Header.sizeof() + 4          # the first tx of an encoded block (after the header, count)
+TX_FIXED_SIZE = len(messages.TX.encode({"kind": 0, "chain_id": "", "sender": bytes(33), "nonce": 0, "fee": 0,
+                                        "amount": 0, "recipient": bytes(20), "signature": bytes(64)}))
 
 
 class VoteType(enum.IntEnum):
@@ -193,8 +196,19 @@ class Block:
 
     @classmethod
     def decode(cls, data: bytes) -> Block:
+        data = bytes(data)
         block = cls.from_wire(messages.BLOCK.decode(data))
-        block.__dict__["encoded"] = bytes(data)
+        block.__dict__["encoded"] = data
+        # Each tx's canonical encoding is its slice of the block's (the layout is a header, a u32 count, then
+        # the txs back to back), so ids and sizes need no re-encoding.
+        at = BLOCK_TXS_AT
+        sizes: dict[str, int] = {}
+        for tx in block.txs:
+            size = sizes.get(tx.chain_id)
+            if size is None:
+                size = sizes[tx.chain_id] = TX_FIXED_SIZE + len(tx.chain_id.encode())
+            tx.__dict__["encoded"] = data[at:at + size]
+            at += size
         return block
 
     @cached_property

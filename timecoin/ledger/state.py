@@ -72,17 +72,31 @@ class MemoryState:
 
 
 class Overlay:
-    """Pending writes over a StateReader; the base is never modified."""
+    """Pending writes over a StateReader; the base is never modified.
 
-    def __init__(self, base: StateReader) -> None:
+    Reads of the base are remembered (``base_account``): the base does not change while an overlay lives,
+    and a block reads each account it touches several times (sender, recipient, then the undo values and
+    the LtHash), each a store read and decode otherwise.
+    """
+
+    def __init__(self, base: StateReader, known: dict[bytes, Account | None] | None = None) -> None:
         self.base = base
         self.changes: dict[bytes, Account] = {}
+        self._read: dict[bytes, Account | None] = dict(known) if known else {}   # base reads the caller already made
+
+    def base_account(self, address: bytes) -> Account | None:
+        """The base's account (None if absent), read once."""
+        try:
+            return self._read[address]
+        except KeyError:
+            acct = self._read[address] = self.base.get_account(address)
+            return acct
 
     def get_account(self, address: bytes) -> Account:
         acct = self.changes.get(address)
         if acct is not None:
             return acct
-        return self.base.get_account(address) or EMPTY_ACCOUNT
+        return self.base_account(address) or EMPTY_ACCOUNT
 
     def set_account(self, address: bytes, account: Account) -> None:
         self.changes[address] = account
@@ -121,10 +135,11 @@ def _credit(account: Account, amount: int) -> Account:
 
 
 def _with(account: Account, **fields: object) -> Account:
-    values = {"balance": account.balance, "nonce": account.nonce, "stake": account.stake,
-              "unbonding": account.unbonding, "pubkey": account.pubkey, "jailed": account.jailed}
-    values.update(fields)
-    return Account(**values)  # type: ignore[arg-type]
+    """``account`` with some fields replaced (``dataclasses.replace`` without its per-field introspection)."""
+    get = fields.get
+    return Account(get("balance", account.balance), get("nonce", account.nonce),  # type: ignore[arg-type]
+                   get("stake", account.stake), get("unbonding", account.unbonding),  # type: ignore[arg-type]
+                   get("pubkey", account.pubkey), get("jailed", account.jailed))  # type: ignore[arg-type]
 
 
 def apply_tx(overlay: Overlay, params: ChainParams, tx: Transaction, height: int) -> int:
@@ -208,11 +223,11 @@ def next_validator_set(current: ValidatorSet, changes: dict[bytes, Account], par
     return ValidatorSet(members.values())
 
 
-def _accumulate(state: StateReader, changes: dict[bytes, Account]) -> tuple[bytes, dict[bytes, Account | None]]:
+def _accumulate(state: StateReader, overlay: Overlay) -> tuple[bytes, dict[bytes, Account | None]]:
     acc = lt.LtHash(state.lthash())
     undo: dict[bytes, Account | None] = {}
-    for address, new in changes.items():
-        old = state.get_account(address)
+    for address, new in overlay.changes.items():
+        old = overlay.base_account(address)
         undo[address] = old
         if old is not None and not old.is_empty:
             acc.remove(address + old.encoded)
@@ -266,11 +281,9 @@ def execute_block(state: StateReader, params: ChainParams, height: int, proposer
                 break
             if tx.size > budget:
                 continue
-        snap = overlay.snapshot()
         try:
-            fees += apply_tx(overlay, params, tx, height)
+            fees += apply_tx(overlay, params, tx, height)      # leaves the overlay unchanged if it raises
         except ValidationError as exc:
-            overlay.restore(snap)
             if not skip_invalid:
                 raise ValidationError(exc.reason, f"tx {index} ({tx.id.hex()[:16]}): {exc.detail}") from None
             rejected.append((tx, exc.reason.name.lower()))
@@ -280,7 +293,7 @@ def execute_block(state: StateReader, params: ChainParams, height: int, proposer
     reward_to = overlay.get_account(proposer).matured(height)
     overlay.set_account(proposer, _credit(reward_to, params.reward_at(height) + fees))
     changes = overlay.changes
-    lthash, undo = _accumulate(state, changes)
+    lthash, undo = _accumulate(state, overlay)
     return BlockResult(
         height=height, changes=changes, undo=undo, lthash=lthash, state_root=hashlib.sha256(lthash).digest(),
         next_validators=next_validator_set(validators_next, changes, params),

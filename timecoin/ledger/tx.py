@@ -37,6 +37,13 @@ class _VerifiedCache:
     def __contains__(self, key: bytes) -> bool:
         return key in self._ids
 
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def clear(self) -> None:
+        """Forget every id (benchmarks that measure cold verification; tests)."""
+        self._ids.clear()
+
     def add(self, key: bytes) -> None:
         self._ids[key] = None
         if len(self._ids) > self._size:
