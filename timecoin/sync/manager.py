@@ -79,9 +79,11 @@ VerifyFn = Callable[[Block, CommitCertificate], "str | None"]
 ForkFn = Callable[[str, int, bytes], None]
 
 DEFAULT_BATCH = 20                 # blocks per write transaction
-PEER_PENDING_BLOCKS = 20           # SPEC §6: at most ~20 blocks pending per peer
+PEER_RANGES_IN_FLIGHT = 2          # SPEC §6: at most 2 get_blocks ranges in flight per peer
+MAX_RANGE_BLOCKS = 1000            # SPEC §6: a server answers a range with at most 1,000 blocks
+MIN_RANGE_BLOCKS = 20              # a window's ranges are not cut smaller (each costs a request of the limit)
 DEFAULT_REDUNDANCY = 3
-DEFAULT_RANGES_IN_FLIGHT = 8       # body chunks in flight across all servers
+DEFAULT_RANGES_IN_FLIGHT = 8       # body ranges in flight or received-but-unapplied, across all servers
 DEFAULT_REQUEST_TIMEOUT = 15.0
 MAX_WINDOW_ATTEMPTS = 6            # failed windows (no agreement, bad bodies) before a run gives up
 MAX_REPLANS = 100                  # re-plans (consensus committed a height meanwhile) in one run: not failures
@@ -171,7 +173,7 @@ class StateSyncManager:
     def __init__(self, tip_height: Callable[[], int], genesis_hash: bytes, clock: IReactorTime, apply: ApplyFn, *,
                  batch: int = DEFAULT_BATCH, redundancy: int = DEFAULT_REDUNDANCY,
                  max_ranges_in_flight: int = DEFAULT_RANGES_IN_FLIGHT,
-                 max_pending_per_peer: int = PEER_PENDING_BLOCKS,
+                 max_ranges_per_peer: int = PEER_RANGES_IN_FLIGHT,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT, verify: VerifyFn | None = None,
                  on_fork: ForkFn | None = None, on_progress: Callable[[], None] | None = None) -> None:
         self.tip_height = tip_height
@@ -181,7 +183,7 @@ class StateSyncManager:
         self.batch = batch
         self.redundancy = redundancy
         self.max_ranges_in_flight = max_ranges_in_flight
-        self.max_pending_per_peer = max_pending_per_peer
+        self.max_ranges_per_peer = max_ranges_per_peer
         self.request_timeout = request_timeout
         self.verify = verify
         self.on_fork = on_fork
@@ -195,6 +197,8 @@ class StateSyncManager:
         self._times: dict[str, deque[float]] = {"small": deque(maxlen=RESPONSE_SAMPLES),
                                                 "body": deque(maxlen=RESPONSE_SAMPLES)}
         self._slow: set[str] = set()              # peers charged slow_response in this run: no more chunks
+        self._proven: set[str] = set()            # servers that answered a body range in this run (slow start)
+        self._body_counts: deque[int] = deque(maxlen=RESPONSE_SAMPLES)   # blocks in recent body answers
         self._ceiling = MAX_HEIGHT                # this run seeks no height above (a trusted "no block there")
         self.max_buffered_blocks = 0              # this run's high-water mark of blocks in flight + received, unapplied
 
@@ -257,6 +261,7 @@ class StateSyncManager:
         self._penalized = {}
         self._fork = False
         self._slow = set()
+        self._proven = set()
         self._ceiling = MAX_HEIGHT
         self.max_buffered_blocks = 0
         self.progress = SyncProgress(start, start, target, t0, 0, 0.0, None, True, len(peers))
@@ -507,7 +512,7 @@ class StateSyncManager:
                 if pid in statuses:
                     statuses[pid] = _lowered(statuses[pid], height - 1)
 
-    # -- bodies, at most max_pending_per_peer blocks per server, applied in order ----------------
+    # -- bodies, at most max_ranges_per_peer ranges per server, applied in order ------------------
     async def _fetch_and_apply(self, start: int, vote: _Vote, excluded: set[str],
                                statuses: dict[str, PeerStatus]) -> _Outcome:
         w = _Window(self, start, vote, statuses)
@@ -554,7 +559,8 @@ class StateSyncManager:
         applied, reason = await defer.maybeDeferred(self.apply, items)
         self._report(applied)
         for server in dict.fromkeys(owners[:applied]):   # served certified blocks we applied: credit (capped
-            self._peer(backers, server).reward(Event.USEFUL_RESPONSE)    # per window by the peer manager)
+            if server not in self._slow:                 # per window by the peer manager), unless short-served
+                self._peer(backers, server).reward(Event.USEFUL_RESPONSE)
         if reason is None:
             return at + applied
         if reason is Reason.SHUTTING_DOWN:
@@ -623,6 +629,9 @@ class StateSyncManager:
         while fewer than 3 body responses were seen), at least HEDGE_MIN_S, at most the request timeout.
         """
         samples = self._times[kind]
+        if kind == "body" and len(samples) < 3:
+            return self.request_timeout              # ranges take their size's time: until 3 are seen, a head
+                                                     # is late only once a request sent after it was answered
         if len(samples) < 3 and self._times["small"]:
             samples = self._times["small"]
         if not samples:
@@ -709,41 +718,47 @@ class _Window:
         self.hashes = vote.hashes
         self.coverage = vote.coverage
         self.statuses = statuses
-        self.cap = max(1, manager.max_pending_per_peer)
-        self.size = max(1, min(manager.batch, self.cap))
+        self.cap = max(1, manager.max_ranges_per_peer)
+        self.servers = [p for p in vote.backers if p.peer_id not in manager._slow] or list(vote.backers)
+        self.size = range_size(len(vote.hashes), len(self.servers), self.cap)
         # Received-but-unapplied blocks count against the in-flight bound: only chunks within this many
-        # blocks of the head are requested, so ready + in flight never exceeds it (a withheld head chunk
-        # cannot make the others pile up a whole window of up to 4 MiB blocks).
+        # blocks of the head are requested, and at most ``max_ranges_in_flight`` chunks are in flight or
+        # ready, so neither a withheld head chunk nor a stream of short answers can pile up more than that
+        # many answers (each at most a frame) of blocks above the head.
         self.limit = manager.max_ranges_in_flight * self.size
         self.lengths: dict[int, int] = {s: min(self.size, self.end - s) for s in range(start, self.end, self.size)}
         self.todo: list[int] = sorted(self.lengths)       # chunk starts waiting for a server, lowest first
         self.failed_on: dict[int, set[str]] = {}
-        self.servers = [p for p in vote.backers if p.peer_id not in manager._slow] or list(vote.backers)
         self.load: dict[str, int] = {p.peer_id: 0 for p in vote.backers}
         self.inflight: dict[int, list[_Request]] = {}
         self.ready: dict[int, _Served] = {}
         self.events: list[tuple[_Request, _Served | None]] = []
         self.next_apply = start
         self._turn = 0
+        self.answered: deque[tuple[float, int]] = deque(maxlen=RESPONSE_SAMPLES)   # (sent, count) answered
         self._wake: defer.Deferred[None] | None = None
 
     # -- requests --------------------------------------------------------------------------------
-    def can_serve(self, peer: SyncPeer, s: int) -> bool:
+    def can_serve(self, peer: SyncPeer, s: int, hedge: bool = False) -> bool:
+        """A server holds at most ``cap`` ranges, and one until it has answered a range this run (slow start:
+        a server that never answers holds one range, not ``cap``, until it is found late); a hedge of the
+        head may take a second slot of a server still in slow start."""
         n = self.lengths[s]
-        return (peer.peer_id not in self.failed_on.get(s, ()) and self.load[peer.peer_id] + n <= self.cap
+        cap = self.cap if hedge or peer.peer_id in self.m._proven else 1
+        return (peer.peer_id not in self.failed_on.get(s, ()) and self.load[peer.peer_id] < cap
                 and s + n - self.start <= self.coverage.get(peer.peer_id, 0)
                 and all(r.server is not peer for r in self.inflight.get(s, ())))
 
-    def send(self, s: int) -> bool:
+    def send(self, s: int, hedge: bool = False) -> bool:
         """Ask the least loaded server that can serve chunk ``s`` (taking turns); False if none can."""
-        free = [p for p in self.servers if self.can_serve(p, s)]
+        free = [p for p in self.servers if self.can_serve(p, s, hedge)]
         if not free:
             return False
         self._turn += 1
         servers = self.servers
         server = min(free, key=lambda p: (self.load[p.peer_id], (servers.index(p) - self._turn) % len(servers)))
         n = self.lengths[s]
-        self.load[server.peer_id] += n
+        self.load[server.peer_id] += 1
         req = _Request(server, s, n, self.m.clock.seconds())
         self.inflight.setdefault(s, []).append(req)
         req.d = defer.Deferred.fromCoroutine(
@@ -753,7 +768,7 @@ class _Window:
         return True
 
     def _finished(self, result: Any, req: _Request) -> None:
-        self.load[req.server.peer_id] -= req.count
+        self.load[req.server.peer_id] -= 1
         if req.cancelled:
             return
         self.events.append((req, None if isinstance(result, Failure) else result))
@@ -763,8 +778,12 @@ class _Window:
         """Give waiting chunks to servers, lowest first, inside the window of ``limit`` blocks from the head."""
         for p in [p for p in self.servers if not p.usable()]:
             self.servers.remove(p)                       # banned or negative meanwhile: no more work
-        while self.todo and len(self.inflight) < self.m.max_ranges_in_flight:
+        for _ in range(len(self.todo)):                # bounded: each pass sends one chunk, or ends
+            if not self.todo:
+                break
             s = self.todo[0]
+            if s != self.next_apply and len(self.inflight) + len(self.ready) >= self.m.max_ranges_in_flight:
+                break                                    # the head is always asked: it unblocks the rest
             if s + self.lengths[s] > self.next_apply + self.limit or not self.send(s):
                 break
             self.todo.pop(0)
@@ -774,19 +793,32 @@ class _Window:
     def hedge(self) -> None:
         """Ask a second server for the head chunk once its request is late, and for chunks of slow servers."""
         now = self.m.clock.seconds()
-        late = self.m._late_after("body")
         for s in sorted(self.inflight):
             reqs = self.inflight[s]
             if len(reqs) == 1 and (reqs[0].server.peer_id in self.m._slow
-                                   or (s == self.next_apply and now - reqs[0].sent >= late)):
-                self.send(s)
+                                   or (s == self.next_apply and (now - reqs[0].sent >= self.late_for(reqs[0])
+                                                                 or self.outpaced(reqs[0])))):
+                self.send(s, hedge=True)
+
+    def outpaced(self, req: _Request) -> bool:
+        """A range at least as big as ``req``, sent after it left, was answered already."""
+        return any(sent > req.sent and count >= req.count for sent, count in self.answered)
+
+    def late_for(self, req: _Request) -> float:
+        """Seconds after which body request ``req`` is late: ``_late_after("body")`` scaled to its size
+        (ranges of several sizes are in flight: the head may be a remainder, or a range of a bigger window)."""
+        late = self.m._late_after("body")
+        counts = self.m._body_counts
+        if late >= self.m.request_timeout or not counts:
+            return late
+        return min(self.m.request_timeout, late * max(1.0, req.count / statistics.median(counts)))
 
     def head_due(self) -> float | None:
         """When the head chunk's request becomes late (None: not in flight alone, or late already)."""
         reqs = self.inflight.get(self.next_apply)
         if reqs is None or len(reqs) != 1:
             return None
-        due = reqs[0].sent + self.m._late_after("body")
+        due = reqs[0].sent + self.late_for(reqs[0])
         return due if due > self.m.clock.seconds() else None
 
     # -- answers ---------------------------------------------------------------------------------
@@ -814,6 +846,9 @@ class _Window:
 
     def _served(self, req: _Request, others: list[_Request], items: _Served) -> None:
         s = req.start
+        self.m._proven.add(req.server.peer_id)
+        self.m._body_counts.append(len(items))
+        self.answered.append((req.sent, req.count))
         del self.inflight[s]
         for other in others:                             # the first good answer wins: the other copy is cancelled
             other.cancelled = True
@@ -860,6 +895,14 @@ class _Window:
                 req.cancelled = True
                 if req.d is not None:
                     req.d.cancel()
+
+
+def range_size(blocks: int, servers: int, per_server: int = PEER_RANGES_IN_FLIGHT) -> int:
+    """Blocks per body range of a window of ``blocks`` shared by ``servers``: enough ranges to keep
+    ``per_server`` in flight at each (so applying overlaps fetching), none under MIN_RANGE_BLOCKS (each
+    range is one request of the peer's rate limit) nor over MAX_RANGE_BLOCKS (what a server answers)."""
+    ranges = max(1, servers) * max(1, per_server)
+    return max(1, min(MAX_RANGE_BLOCKS, max(MIN_RANGE_BLOCKS, -(-blocks // ranges))))
 
 
 def _trusted(peer: SyncPeer) -> bool:
