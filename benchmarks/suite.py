@@ -91,6 +91,7 @@ PARTS: dict[str, str] = {
     "hostile": "benchmarks.hostile:run",
     "rpc": "benchmarks.rpc:run",
     "sim": "benchmarks.sim:run",
+    "sync": "benchmarks.sync:run",
 }
 # Parts being written (issue 15); each is registered here by the change that adds its module:
 #   codec, ingest, admission, apply (benchmarks/{codec,ingest,admission,apply}.py), sync (benchmarks/sync.py),

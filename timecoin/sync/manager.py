@@ -77,6 +77,8 @@ ApplyFn = Callable[[Items], "tuple[int, Reason | None] | Awaitable[tuple[int, Re
 VerifyFn = Callable[[Block, CommitCertificate], "str | None"]
 # on_fork(peer_id, height, their hash at height): the peer's chain differs from ours at a height we hold
 ForkFn = Callable[[str, int, bytes], None]
+# preverify(items): check the items' signatures off the reactor thread ahead of apply (verify.py); never fails
+PreverifyFn = Callable[[Items], "defer.Deferred[Any]"]
 
 DEFAULT_BATCH = 20                 # blocks per write transaction
 PEER_RANGES_IN_FLIGHT = 2          # SPEC §6: at most 2 get_blocks ranges in flight per peer
@@ -175,7 +177,8 @@ class StateSyncManager:
                  max_ranges_in_flight: int = DEFAULT_RANGES_IN_FLIGHT,
                  max_ranges_per_peer: int = PEER_RANGES_IN_FLIGHT,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT, verify: VerifyFn | None = None,
-                 on_fork: ForkFn | None = None, on_progress: Callable[[], None] | None = None) -> None:
+                 on_fork: ForkFn | None = None, on_progress: Callable[[], None] | None = None,
+                 preverify: PreverifyFn | None = None) -> None:
         self.tip_height = tip_height
         self.genesis_hash = genesis_hash
         self.clock = clock
@@ -188,6 +191,7 @@ class StateSyncManager:
         self.verify = verify
         self.on_fork = on_fork
         self.on_progress = on_progress
+        self.preverify = preverify
         self.progress = SyncProgress()
         self.statuses: dict[str, PeerStatus] = {}
         self._penalized: dict[str, list[str]] = {}
@@ -523,6 +527,9 @@ class StateSyncManager:
                 w.take_events()
                 w.hedge()                                # a late head first: it holds up everything behind it
                 w.assign()                               # servers fetch the next chunks while we apply
+                if w.next_apply in w.ready and not w.ready[w.next_apply].checked:
+                    await w.wait()                       # its signatures are being checked on the workers
+                    continue
                 if w.next_apply in w.ready:
                     outcome = await self._apply_ready(w.ready, w.lengths, w.next_apply, w.end, vote.backers,
                                                       excluded)
@@ -546,12 +553,12 @@ class StateSyncManager:
         items: Items = []
         owners: list[str] = []
         s = at
-        while s in ready and len(items) < self.batch:
+        while s in ready and len(items) < self.batch and (s == at or ready[s].checked):
             chunk = ready.pop(s)
             take = min(len(chunk), self.batch - len(items))
             if take < len(chunk):                        # the rest stays ready for the next transaction
                 rest = s + take
-                ready[rest] = _Served(chunk[take:], chunk.server)
+                ready[rest] = _Served(chunk[take:], chunk.server, chunk.checking)
                 lengths[rest] = len(chunk) - take
             items.extend(chunk[:take])
             owners.extend([chunk.server] * take)
@@ -691,9 +698,14 @@ class StateSyncManager:
 class _Served(list):  # type: ignore[type-arg]
     """Items plus the PeerID that served them (so a refused block is charged to its server)."""
 
-    def __init__(self, items: Items, server: str) -> None:
+    def __init__(self, items: Items, server: str, checking: defer.Deferred[Any] | None = None) -> None:
         super().__init__(items)
         self.server = server
+        self.checking = checking                 # signatures being pre-verified (verify.py) until it fires
+
+    @property
+    def checked(self) -> bool:
+        return self.checking is None or self.checking.called
 
 
 class _Window:
@@ -867,6 +879,9 @@ class _Window:
             if _served_bytes(items) < SHORT_ANSWER_BYTES:
                 self.slow(req.server, f"served {got} of {got + self.lengths[rest]} blocks from {s}, "
                                       f"{_served_bytes(items)} bytes")
+        if self.m.preverify is not None:
+            items.checking = self.m.preverify(items)
+            items.checking.addBoth(lambda _: self.poke())
         self.ready[s] = items
 
     def slow(self, peer: SyncPeer, why: str) -> None:
