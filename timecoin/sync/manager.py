@@ -24,19 +24,24 @@ One sync run:
    and denominator), as in fork resolution. When a trusted voter has no block there and no other voter
    can serve a certified one, the run seeks nothing above our tip. Voters outvoted by the majority are
    charged ``stale_data`` once the majority's blocks were verified and applied.
-4. **Bodies, at most ``max_pending_per_peer`` (20) blocks pending per peer.** The window is fetched in
-   chunks of at most that size from the voters whose hashes cover the chunk (a shorter, agreeing list
-   backs its prefix); each server holds at most that many requested blocks at once, and up to
-   ``max_ranges_in_flight`` chunks are in flight across servers, received-but-unapplied chunks counted:
-   only chunks within ``max_ranges_in_flight`` chunks of the next block to apply are requested
-   (``max_buffered_blocks`` is a run's high-water mark). A server whose request fails or times
-   out leaves the window, a chunk is never retried on the server that just failed it, and ``usable()``
-   is checked at every assignment. SPEC §6 "served below a minimum rate moves to another peer": the
-   head chunk is asked of a second server once its request is late (HEDGE_FACTOR times the typical
-   response time); the first good answer wins, and a server outpaced by a later request, or one that
-   serves a short range without a frame budget's reason, is charged ``slow_response`` (a validator's host
-   only loses its work: it anchors the vote) and given no more chunks this run (its chunks in flight
-   are asked of others).
+4. **Bodies by ranges, at most ``max_ranges_per_peer`` (2) ranges in flight per peer** (SPEC §6). A
+   ``get_blocks`` request names a range; a server answers with as many consecutive blocks as fit its
+   ``sync_response_bytes``, up to 1,000. The window is cut into ranges of ``range_size`` blocks (2 per
+   serving peer, 20 to 1,000 blocks: each costs one request of the peer's rate limit) for the voters
+   whose hashes cover them (a shorter, agreeing list backs its prefix); a server holds one range until
+   it has answered one this run (slow start), then at most 2. Up to ``max_ranges_in_flight`` ranges are
+   in flight or received-but-unapplied, and only ranges within that many ranges of the next block to
+   apply are requested (the head range always is; ``max_buffered_blocks`` is a run's high-water mark).
+   A server whose request fails or times out leaves the window, a range is never retried on the server
+   that just failed it, and ``usable()`` is checked at every assignment. SPEC §6 "served below a
+   minimum rate moves to another peer": the head range is asked of a second server once its request is
+   late (HEDGE_FACTOR times the typical response time, scaled to its size; before 3 ranges were
+   answered, once a range at least as big sent after it was answered); the first good answer wins, and
+   a server outpaced by a later request, or one that serves a short range without a frame budget's
+   reason, is charged ``slow_response`` (a validator's host only loses its work: it anchors the vote),
+   credited nothing, and given no more ranges this run (its ranges in flight are asked of others). As
+   each range arrives its signatures are checked on worker threads (``preverify``, ``verify.py``) and
+   it is applied once that is done: the apply finds them in the verified-signature cache.
 5. **Applied in order, one LMDB write transaction per ``batch`` blocks** (``apply``): the consecutive
    chunks that have arrived are applied together, up to ``batch`` blocks. A block that fails
    verification is charged to its server, which is left out of the run. A block whose parent is not
