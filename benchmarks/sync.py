@@ -11,29 +11,34 @@ precommit of every certificate, every tx):
 * ``sync.verify_threads_speedup``: verifies/s of 2 threads over 1 through ``crypto.verify_digest`` (the
   coincurve cffi call releases the GIL when the ratio is near 2 on 2 free cores), for information.
 
-Setup: ``timecoin.sim.chaingen`` builds each chain once; its LMDB files are copied into 3 source datadirs.
-The sources and the syncing node are the production service tree (``timecoin.node.build_node``) on this
-process's reactor, real LMDB and libp2p TLS 1.3 over loopback, all at the node defaults for limits
-(``rate_limit`` 100/min, burst 20; ``sync_response_bytes`` 4 MiB): what a node syncing from the network
-meets. The sources are observers whose consensus never moves (a day's timeouts), the syncing node an
-empty observer of the same genesis; it is given the 3 addresses and syncs by itself. Time runs from its
-first ready connection to the last block applied. Everything shares one reactor thread (the sources'
-serving too), so the figure is a lower bound for separate machines. The ledger's verified-signature
-cache is emptied before each sync (the builder filled it), so every signature is really checked.
+Setup: ``timecoin.sim.chaingen`` builds each chain once. The 3 sources run in one child process
+(``python -m benchmarks.sync serve``: a real node's peers run elsewhere, so their serving is not charged
+to the syncing node's reactor thread; on this 2-core machine they still share the cores), each on its own
+copy of the chain; the syncing node runs in this process. All are the production service tree
+(``timecoin.node.build_node``), real LMDB and libp2p TLS 1.3 over loopback, at the node defaults for
+limits (``rate_limit`` 100/min, burst 20; ``sync_response_bytes`` 4 MiB): what a node syncing from the
+network meets. The sources are observers whose consensus never moves (a day's timeouts), the syncing
+node an empty observer of the same genesis; it is given the 3 addresses and syncs by itself. Time runs
+from its first ready connection to the last block applied. The ledger's verified-signature cache is
+emptied before each sync (the builder filled it), so every signature is really checked.
 
 ``--quick``: 500 empty blocks and 20 tx blocks (the CI smoke: well under 30 s).
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task, threads
 
 from benchmarks.baselines import secp_verifies_per_s
 from benchmarks.suite import Figure, ratio_figure, value_figure
@@ -52,6 +57,13 @@ QUIET = "86400"                    # a day: the sources never propose, vote or t
 POLL = 0.02                        # seconds between tip checks while syncing
 STALL_S = 30.0                     # no progress for this long: the run ends (reported as it stands)
 SYNC_TIMEOUT_S = 600.0
+CHAIN_ID = "timecoin-bench-sync"
+GENESIS_SEED = 7
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _spec(genesis_time: int) -> ChainSpec:
+    return make_genesis(VALIDATORS, chain_id=CHAIN_ID, seed=GENESIS_SEED, funded=FUNDED, genesis_time=genesis_time)
 
 
 def _chain(base: Path, spec: ChainSpec, blocks: int, txs: int) -> Path:
@@ -66,22 +78,66 @@ def _quiet(base: Path, name: str) -> Any:
                        timeout_precommit=QUIET, ping_interval="15")
 
 
-async def sync_once(base: Path, spec: ChainSpec, chain: Path, name: str, target: int) -> dict[str, Any]:
-    """3 sources on copies of ``chain`` and one empty node: (seconds from first connection to target, height)."""
+async def serve(chain: str, base: str, genesis_time: int) -> None:
+    """The child process: 3 sources on copies of ``chain`` under ``base``; prints their addresses (one JSON
+    line), then serves until its stdin closes (the parent ended or was killed)."""
+    spec = _spec(genesis_time)
     keys = make_keys(SOURCES + 1, seed=100)
-    configs = [_quiet(base, f"{name}-src{i}") for i in range(SOURCES)]
+    configs = [_quiet(Path(base), f"src{i}") for i in range(SOURCES)]
     for config in configs:
         shutil.copytree(chain, Path(config.datadir) / "chain")
-    sources: list[Node] = [build_node(c, keys[i], spec.genesis, reactor) for i, c in enumerate(configs)]
-    syncing = build_node(_quiet(base, f"{name}-sync"), keys[SOURCES], spec.genesis, reactor)
-    nodes = [*sources, syncing]
+    sources = [build_node(c, keys[i], spec.genesis, reactor) for i, c in enumerate(configs)]
+    for node in sources:
+        node.startService()
+    await wait_for(lambda: all(n.p2p.listen_addr for n in sources), 10.0, "listening")
+    print(json.dumps([n.p2p.listen_addr for n in sources]), flush=True)
+    await threads.deferToThread(sys.stdin.read)                    # until the parent closes our stdin
+    for node in sources:
+        await defer.maybeDeferred(node.stopService)
+
+
+class Sources:
+    """The 3 serving nodes in a child process (``python -m benchmarks.sync serve``): a real node's peers
+    run elsewhere, so their serving work is not charged to the syncing node's reactor thread."""
+
+    def __init__(self, chain: Path, base: Path, genesis_time: int) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.sync", "serve", str(chain), str(base),
+                                      str(genesis_time)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     cwd=ROOT, env=env, text=True)
+        self.addrs: list[str] = []
+
+    async def start(self) -> list[str]:
+        assert self.proc.stdout is not None
+        line = await threads.deferToThread(self.proc.stdout.readline)
+        if not line:
+            raise AssertionError(f"the sources' process ended ({self.proc.wait(5)}) before listening")
+        self.addrs = json.loads(line)
+        return self.addrs
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+async def sync_once(base: Path, spec: ChainSpec, chain: Path, name: str, target: int) -> dict[str, Any]:
+    """3 sources (another process) on copies of ``chain`` and one empty node: the time from its first ready
+    connection to the last block applied, and the height reached."""
+    sources = Sources(chain, base / f"{name}-sources", spec.genesis.genesis_time)
+    syncing: Node | None = None
     try:
-        for node in nodes:
-            node.startService()
-        await wait_for(lambda: all(n.p2p.listen_addr for n in nodes), 10.0, "listening")
+        addrs = await sources.start()
+        syncing = build_node(_quiet(base, f"{name}-sync"), make_keys(SOURCES + 1, seed=100)[SOURCES], spec.genesis,
+                             reactor)
+        syncing.startService()
         VERIFIED.__init__()  # type: ignore[misc]   # forget what the builder verified: every check is real
-        for src in sources:
-            syncing.p2p.peerstore.add(src.p2p.listen_addr, "bootstrap", reactor.seconds())
+        for addr in addrs:
+            syncing.p2p.peerstore.add(addr, "bootstrap", reactor.seconds())
         t_conn: float | None = None
         height, t_progress = 0, time.perf_counter()
         deadline = t_progress + SYNC_TIMEOUT_S
@@ -97,13 +153,14 @@ async def sync_once(base: Path, spec: ChainSpec, chain: Path, name: str, target:
             await sleep(POLL)
         if t_conn is None:
             raise AssertionError(f"{name}: the syncing node never connected")
-        if syncing.store.block_hash_at(height) != sources[0].store.block_hash_at(height):
-            raise AssertionError(f"{name}: synced another chain")
+        with Store(str(chain)) as source:
+            if syncing.store.block_hash_at(height) != source.block_hash_at(height):
+                raise AssertionError(f"{name}: synced another chain")
         return {"height": height, "seconds": max(t_progress - t_conn, 1e-6)}
     finally:
-        for node in nodes:
-            if node.running:
-                await defer.maybeDeferred(node.stopService)
+        if syncing is not None and syncing.running:
+            await defer.maybeDeferred(syncing.stopService)
+        sources.stop()
         await sleep(0.1)
 
 
@@ -140,7 +197,7 @@ async def run(quick: bool) -> list[Figure]:
     empty_blocks, tx_blocks = (500, 20) if quick else (5000, 1000)
     raw = secp_verifies_per_s(0.3 if quick else 1.0)
     speedup = verify_threads_speedup(0.3 if quick else 1.0)
-    spec = make_genesis(VALIDATORS, chain_id="timecoin-bench-sync", funded=FUNDED)
+    spec = _spec(int(time.time() * 1000) - 86_400_000)            # a day ago: every block lies in the past
     base = Path(tempfile.mkdtemp(prefix="tc-bench-sync-"))
     try:
         empty = await sync_once(base, spec, _chain(base, spec, empty_blocks, 0), "empty", empty_blocks)
@@ -154,3 +211,7 @@ async def run(quick: bool) -> list[Figure]:
             ratio_figure("sync.tx100.tx_per_s", round(tx_rate, 1), "tx/s", round(raw, 1), "verifies/s (1 core)",
                          min_ratio=1.2),
             Figure("sync.verify_threads_speedup", round(speedup, 2), "x (2 threads over 1)")]
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
+    task.react(lambda _r: defer.ensureDeferred(serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
