@@ -9,7 +9,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIELDS = {"name", "value", "unit", "baseline", "baseline_unit", "ratio", "target", "met"}
-NAMES = {"sync.empty.blocks_per_s", "sync.empty.vs_verify", "sync.tx100.tx_per_s", "sync.verify_threads_speedup"}
+NAMES = {"sync.empty.blocks_per_s", "sync.empty.vs_verify", "sync.tx100.tx_per_s", "sync.verify_threads_speedup",
+         "sync.empty.blocks_per_reactor_cpu_s", "sync.tx100.tx_per_reactor_cpu_s"}
 
 
 def test_sync_part_quick_run_prints_its_figures_as_json() -> None:
