@@ -78,6 +78,14 @@ RESPONSES = frozenset({m.MsgType.STATUS, m.MsgType.PEERS, m.MsgType.BLOCKS, m.Ms
 RATE_LIMITED_TYPES = (m.REQUESTS - {m.MsgType.TX}) | {m.MsgType.PING}
 
 
+def _blocks_payload(request_id: int, items: list[tuple[bytes, bytes]]) -> bytes:
+    """The BLOCKS envelope of stored (canonical) block and certificate bytes, spliced without re-encoding:
+    type, request id, a u16 count, then each CertifiedBlock (the block's encoding, then its certificate's).
+    Byte for byte ``m.encode_message(BLOCKS, ...)`` of the decoded items (tests/unit/test_sync_serving.py)."""
+    head = bytes((int(m.MsgType.BLOCKS),)) + request_id.to_bytes(4, "big") + len(items).to_bytes(2, "big")
+    return head + b"".join(block + cert for block, cert in items)
+
+
 class _ConnectionFactory(Factory):
     def __init__(self, p2p: P2PService, inbound: bool, dialed: str | None = None) -> None:
         self.p2p = p2p
@@ -606,27 +614,11 @@ class P2PService(service.Service):
             conn.reject(Reason.RATE_LIMITED, "get_blocks byte budget spent, ask again later", rid)
             return
         count = min(body.count, MAX_BLOCKS_PER_RESPONSE)
-        out: list[dict[str, Any]] = []
         budget = min(self.config.max_frame_bytes - 1024, self.config.sync_response_bytes, allowance)
-        sent = 0
-        height = body.start
-        for _ in range(count):                   # bounded: each pass reads at least one block, or ends
-            # Read about as many as the budget left holds at the sizes seen so far (one block first): a range
-            # of 1,000 blocks of up to 4 MiB is never read whole to send a few of them.
-            want = 1 if not out else min(count - len(out), int(budget * len(out) / max(sent, 1)) + 1)
-            got = self.node.store.get_blocks(height, want) if want > 0 else []
-            for block, cert in got:
-                size = block.size + len(cert.encoded) + 8
-                if size > budget and out:
-                    break
-                budget -= size
-                sent += size
-                out.append({"block": block.to_wire(), "certificate": cert.to_wire()})
-            if len(got) < want or len(out) < height - body.start + len(got) or len(out) >= count:
-                break                            # the chain ends, the budget is spent, or the range is served
-            height += len(got)
+        items = self.node.store.get_raw_blocks(body.start, count, budget, overhead=8)
+        sent = sum(len(block) + len(cert) + 8 for block, cert in items)
         self._response_budgets[conn.peer_id] = (allowance - sent, now)
-        conn.send(m.MsgType.BLOCKS, {"blocks": out}, rid)
+        conn.send_payload(_blocks_payload(rid, items))
 
     def _response_allowance(self, peer_id: str, now: float) -> float:
         """Bytes of get_blocks answers ``peer_id`` may draw now (refilled; negative: an overdraft still owed)."""

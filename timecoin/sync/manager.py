@@ -818,8 +818,9 @@ class _Window:
                 self.send(s, hedge=True)
 
     def outpaced(self, req: _Request) -> bool:
-        """A range at least as big as ``req``, sent after it left, was answered already."""
-        return any(sent > req.sent and count >= req.count for sent, count in self.answered)
+        """A range at least as big as ``req``, sent clearly after it left (HEDGE_MIN_S: requests sent together
+        race, and their order of arrival says nothing), was answered already."""
+        return any(sent >= req.sent + HEDGE_MIN_S and count >= req.count for sent, count in self.answered)
 
     def late_for(self, req: _Request) -> float:
         """Seconds after which body request ``req`` is late: ``_late_after("body")`` scaled to its size
