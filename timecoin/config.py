@@ -216,8 +216,8 @@ KEYS: tuple[Key, ...] = (
         "Seconds between sync checks (genesis consensus, state consistency, catch-up); also run at once when a "
         "peer announces a higher height."),
     Key("sync_batch", _int_range(1, 100), 50,
-        "Most blocks applied in one LMDB write transaction during sync (bodies are fetched in chunks of at "
-        "most 20 blocks per peer, SPEC §6)."),
+        "Most blocks applied in one LMDB write transaction during sync (bodies are fetched in ranges of up "
+        "to 1,000 blocks, at most 2 ranges in flight per peer, SPEC §6)."),
     Key("sync_redundancy", _int_range(1, 16), 3, "Peers asked for the block hashes of each sync range."),
     Key("max_reorg_depth", _int_range(0, 1_000_000), 1000,
         "Deepest rollback a fork resolution may do; a deeper fork halts block application for the operator."),

@@ -525,6 +525,27 @@ class Store:
             return out
         return [(Block.decode(b), CommitCertificate.decode(c)) for b, c in self._read(read)]
 
+    def get_raw_blocks(self, start: int, count: int, max_bytes: int, overhead: int = 0) -> list[tuple[bytes, bytes]]:
+        """The stored (canonical) bytes of certified blocks ``start``, ``start + 1``, ... from one snapshot:
+        at most ``count``, and while their sizes (plus ``overhead`` each) fit ``max_bytes`` -- at least one.
+        Sync serving sends them as they are: no decode and re-encode."""
+        blocks, certs = self._dbs[BLOCKS], self._dbs[CERTS]
+
+        def read(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
+            out: list[tuple[bytes, bytes]] = []
+            left = max_bytes
+            for height in range(max(start, 1), max(start, 1) + max(count, 0)):
+                block, cert = txn.get(_h(height), db=blocks), txn.get(_h(height), db=certs)
+                if block is None or cert is None:
+                    break
+                size = len(block) + len(cert) + overhead
+                if size > left and out:
+                    break
+                left -= size
+                out.append((block, cert))
+            return out
+        return self._read(read)
+
     # -- commit and rollback -----------------------------------------------------------------------
     def commit_block(self, block: Block, cert: CommitCertificate, result: BlockResult,
                      also: Mapping[tuple[str, bytes], bytes] | None = None) -> None:

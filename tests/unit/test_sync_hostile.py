@@ -11,7 +11,7 @@ one scheduled call to the next, so times are simulated seconds.
    reaches the honest tip and the Sybils that voted are charged; Sybils faster than the validator
    cannot get it dropped from the vote or charged into unusability either.
 3. A backer withholding the chunk at the head of the in-order apply cannot make the node hold more
-   received-but-unapplied blocks than the in-flight bound (8 chunks of 20).
+   received-but-unapplied blocks than the in-flight bound (``max_ranges_in_flight`` ranges).
 """
 from __future__ import annotations
 
@@ -24,17 +24,13 @@ import pytest
 from tests.chaingen import ChainBuilder, ChainSpec, build_chain, make_genesis
 from tests.syncpeers import PacedPeer, SimSyncer, SlowLiar, SybilPeer, TimedPeer, Withholder
 from timecoin.p2p.peers import Event
-from timecoin.sync.manager import (
-    DEFAULT_RANGES_IN_FLIGHT,
-    DEFAULT_REQUEST_TIMEOUT,
-    HEDGE_MIN_S,
-    PEER_PENDING_BLOCKS,
-)
+from timecoin.sync.manager import DEFAULT_REQUEST_TIMEOUT, HEDGE_MIN_S, range_size
 
 BLOCKS = 400
 LATENCY = 0.05                     # seconds an honest answer takes, plus PER_BLOCK per block served
 PER_BLOCK = 0.005
 GENESIS_TIME = 1_700_000_000_000
+IN_FLIGHT = 3                      # ranges in flight or held (the default 8 would hold this whole chain)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +45,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory, spec: ChainSpec) -> Iterator
     builder.store.close()
 
 
-def syncer_at(path: Path, spec: ChainSpec) -> SimSyncer:
-    return SimSyncer(str(path), spec, request_timeout=DEFAULT_REQUEST_TIMEOUT)
+def syncer_at(path: Path, spec: ChainSpec, **args: Any) -> SimSyncer:
+    return SimSyncer(str(path), spec, request_timeout=DEFAULT_REQUEST_TIMEOUT, **args)
 
 
 def honest_peers(chain: ChainBuilder, syncer: SimSyncer, n: int = 2, **kwargs: Any) -> list[TimedPeer]:
@@ -148,7 +144,7 @@ WITHHOLDERS = {
 def test_a_backer_withholding_the_head_chunk_cannot_grow_the_reorder_buffer(tmp_path: Path, spec: ChainSpec,
                                                                            chain: ChainBuilder, kind: str) -> None:
     delay, latency, per_block = WITHHOLDERS[kind]
-    syncer = syncer_at(tmp_path / "s", spec)
+    syncer = syncer_at(tmp_path / "s", spec, max_ranges_in_flight=IN_FLIGHT)
     withholder = Withholder("withholder", chain.store, syncer.clock, delay=delay)   # fastest: voted, serves
     honest = [TimedPeer(f"honest{i}", chain.store, syncer.clock, latency, per_block) for i in range(2)]
     peers: list[TimedPeer] = [withholder, *honest]
@@ -167,10 +163,11 @@ def test_a_backer_withholding_the_head_chunk_cannot_grow_the_reorder_buffer(tmp_
         p.observer = measure
     syncer.sync(peers)
     assert_honest_tip(syncer, chain)
-    bound = DEFAULT_RANGES_IN_FLIGHT * PEER_PENDING_BLOCKS
+    size = range_size(BLOCKS, len(peers))
+    bound = IN_FLIGHT * size                 # the window of 400 blocks is 6 ranges: only 3 may be held
     assert held[0] <= bound, f"{held[0]} blocks requested or received but not applied (bound {bound})"
     assert syncer.manager.max_buffered_blocks <= bound
-    assert syncer.manager.max_buffered_blocks >= 3 * PEER_PENDING_BLOCKS      # the pipeline did fill
+    assert syncer.manager.max_buffered_blocks >= 2 * size                     # the pipeline did fill
     assert withholder.block_requests
     if delay is None:
         assert withholder.penalties                                  # it lost its chunk, and was charged
@@ -190,7 +187,7 @@ def test_requests_held_back_by_our_own_pacing_are_neither_hedged_nor_charged_slo
                        per_block=PER_BLOCK) for i, (rate, burst) in enumerate(((6000, 100), (90, 2), (90, 2)))]
     syncer.sync(peers)
     assert_honest_tip(syncer, chain)
-    chunks = BLOCKS // PEER_PENDING_BLOCKS
+    chunks = len(range(0, BLOCKS, range_size(BLOCKS, len(peers))))
     assert sum(len(p.block_requests) for p in peers) == chunks, "a chunk was asked twice (hedged)"
     assert all(Event.SLOW_RESPONSE not in p.penalties for p in peers), [p.penalties for p in peers]
     syncer.close()

@@ -21,7 +21,13 @@ from timecoin.ledger.block import Block, CommitCertificate
 from timecoin.p2p.peers import DELTAS, Event
 from timecoin.store import Store
 from timecoin.sync.apply import apply_batch, certificate_problem
-from timecoin.sync.manager import MAX_WINDOW_ATTEMPTS, StateSyncManager, SyncResult
+from timecoin.sync.manager import (
+    MAX_WINDOW_ATTEMPTS,
+    PEER_RANGES_IN_FLIGHT,
+    StateSyncManager,
+    SyncResult,
+    range_size,
+)
 from timecoin.sync.peer import PeerStatus
 
 HONEST = 120
@@ -246,6 +252,8 @@ class DelayedPeer(ScoredPeer):
         self.clock, self.delay = clock, delay
         self.pending_blocks = 0
         self.max_pending_blocks = 0
+        self.pending_ranges = 0
+        self.max_pending_ranges = 0
 
     def _later(self, value: Any) -> defer.Deferred[Any]:
         return task.deferLater(self.clock, self.delay, lambda: value)
@@ -261,9 +269,12 @@ class DelayedPeer(ScoredPeer):
         self.block_requests.append((start, count))
         self.pending_blocks += count
         self.max_pending_blocks = max(self.max_pending_blocks, self.pending_blocks)
+        self.pending_ranges += 1
+        self.max_pending_ranges = max(self.max_pending_ranges, self.pending_ranges)
 
         def done(value: Any) -> Any:
             self.pending_blocks -= count
+            self.pending_ranges -= 1
             return value
         return self._later(self.serve(start, count)).addBoth(done)
 
@@ -345,8 +356,10 @@ def test_a_peer_that_votes_but_stalls_on_bodies_gets_one_chunk_and_leaves_the_wi
     assert any(r[0] == staller.block_requests[0][0] for p in good for r in p.block_requests)   # moved on
 
 
-def test_at_most_twenty_blocks_pending_per_peer_with_several_chunks_in_flight(tmp_path: Path, spec: ChainSpec,
+def test_at_most_two_ranges_in_flight_per_peer_with_several_ranges_in_flight(tmp_path: Path, spec: ChainSpec,
                                                                              honest: ChainBuilder) -> None:
+    # SPEC §6: at most 2 get_blocks ranges in flight per peer (the bound is on ranges, not blocks: a range
+    # is one request of the peer's rate limit, answered with as many blocks as fit its response bytes).
     syncer = Syncer(tmp_path / "s", spec, batch=50)                   # the node default: 50 per transaction
     peers = [DelayedPeer(f"h{i}", copy(honest, tmp_path / f"h{i}"), syncer.clock, delay=0.5) for i in range(3)]
     in_flight: list[int] = []
@@ -354,16 +367,18 @@ def test_at_most_twenty_blocks_pending_per_peer_with_several_chunks_in_flight(tm
         original = p.get_blocks
 
         def get_blocks(start: int, count: int, original: Any = original) -> Any:
-            in_flight.append(sum(q.pending_blocks for q in peers) + count)
+            in_flight.append(sum(q.pending_ranges for q in peers) + 1)
             return original(start, count)
         p.get_blocks = get_blocks  # type: ignore[method-assign]
     result = syncer.sync(peers)
     assert_honest(syncer, honest)
     assert not result.penalized
-    assert all(p.max_pending_blocks <= 20 for p in peers)
-    assert all(count <= 20 for p in peers for _, count in p.block_requests)
+    assert all(p.max_pending_ranges <= PEER_RANGES_IN_FLIGHT for p in peers)
+    assert max(p.max_pending_ranges for p in peers) == PEER_RANGES_IN_FLIGHT      # and the pipeline used them
+    size = range_size(HONEST, len(peers))
+    assert all(count <= size for p in peers for _, count in p.block_requests)
     assert all(p.block_requests for p in peers)                      # every peer served
-    assert max(in_flight) >= 50                                      # several chunks in flight across peers
+    assert max(in_flight) >= 4                                       # several ranges in flight across peers
     assert max(syncer.batches) <= 50                                 # at most sync_batch per transaction
     assert sum(c for p in peers for _, c in p.block_requests) == HONEST
 

@@ -141,8 +141,11 @@ class ChainApp:
             return
         first, last = blocks[0].height, blocks[-1].height
         p = self.priorities(first)
+        vs = self.validator_set(first)
         for h in range(first, last + 1):
-            p = prio.next_height(self.validator_set(h), p, self.validator_set(h + 1))
+            vs_next = self.validator_set(h + 1)          # read once: it is the next height's current set
+            p = prio.next_height(vs, p, vs_next)
+            vs = vs_next
         self.chain.put(PRIORITIES_DB, (last + 1).to_bytes(8, "big"), prio.encode(p))
         self._prio_cache[last + 1] = p
         self._results.clear()

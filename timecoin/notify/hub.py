@@ -195,11 +195,15 @@ class Hub:
             return
         tip = store.tip_height()
         for height in range(self.height + 1, tip + 1):
-            stored = block if block.height == height else store.get_block(height)
-            if stored is None:
-                break
+            subs = [s for s in self.subs.values() if s.next == height]
+            stored = block
+            if subs and block.height != height:     # read (decode) a stored block only for a subscriber
+                found = store.get_block(height)
+                if found is None:
+                    break
+                stored = found
             self.height = height
-            for sub in [s for s in self.subs.values() if s.next == height]:
+            for sub in subs:
                 try:
                     self._deliver(sub, stored)
                 except Exception:           # one broken client never stops the others or consensus

@@ -34,6 +34,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,6 +45,7 @@ from timecoin.sync import forks
 from timecoin.sync.apply import apply_batch, certificate_problem
 from timecoin.sync.manager import StateSyncManager, SyncResult
 from timecoin.sync.peer import ConnectionPeer, PeerStatus, SyncPeer
+from timecoin.sync.verify import Preverifier
 
 STATUS_FILE = "sync-status.json"
 Served = tuple[SyncPeer, Block]
@@ -81,6 +83,7 @@ class SyncCoordinator(service.Service):
         self._suspected_at: dict[str, float] = {}              # peer id -> when its last suspicion was taken
         self._fork_scheduled = False
         self._status_path = os.path.join(cfg.datadir, STATUS_FILE)
+        self.preverifier: Preverifier | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 - Twisted API
@@ -90,6 +93,11 @@ class SyncCoordinator(service.Service):
                                            on_rollback=self._rolled_back, on_halt=self._halt,
                                            on_evidence=self._evidence,
                                            record_path=os.path.join(node.config.datadir, forks.CONFLICT_FILE))
+        # Signatures of arriving ranges are checked on worker threads while earlier ranges apply (verify.py);
+        # a reactor without threads (a test's task.Clock) leaves every check to the apply.
+        if IReactorThreads.providedBy(self.reactor):
+            self.preverifier = Preverifier(self.reactor, node.store, node.genesis.chain_id)
+            self.manager.preverify = self.preverifier.warm
         self._loop = task.LoopingCall(self.trigger)
         self._loop.clock = self.reactor
         self._loop.start(max(node.config.sync_interval, 0.1), now=False)
@@ -98,6 +106,10 @@ class SyncCoordinator(service.Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        self.manager.preverify = None
+        if self.preverifier is not None:
+            self.preverifier.stop()
+            self.preverifier = None
         super().stopService()
 
     @property

@@ -24,19 +24,24 @@ One sync run:
    and denominator), as in fork resolution. When a trusted voter has no block there and no other voter
    can serve a certified one, the run seeks nothing above our tip. Voters outvoted by the majority are
    charged ``stale_data`` once the majority's blocks were verified and applied.
-4. **Bodies, at most ``max_pending_per_peer`` (20) blocks pending per peer.** The window is fetched in
-   chunks of at most that size from the voters whose hashes cover the chunk (a shorter, agreeing list
-   backs its prefix); each server holds at most that many requested blocks at once, and up to
-   ``max_ranges_in_flight`` chunks are in flight across servers, received-but-unapplied chunks counted:
-   only chunks within ``max_ranges_in_flight`` chunks of the next block to apply are requested
-   (``max_buffered_blocks`` is a run's high-water mark). A server whose request fails or times
-   out leaves the window, a chunk is never retried on the server that just failed it, and ``usable()``
-   is checked at every assignment. SPEC §6 "served below a minimum rate moves to another peer": the
-   head chunk is asked of a second server once its request is late (HEDGE_FACTOR times the typical
-   response time); the first good answer wins, and a server outpaced by a later request, or one that
-   serves a short range without a frame budget's reason, is charged ``slow_response`` (a validator's host
-   only loses its work: it anchors the vote) and given no more chunks this run (its chunks in flight
-   are asked of others).
+4. **Bodies by ranges, at most ``max_ranges_per_peer`` (2) ranges in flight per peer** (SPEC §6). A
+   ``get_blocks`` request names a range; a server answers with as many consecutive blocks as fit its
+   ``sync_response_bytes``, up to 1,000. The window is cut into ranges of ``range_size`` blocks (2 per
+   serving peer, 20 to 1,000 blocks: each costs one request of the peer's rate limit) for the voters
+   whose hashes cover them (a shorter, agreeing list backs its prefix); a server holds one range until
+   it has answered one this run (slow start), then at most 2. Up to ``max_ranges_in_flight`` ranges are
+   in flight or received-but-unapplied, and only ranges within that many ranges of the next block to
+   apply are requested (the head range always is; ``max_buffered_blocks`` is a run's high-water mark).
+   A server whose request fails or times out leaves the window, a range is never retried on the server
+   that just failed it, and ``usable()`` is checked at every assignment. SPEC §6 "served below a
+   minimum rate moves to another peer": the head range is asked of a second server once its request is
+   late (HEDGE_FACTOR times the typical response time, scaled to its size; before 3 ranges were
+   answered, once a range at least as big sent after it was answered); the first good answer wins, and
+   a server outpaced by a later request, or one that serves a short range without a frame budget's
+   reason, is charged ``slow_response`` (a validator's host only loses its work: it anchors the vote),
+   credited nothing, and given no more ranges this run (its ranges in flight are asked of others). As
+   each range arrives its signatures are checked on worker threads (``preverify``, ``verify.py``) and
+   it is applied once that is done: the apply finds them in the verified-signature cache.
 5. **Applied in order, one LMDB write transaction per ``batch`` blocks** (``apply``): the consecutive
    chunks that have arrived are applied together, up to ``batch`` blocks. A block that fails
    verification is charged to its server, which is left out of the run. A block whose parent is not
@@ -77,11 +82,15 @@ ApplyFn = Callable[[Items], "tuple[int, Reason | None] | Awaitable[tuple[int, Re
 VerifyFn = Callable[[Block, CommitCertificate], "str | None"]
 # on_fork(peer_id, height, their hash at height): the peer's chain differs from ours at a height we hold
 ForkFn = Callable[[str, int, bytes], None]
+# preverify(items): check the items' signatures off the reactor thread ahead of apply (verify.py); never fails
+PreverifyFn = Callable[[Items], "defer.Deferred[Any]"]
 
 DEFAULT_BATCH = 20                 # blocks per write transaction
-PEER_PENDING_BLOCKS = 20           # SPEC §6: at most ~20 blocks pending per peer
+PEER_RANGES_IN_FLIGHT = 2          # SPEC §6: at most 2 get_blocks ranges in flight per peer
+MAX_RANGE_BLOCKS = 1000            # SPEC §6: a server answers a range with at most 1,000 blocks
+MIN_RANGE_BLOCKS = 20              # a window's ranges are not cut smaller (each costs a request of the limit)
 DEFAULT_REDUNDANCY = 3
-DEFAULT_RANGES_IN_FLIGHT = 8       # body chunks in flight across all servers
+DEFAULT_RANGES_IN_FLIGHT = 8       # body ranges in flight or received-but-unapplied, across all servers
 DEFAULT_REQUEST_TIMEOUT = 15.0
 MAX_WINDOW_ATTEMPTS = 6            # failed windows (no agreement, bad bodies) before a run gives up
 MAX_REPLANS = 100                  # re-plans (consensus committed a height meanwhile) in one run: not failures
@@ -171,9 +180,10 @@ class StateSyncManager:
     def __init__(self, tip_height: Callable[[], int], genesis_hash: bytes, clock: IReactorTime, apply: ApplyFn, *,
                  batch: int = DEFAULT_BATCH, redundancy: int = DEFAULT_REDUNDANCY,
                  max_ranges_in_flight: int = DEFAULT_RANGES_IN_FLIGHT,
-                 max_pending_per_peer: int = PEER_PENDING_BLOCKS,
+                 max_ranges_per_peer: int = PEER_RANGES_IN_FLIGHT,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT, verify: VerifyFn | None = None,
-                 on_fork: ForkFn | None = None, on_progress: Callable[[], None] | None = None) -> None:
+                 on_fork: ForkFn | None = None, on_progress: Callable[[], None] | None = None,
+                 preverify: PreverifyFn | None = None) -> None:
         self.tip_height = tip_height
         self.genesis_hash = genesis_hash
         self.clock = clock
@@ -181,11 +191,12 @@ class StateSyncManager:
         self.batch = batch
         self.redundancy = redundancy
         self.max_ranges_in_flight = max_ranges_in_flight
-        self.max_pending_per_peer = max_pending_per_peer
+        self.max_ranges_per_peer = max_ranges_per_peer
         self.request_timeout = request_timeout
         self.verify = verify
         self.on_fork = on_fork
         self.on_progress = on_progress
+        self.preverify = preverify
         self.progress = SyncProgress()
         self.statuses: dict[str, PeerStatus] = {}
         self._penalized: dict[str, list[str]] = {}
@@ -195,6 +206,8 @@ class StateSyncManager:
         self._times: dict[str, deque[float]] = {"small": deque(maxlen=RESPONSE_SAMPLES),
                                                 "body": deque(maxlen=RESPONSE_SAMPLES)}
         self._slow: set[str] = set()              # peers charged slow_response in this run: no more chunks
+        self._proven: set[str] = set()            # servers that answered a body range in this run (slow start)
+        self._body_counts: deque[int] = deque(maxlen=RESPONSE_SAMPLES)   # blocks in recent body answers
         self._ceiling = MAX_HEIGHT                # this run seeks no height above (a trusted "no block there")
         self.max_buffered_blocks = 0              # this run's high-water mark of blocks in flight + received, unapplied
 
@@ -257,6 +270,7 @@ class StateSyncManager:
         self._penalized = {}
         self._fork = False
         self._slow = set()
+        self._proven = set()
         self._ceiling = MAX_HEIGHT
         self.max_buffered_blocks = 0
         self.progress = SyncProgress(start, start, target, t0, 0, 0.0, None, True, len(peers))
@@ -507,7 +521,7 @@ class StateSyncManager:
                 if pid in statuses:
                     statuses[pid] = _lowered(statuses[pid], height - 1)
 
-    # -- bodies, at most max_pending_per_peer blocks per server, applied in order ----------------
+    # -- bodies, at most max_ranges_per_peer ranges per server, applied in order ------------------
     async def _fetch_and_apply(self, start: int, vote: _Vote, excluded: set[str],
                                statuses: dict[str, PeerStatus]) -> _Outcome:
         w = _Window(self, start, vote, statuses)
@@ -518,6 +532,9 @@ class StateSyncManager:
                 w.take_events()
                 w.hedge()                                # a late head first: it holds up everything behind it
                 w.assign()                               # servers fetch the next chunks while we apply
+                if w.next_apply in w.ready and not w.ready[w.next_apply].checked:
+                    await w.wait()                       # its signatures are being checked on the workers
+                    continue
                 if w.next_apply in w.ready:
                     outcome = await self._apply_ready(w.ready, w.lengths, w.next_apply, w.end, vote.backers,
                                                       excluded)
@@ -541,12 +558,12 @@ class StateSyncManager:
         items: Items = []
         owners: list[str] = []
         s = at
-        while s in ready and len(items) < self.batch:
+        while s in ready and len(items) < self.batch and (s == at or ready[s].checked):
             chunk = ready.pop(s)
             take = min(len(chunk), self.batch - len(items))
             if take < len(chunk):                        # the rest stays ready for the next transaction
                 rest = s + take
-                ready[rest] = _Served(chunk[take:], chunk.server)
+                ready[rest] = _Served(chunk[take:], chunk.server, chunk.checking)
                 lengths[rest] = len(chunk) - take
             items.extend(chunk[:take])
             owners.extend([chunk.server] * take)
@@ -554,7 +571,8 @@ class StateSyncManager:
         applied, reason = await defer.maybeDeferred(self.apply, items)
         self._report(applied)
         for server in dict.fromkeys(owners[:applied]):   # served certified blocks we applied: credit (capped
-            self._peer(backers, server).reward(Event.USEFUL_RESPONSE)    # per window by the peer manager)
+            if server not in self._slow:                 # per window by the peer manager), unless short-served
+                self._peer(backers, server).reward(Event.USEFUL_RESPONSE)
         if reason is None:
             return at + applied
         if reason is Reason.SHUTTING_DOWN:
@@ -623,6 +641,9 @@ class StateSyncManager:
         while fewer than 3 body responses were seen), at least HEDGE_MIN_S, at most the request timeout.
         """
         samples = self._times[kind]
+        if kind == "body" and len(samples) < 3:
+            return self.request_timeout              # ranges take their size's time: until 3 are seen, a head
+                                                     # is late only once a request sent after it was answered
         if len(samples) < 3 and self._times["small"]:
             samples = self._times["small"]
         if not samples:
@@ -682,9 +703,14 @@ class StateSyncManager:
 class _Served(list):  # type: ignore[type-arg]
     """Items plus the PeerID that served them (so a refused block is charged to its server)."""
 
-    def __init__(self, items: Items, server: str) -> None:
+    def __init__(self, items: Items, server: str, checking: defer.Deferred[Any] | None = None) -> None:
         super().__init__(items)
         self.server = server
+        self.checking = checking                 # signatures being pre-verified (verify.py) until it fires
+
+    @property
+    def checked(self) -> bool:
+        return self.checking is None or self.checking.called
 
 
 class _Window:
@@ -709,41 +735,47 @@ class _Window:
         self.hashes = vote.hashes
         self.coverage = vote.coverage
         self.statuses = statuses
-        self.cap = max(1, manager.max_pending_per_peer)
-        self.size = max(1, min(manager.batch, self.cap))
+        self.cap = max(1, manager.max_ranges_per_peer)
+        self.servers = [p for p in vote.backers if p.peer_id not in manager._slow] or list(vote.backers)
+        self.size = range_size(len(vote.hashes), len(self.servers), self.cap)
         # Received-but-unapplied blocks count against the in-flight bound: only chunks within this many
-        # blocks of the head are requested, so ready + in flight never exceeds it (a withheld head chunk
-        # cannot make the others pile up a whole window of up to 4 MiB blocks).
+        # blocks of the head are requested, and at most ``max_ranges_in_flight`` chunks are in flight or
+        # ready, so neither a withheld head chunk nor a stream of short answers can pile up more than that
+        # many answers (each at most a frame) of blocks above the head.
         self.limit = manager.max_ranges_in_flight * self.size
         self.lengths: dict[int, int] = {s: min(self.size, self.end - s) for s in range(start, self.end, self.size)}
         self.todo: list[int] = sorted(self.lengths)       # chunk starts waiting for a server, lowest first
         self.failed_on: dict[int, set[str]] = {}
-        self.servers = [p for p in vote.backers if p.peer_id not in manager._slow] or list(vote.backers)
         self.load: dict[str, int] = {p.peer_id: 0 for p in vote.backers}
         self.inflight: dict[int, list[_Request]] = {}
         self.ready: dict[int, _Served] = {}
         self.events: list[tuple[_Request, _Served | None]] = []
         self.next_apply = start
         self._turn = 0
+        self.answered: deque[tuple[float, int]] = deque(maxlen=RESPONSE_SAMPLES)   # (sent, count) answered
         self._wake: defer.Deferred[None] | None = None
 
     # -- requests --------------------------------------------------------------------------------
-    def can_serve(self, peer: SyncPeer, s: int) -> bool:
+    def can_serve(self, peer: SyncPeer, s: int, hedge: bool = False) -> bool:
+        """A server holds at most ``cap`` ranges, and one until it has answered a range this run (slow start:
+        a server that never answers holds one range, not ``cap``, until it is found late); a hedge of the
+        head may take a second slot of a server still in slow start."""
         n = self.lengths[s]
-        return (peer.peer_id not in self.failed_on.get(s, ()) and self.load[peer.peer_id] + n <= self.cap
+        cap = self.cap if hedge or peer.peer_id in self.m._proven else 1
+        return (peer.peer_id not in self.failed_on.get(s, ()) and self.load[peer.peer_id] < cap
                 and s + n - self.start <= self.coverage.get(peer.peer_id, 0)
                 and all(r.server is not peer for r in self.inflight.get(s, ())))
 
-    def send(self, s: int) -> bool:
+    def send(self, s: int, hedge: bool = False) -> bool:
         """Ask the least loaded server that can serve chunk ``s`` (taking turns); False if none can."""
-        free = [p for p in self.servers if self.can_serve(p, s)]
+        free = [p for p in self.servers if self.can_serve(p, s, hedge)]
         if not free:
             return False
         self._turn += 1
         servers = self.servers
         server = min(free, key=lambda p: (self.load[p.peer_id], (servers.index(p) - self._turn) % len(servers)))
         n = self.lengths[s]
-        self.load[server.peer_id] += n
+        self.load[server.peer_id] += 1
         req = _Request(server, s, n, self.m.clock.seconds())
         self.inflight.setdefault(s, []).append(req)
         req.d = defer.Deferred.fromCoroutine(
@@ -753,7 +785,7 @@ class _Window:
         return True
 
     def _finished(self, result: Any, req: _Request) -> None:
-        self.load[req.server.peer_id] -= req.count
+        self.load[req.server.peer_id] -= 1
         if req.cancelled:
             return
         self.events.append((req, None if isinstance(result, Failure) else result))
@@ -763,8 +795,12 @@ class _Window:
         """Give waiting chunks to servers, lowest first, inside the window of ``limit`` blocks from the head."""
         for p in [p for p in self.servers if not p.usable()]:
             self.servers.remove(p)                       # banned or negative meanwhile: no more work
-        while self.todo and len(self.inflight) < self.m.max_ranges_in_flight:
+        for _ in range(len(self.todo)):                # bounded: each pass sends one chunk, or ends
+            if not self.todo:
+                break
             s = self.todo[0]
+            if s != self.next_apply and len(self.inflight) + len(self.ready) >= self.m.max_ranges_in_flight:
+                break                                    # the head is always asked: it unblocks the rest
             if s + self.lengths[s] > self.next_apply + self.limit or not self.send(s):
                 break
             self.todo.pop(0)
@@ -774,19 +810,33 @@ class _Window:
     def hedge(self) -> None:
         """Ask a second server for the head chunk once its request is late, and for chunks of slow servers."""
         now = self.m.clock.seconds()
-        late = self.m._late_after("body")
         for s in sorted(self.inflight):
             reqs = self.inflight[s]
             if len(reqs) == 1 and (reqs[0].server.peer_id in self.m._slow
-                                   or (s == self.next_apply and now - reqs[0].sent >= late)):
-                self.send(s)
+                                   or (s == self.next_apply and (now - reqs[0].sent >= self.late_for(reqs[0])
+                                                                 or self.outpaced(reqs[0])))):
+                self.send(s, hedge=True)
+
+    def outpaced(self, req: _Request) -> bool:
+        """A range at least as big as ``req``, sent clearly after it left (HEDGE_MIN_S: requests sent together
+        race, and their order of arrival says nothing), was answered already."""
+        return any(sent >= req.sent + HEDGE_MIN_S and count >= req.count for sent, count in self.answered)
+
+    def late_for(self, req: _Request) -> float:
+        """Seconds after which body request ``req`` is late: ``_late_after("body")`` scaled to its size
+        (ranges of several sizes are in flight: the head may be a remainder, or a range of a bigger window)."""
+        late = self.m._late_after("body")
+        counts = self.m._body_counts
+        if late >= self.m.request_timeout or not counts:
+            return late
+        return min(self.m.request_timeout, late * max(1.0, req.count / statistics.median(counts)))
 
     def head_due(self) -> float | None:
         """When the head chunk's request becomes late (None: not in flight alone, or late already)."""
         reqs = self.inflight.get(self.next_apply)
         if reqs is None or len(reqs) != 1:
             return None
-        due = reqs[0].sent + self.m._late_after("body")
+        due = reqs[0].sent + self.late_for(reqs[0])
         return due if due > self.m.clock.seconds() else None
 
     # -- answers ---------------------------------------------------------------------------------
@@ -814,6 +864,9 @@ class _Window:
 
     def _served(self, req: _Request, others: list[_Request], items: _Served) -> None:
         s = req.start
+        self.m._proven.add(req.server.peer_id)
+        self.m._body_counts.append(len(items))
+        self.answered.append((req.sent, req.count))
         del self.inflight[s]
         for other in others:                             # the first good answer wins: the other copy is cancelled
             other.cancelled = True
@@ -832,6 +885,9 @@ class _Window:
             if _served_bytes(items) < SHORT_ANSWER_BYTES:
                 self.slow(req.server, f"served {got} of {got + self.lengths[rest]} blocks from {s}, "
                                       f"{_served_bytes(items)} bytes")
+        if self.m.preverify is not None:
+            items.checking = self.m.preverify(items)
+            items.checking.addBoth(lambda _: self.poke())
         self.ready[s] = items
 
     def slow(self, peer: SyncPeer, why: str) -> None:
@@ -860,6 +916,14 @@ class _Window:
                 req.cancelled = True
                 if req.d is not None:
                     req.d.cancel()
+
+
+def range_size(blocks: int, servers: int, per_server: int = PEER_RANGES_IN_FLIGHT) -> int:
+    """Blocks per body range of a window of ``blocks`` shared by ``servers``: enough ranges to keep
+    ``per_server`` in flight at each (so applying overlaps fetching), none under MIN_RANGE_BLOCKS (each
+    range is one request of the peer's rate limit) nor over MAX_RANGE_BLOCKS (what a server answers)."""
+    ranges = max(1, servers) * max(1, per_server)
+    return max(1, min(MAX_RANGE_BLOCKS, max(MIN_RANGE_BLOCKS, -(-blocks // ranges))))
 
 
 def _trusted(peer: SyncPeer) -> bool:

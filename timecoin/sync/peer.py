@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from timecoin.p2p.service import P2PService
 
 MAX_HASHES_PER_REQUEST = 10_000
+MAX_BLOCKS_PER_REQUEST = 1000      # SPEC §6: a get_blocks range is answered with at most 1,000 blocks
 
 
 class BadResponse(Exception):
@@ -70,7 +71,9 @@ class SyncPeer(Protocol):
 
     def get_block_hashes(self, start: int, count: int) -> defer.Deferred[list[bytes]]: ...
 
-    def get_blocks(self, start: int, count: int) -> defer.Deferred[list[tuple[Block, CommitCertificate]]]: ...
+    def get_blocks(self, start: int, count: int) -> defer.Deferred[list[tuple[Block, CommitCertificate]]]:
+        """A range (SPEC §6): the consecutive blocks from ``start`` the peer's answer holds, at most
+        ``count`` (a server sends what fits its ``sync_response_bytes``, at least one)."""
 
     def penalize(self, event: Event) -> None:
         """Charge the peer for wrong, missing or late data (reputation, maybe a ban)."""
@@ -167,6 +170,7 @@ class ConnectionPeer:
                 raise BadResponse(Event.UNSOLICITED, "blocks of another range")
             return out
 
+        count = max(1, min(count, MAX_BLOCKS_PER_REQUEST))
         return self.conn.request(m.MsgType.GET_BLOCKS, {"start": start, "count": count}).addCallback(got)
 
 
