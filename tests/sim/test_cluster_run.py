@@ -33,7 +33,8 @@ def test_the_acceptance_run_passes_and_prints_the_same_bytes_twice() -> None:
     assert first.stdout == second.stdout
     out = first.stdout
     assert "result: PASS" in out and "violations: none" in out
-    assert "heights reached (honest): min 30" in out            # 300 or more
+    reached = int(out.split("heights reached (honest): min ")[1].split(",")[0])
+    assert reached >= 300, out
     assert "faults: none" not in out and "behaviours: none" not in out
     real = float(first.stderr.split("real time: ")[1].split(" s")[0])
     assert real < 60, first.stderr
