@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -179,9 +180,13 @@ def _address_checksum(prefix: str, address: bytes) -> bytes:
     return hashlib.sha256(hashlib.sha256(prefix.encode() + address).digest()).digest()[:4]
 
 
+@functools.lru_cache(maxsize=4096)
 def encode_address(address: bytes, network: str = "devnet") -> str:
     """``TIME1…``/``TIME0…``: prefix + base58(address || checksum), the checksum covering the prefix
-    too, so a mainnet address pasted into a testnet wallet fails the check."""
+    too, so a mainnet address pasted into a testnet wallet fails the check.
+
+    Memoized (a pure function of its arguments): base58 of the same few validator and sender addresses was
+    15 % of a ``getblock`` (issue 15)."""
     if len(address) != ADDRESS_SIZE:
         raise ValueError("an address is 20 bytes")
     prefix = prefix_for(network)
