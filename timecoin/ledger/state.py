@@ -34,6 +34,7 @@ from timecoin.ledger import lthash as lt
 from timecoin.ledger.account import EMPTY_ACCOUNT, Account
 from timecoin.ledger.block import BLOCK_VERSION, Block, Evidence, Header, evidence_root, tx_root
 from timecoin.ledger.params import ChainParams
+from timecoin.ledger.preverify import preverify
 from timecoin.ledger.result import BlockResult, StateReader
 from timecoin.ledger.tx import ZERO_ADDRESS, Transaction, TxKind
 from timecoin.ledger.validators import Validator, ValidatorSet
@@ -347,6 +348,7 @@ def validate_block(state: StateReader, params: ChainParams, block: Block, prev_h
     if h.proposer not in validators:
         raise ValidationError(Reason.NOT_VALIDATOR, "proposer is not a validator at this height")
     check_block_body(params, block)
+    preverify(block.txs)            # signatures on both cores first; execution still checks each one
     result = execute_block(state, params, h.height, h.proposer, block.txs, block.evidence)
     if result.state_root != h.state_root:
         raise ValidationError(Reason.BAD_BLOCK, "state_root does not match the executed state")
