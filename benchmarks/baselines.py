@@ -28,11 +28,14 @@ from coincurve._libsecp256k1 import ffi, lib
 from benchmarks.suite import Figure
 
 SIGNATURES = 256          # distinct (key, digest, signature) triples cycled through
+# The baseline is the best of several short windows, as the parts that divide by it report their best batch:
+# noise only ever slows a window down, so both sides of a ratio are then measured the same way.
+WINDOWS = 5
 
 
 @functools.cache
 def secp_verifies_per_s(seconds: float = 1.0) -> float:
-    """Raw libsecp256k1 verifies per second (one core, this thread), over at least ``seconds``."""
+    """Raw libsecp256k1 verifies per second (one core, this thread): the best of WINDOWS windows over ``seconds``."""
     ctx = coincurve.context.GLOBAL_CONTEXT.ctx
     triples = []
     for i in range(SIGNATURES):
@@ -40,18 +43,22 @@ def secp_verifies_per_s(seconds: float = 1.0) -> float:
         digest = hashlib.sha256(b"baseline message %d" % i).digest()
         sig = key.sign_recoverable(digest, hasher=None)[:64]
         triples.append((key.public_key.public_key, digest, sig))
-    n, t0 = 0, time.perf_counter()
-    deadline = t0 + seconds
-    while True:
-        for pub, digest, sig in triples:
-            parsed = ffi.new("secp256k1_ecdsa_signature *")
-            lib.secp256k1_ecdsa_signature_parse_compact(ctx, parsed, sig)
-            if not lib.secp256k1_ecdsa_verify(ctx, parsed, digest, pub):
-                raise AssertionError("baseline signature does not verify")
-        n += len(triples)
-        now = time.perf_counter()
-        if now >= deadline or n >= 10_000_000:
-            return n / (now - t0)
+    best = 0.0
+    for _ in range(WINDOWS):
+        n, t0 = 0, time.perf_counter()
+        deadline = t0 + seconds / WINDOWS
+        while True:
+            for pub, digest, sig in triples:
+                parsed = ffi.new("secp256k1_ecdsa_signature *")
+                lib.secp256k1_ecdsa_signature_parse_compact(ctx, parsed, sig)
+                if not lib.secp256k1_ecdsa_verify(ctx, parsed, digest, pub):
+                    raise AssertionError("baseline signature does not verify")
+            n += len(triples)
+            now = time.perf_counter()
+            if now >= deadline or n >= 10_000_000:
+                break
+        best = max(best, n / (now - t0))
+    return best
 
 
 @functools.cache

@@ -106,6 +106,23 @@ UndoLayout = Struct(
 UNDO = Codec("Undo", UndoLayout)
 
 
+def encode_undo(height: int, prev_lthash: bytes, accounts: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+    """``UNDO.encode`` of (address, stored bytes or None) pairs, by concatenation: the layout is fixed-width
+    fields and length prefixes, so this is the same bytes (a test holds it to the codec) at a fraction of
+    construct's cost, which was ~15 % of committing a 1,000-tx block (issue 15)."""
+    if len(prev_lthash) != LTHASH_SIZE:
+        raise StoreError(f"the LtHash accumulator must be {LTHASH_SIZE} bytes, not {len(prev_lthash)}")
+    parts = [height.to_bytes(8, "big"), prev_lthash, len(accounts).to_bytes(4, "big")]
+    for address, stored in accounts:
+        if len(address) != 20:
+            raise StoreError(f"an account address is 20 bytes, not {len(address)}")
+        if stored is None:
+            parts += (address, b"\x00")
+        else:
+            parts += (address, b"\x01", len(stored).to_bytes(4, "big"), stored)
+    return b"".join(parts)
+
+
 def _h(height: int) -> bytes:
     """Big-endian 8-byte height key (ordered scans)."""
     return height.to_bytes(8, "big")
@@ -628,10 +645,8 @@ class Store:
                     if expected != stored:
                         raise StoreError(f"block {height} result was computed against another state: "
                                          f"account {address.hex()} differs from the store")
-                undo_accounts.append({"address": address, "present": stored is not None,
-                                      "account": stored})
-            undo = UNDO.encode({"height": height, "prev_lthash": self._meta(txn, K_LTHASH),
-                                "accounts": undo_accounts})
+                undo_accounts.append((address, stored))
+            undo = encode_undo(height, self._meta(txn, K_LTHASH), undo_accounts)
             key = _h(height)
             txn.put(key, block_bytes, db=d[BLOCKS])
             txn.put(key, cert_bytes, db=d[CERTS])
