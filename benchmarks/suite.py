@@ -49,15 +49,7 @@ def ratio_figure(name: str, value: float, unit: str, baseline: float, baseline_u
     """A figure with its baseline; the target is ``ratio <= max_ratio`` and/or ``ratio >= min_ratio``."""
     ratio = value / baseline if baseline else math.inf
     fig = Figure(name, value, unit, baseline, baseline_unit, round(ratio, 3))
-    bounds = []
-    if min_ratio is not None:
-        bounds.append(f"ratio >= {min_ratio:g}")
-        fig.met = ratio >= min_ratio
-    if max_ratio is not None:
-        bounds.append(f"ratio <= {max_ratio:g}")
-        fig.met = (fig.met is not False) and ratio <= max_ratio
-    if bounds:
-        fig.target = " and ".join(bounds)
+    _bound(fig, ratio, "ratio", "", min_ratio, max_ratio)
     return fig
 
 
@@ -65,16 +57,17 @@ def value_figure(name: str, value: float, unit: str, at_least: float | None = No
                  at_most: float | None = None) -> Figure:
     """A figure without a baseline whose target bounds the value itself (e.g. ``>= 70 heights/s``)."""
     fig = Figure(name, value, unit)
-    bounds = []
-    if at_least is not None:
-        bounds.append(f">= {at_least:g} {unit}")
-        fig.met = value >= at_least
-    if at_most is not None:
-        bounds.append(f"<= {at_most:g} {unit}")
-        fig.met = (fig.met is not False) and value <= at_most
+    _bound(fig, value, "", f" {unit}", at_least, at_most)
+    return fig
+
+
+def _bound(fig: Figure, x: float, label: str, unit: str, low: float | None, high: float | None) -> None:
+    """Set ``fig``'s target text and whether ``x`` met it (both bounds when both are given)."""
+    prefix = f"{label} " if label else ""
+    bounds = [f"{prefix}{op} {limit:g}{unit}" for op, limit in ((">=", low), ("<=", high)) if limit is not None]
     if bounds:
         fig.target = " and ".join(bounds)
-    return fig
+        fig.met = (low is None or x >= low) and (high is None or x <= high)
 
 
 def _num(x: float | None) -> str:

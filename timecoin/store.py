@@ -142,10 +142,7 @@ def stored_block(raw: bytes) -> Block:
     Corrupt bytes still fail, with DecodeError, as ``Block.decode`` does.
     """
     data = bytes(raw)
-    try:
-        block = Block.from_wire(messages.BLOCK.compiled.parse(data))
-    except Exception as exc:
-        raise DecodeError(f"stored Block: {type(exc).__name__}: {exc}".splitlines()[0][:200]) from None
+    block = Block.from_wire(_parse_stored(messages.BLOCK, "Block", data))
     block.__dict__["encoded"] = data
     block.header.__dict__["encoded"] = data[:HEADER_SIZE]
     return block
@@ -154,12 +151,17 @@ def stored_block(raw: bytes) -> Block:
 def stored_certificate(raw: bytes) -> CommitCertificate:
     """A certificate from the store's own bytes (see :func:`stored_block`: parsed once, not rebuilt)."""
     data = bytes(raw)
-    try:
-        cert = CommitCertificate.from_wire(messages.COMMIT_CERTIFICATE.compiled.parse(data))
-    except Exception as exc:
-        raise DecodeError(f"stored CommitCertificate: {type(exc).__name__}: {exc}".splitlines()[0][:200]) from None
+    cert = CommitCertificate.from_wire(_parse_stored(messages.COMMIT_CERTIFICATE, "CommitCertificate", data))
     cert.__dict__["encoded"] = data
     return cert
+
+
+def _parse_stored(codec: messages.Codec, name: str, data: bytes) -> Any:
+    """One compiled parse of stored bytes; anything wrong with them is a DecodeError naming the layout."""
+    try:
+        return codec.compiled.parse(data)
+    except Exception as exc:
+        raise DecodeError(f"stored {name}: {type(exc).__name__}: {exc}".splitlines()[0][:200]) from None
 
 
 class Store:

@@ -243,22 +243,32 @@ async def test_ping_pong_updates_the_latency_ewma_in_the_peer_store(tmp_path: Pa
         await net.stop()
 
 
+def submit(node: Node, txs: list[Transaction]) -> set[bytes]:
+    """Add ``txs`` to ``node``'s mempool and broadcast them, as RPC does; their ids."""
+    for tx in txs:
+        node.mempool.add(tx)
+        node.p2p.broadcast(tx)
+    return {tx.id for tx in txs}
+
+
+async def funded_line(net: Net) -> None:
+    """Start ``net`` (a funded_net) as the line sender - validator - far, and wait until it is up."""
+    for i in range(3):                     # max_outbound 1: no peer exchange shortcut, the line stays a line
+        net.nodes[i] = net.make(i, max_outbound="1")
+    await net.start(connect=False)
+    net.connect(1, [0])
+    net.connect(2, [0])
+    await line_up(net.nodes[0])
+
+
 @pytest_twisted.ensureDeferred
 async def test_txs_are_processed_and_relayed_once_along_a_line(tmp_path: Path) -> None:
     net, funded = funded_net(tmp_path, senders=4)
-    for i in range(3):                     # max_outbound 1: no peer exchange shortcut, the line stays a line
-        net.nodes[i] = net.make(i, max_outbound="1")
     try:
-        await net.start(connect=False)
+        await funded_line(net)
         validator, sender, far = net.nodes
-        net.connect(1, [0])
-        net.connect(2, [0])
-        await line_up(validator)
         txs = transfers(net.genesis, funded, per_sender=5)
-        for tx in txs:
-            sender.mempool.add(tx)
-            sender.p2p.broadcast(tx)
-        ids = {tx.id for tx in txs}
+        ids = submit(sender, txs)
         await wait_for(lambda: known(far, ids) == ids, 20.0, "every tx at the far end")
         n = len(txs)
         assert sender.p2p.relayed[m.MsgType.TX] == n                          # to its one peer

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from tests.integration.test_p2p_gossip import funded_net, known, line_up, transfers
+from tests.integration.test_p2p_gossip import funded_line, funded_net, known, submit, transfers
 from tests.p2pnet import connect_ready, make_keys, sleep, wait_for
 from timecoin.wire import messages as m
 
@@ -21,19 +21,11 @@ from timecoin.wire import messages as m
 @pytest_twisted.ensureDeferred
 async def test_tx_copies_are_not_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     net, funded = funded_net(tmp_path, senders=2)
-    for i in range(3):                     # max_outbound 1: the line stays a line (as test_p2p_gossip's)
-        net.nodes[i] = net.make(i, max_outbound="1")
     try:
-        await net.start(connect=False)
+        await funded_line(net)
         validator, sender, _far = net.nodes
-        net.connect(1, [0])
-        net.connect(2, [0])
-        await line_up(validator)
         txs = transfers(net.genesis, funded, per_sender=3)
-        for tx in txs:
-            sender.mempool.add(tx)
-            sender.p2p.broadcast(tx)
-        ids = {tx.id for tx in txs}
+        ids = submit(sender, txs)
         await wait_for(lambda: known(validator, ids) == ids, 20.0, "every tx at the validator")
         decoded: list[int] = []
         real = m.decode_message
