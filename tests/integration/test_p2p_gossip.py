@@ -142,8 +142,10 @@ async def test_a_block_announcement_floods_down_a_line_once(tmp_path: Path) -> N
     try:
         await net.start(connect=False)
         a, b, c = net.nodes
-        net.connect(0, [1])
+        # c - b first: a syncs three blocks in one range now, and its announcement must find c already there.
         net.connect(2, [1])
+        await wait_for(lambda: any(conn.state == "ready" for conn in c.p2p.connections.values()), 10.0, "c - b up")
+        net.connect(0, [1])
         payload = m.encode_message(m.MsgType.NEW_BLOCK, {"height": 6, "hash": top})
         mid = message_id(m.MsgType.NEW_BLOCK, payload[ENVELOPE_HEADER:])
         await wait_for(lambda: a.store.tip_height() == 6, 20.0, "a caught up from b")
