@@ -39,7 +39,7 @@ from timecoin.errors import TimecoinError
 
 PREFIX = "tcn"                                  # every interface and namespace a lab makes starts with this
 ALIAS = "timecoin-netns pid="                   # the alias of a lab's bridge and root-side veths
-RANGE = ipaddress.ip_network("198.18.0.0/15")   # RFC 2544 benchmarking range
+RANGE = ipaddress.IPv4Network("198.18.0.0/15")   # RFC 2544 benchmarking range
 HOST_IFACE = "eth0"                             # the veth end inside each namespace
 CLONE_NEWNET = 0x40000000
 _NS_NAME = re.compile(rf"^{PREFIX}-(\d+)-([0-9a-f]{{6}})-")
@@ -155,9 +155,9 @@ def _used_subnets() -> set[ipaddress.IPv4Network]:
     res = _ip("-4", "-o", "addr", "show", check=False)
     used = set()
     for match in re.finditer(r"\binet (\d+\.\d+\.\d+\.\d+)/", res.stdout):
-        addr = ipaddress.ip_address(match.group(1))
+        addr = ipaddress.IPv4Address(match.group(1))
         if addr in RANGE:
-            used.add(ipaddress.ip_network(f"{addr}/24", strict=False))
+            used.add(ipaddress.IPv4Network(f"{addr}/24", strict=False))
     return used
 
 
