@@ -127,6 +127,49 @@ def _multiaddrs(text: str) -> tuple[str, ...]:
     return items
 
 
+def external_host_port(text: str) -> tuple[str, int | None]:
+    """``external_address`` -> (IP, port or None: the bound P2P port). ValueError says what is wrong.
+
+    Accepts ``IP``, ``IP:PORT``, ``[IPv6]:PORT``, a bare IPv6 address, or a multiaddr ``/ip4|ip6/IP/tcp/PORT``
+    (without ``/p2p/``: the node appends its own PeerID). An IP, not a name: peers dial what they are told
+    without resolving it. Unspecified (0.0.0.0, ::) and multicast addresses are refused: no one can dial them.
+    """
+    text = text.strip()
+    port_text: str | None = None
+    if text.startswith("/"):
+        parts = text[1:].split("/")
+        if len(parts) != 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+            raise ValueError(f"{text!r} is not a multiaddr like /ip4/203.0.113.7/tcp/9333 (no /p2p/: the node "
+                             "adds its own PeerID)")
+        host, port_text = parts[1], parts[3]
+    elif text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [IPv6]:PORT")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host = text
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address (give host[:port] or /ip4/H/tcp/P)") from None
+    if text.startswith("/") and (parts[0] == "ip4") != (addr.version == 4):
+        raise ValueError(f"{text!r}: /{parts[0]} with an IPv{addr.version} address")
+    if addr.is_unspecified or addr.is_multicast:
+        raise ValueError(f"{text!r}: {addr} cannot be dialed by peers (give the address they reach this node at)")
+    port = None if port_text is None else _int_range(1, 65535)(port_text)
+    return str(addr), port
+
+
+def _external_address(text: str) -> str:
+    if not text.strip():
+        return ""
+    external_host_port(text)
+    return text.strip()
+
+
 def _cidrs(text: str) -> tuple[str, ...]:
     """A comma- or space-separated list of networks (``10.0.0.0/8``, ``::1``), normalized."""
     out = []
@@ -177,6 +220,9 @@ KEYS: tuple[Key, ...] = (
     Key("genesis_file", _text, "",
         "Genesis JSON. Empty: <datadir>/genesis.json (a devnet creates one on first start).", kind="path"),
     Key("p2p_host", _host, "127.0.0.1", "Address the peer-to-peer listener binds to."),
+    Key("external_address", _external_address, "",
+        "Address peers are told to dial (hello listen_addrs): IP, IP:PORT or /ip4/IP/tcp/PORT; PORT defaults "
+        "to the bound port. Empty: the bound address, or none when bound to 0.0.0.0/:: (behind NAT: set it)."),
     Key("p2p_port", _PORT, _per_network(29333, 19333, 9333), "Peer-to-peer TCP port (0: any free port)."),
     Key("rpc_host", _host, "127.0.0.1", "Address the JSON-RPC server binds to (keep it on loopback)."),
     Key("rpc_port", _PORT, _per_network(29332, 19332, 9332), "JSON-RPC TCP port (0: any free port)."),
@@ -271,6 +317,7 @@ class NodeConfig:
     key_file: str
     genesis_file: str
     p2p_host: str
+    external_address: str
     p2p_port: int
     rpc_host: str
     rpc_port: int

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from timecoin import __version__, crypto
+from timecoin.config import external_host_port
 from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
 from timecoin.ledger.block import Block, CommitCertificate, Evidence, Proposal, QuorumProof, Vote
 from timecoin.ledger.tx import Transaction
@@ -154,7 +155,8 @@ class P2PService(service.Service):
         self._fetch: _Fetch | None = None                    # the block wanted by hash (fetch_block), if any
         self.archive = HeightArchive()
         self.listening_port: Any = None
-        self.listen_addr = ""
+        self.listen_addr = ""                                # the bound address (0.0.0.0 if bound there)
+        self.advertised_addr = ""                            # what hello's listen_addrs says (advertised)
         self._ready: collections.deque[PeerConnection] = collections.deque()
         self._queued: set[int] = set()
         self._drain_call: Any = None
@@ -204,7 +206,19 @@ class P2PService(service.Service):
         self.listening_port = port
         host = port.getHost()
         self.listen_addr = discovery.format_multiaddr(host.host, host.port, self.peer_id)
-        self.log.info("P2P listening on {addr}", addr=self.listen_addr)
+        self.advertised_addr = self.advertised(host.host, host.port)
+        self.log.info("P2P listening on {addr}, advertising {adv}", addr=self.listen_addr,
+                      adv=self.advertised_addr or "no address (bound to an unspecified one)")
+
+    def advertised(self, bound_host: str, bound_port: int) -> str:
+        """The multiaddr our hello tells peers to dial: ``external_address`` (its port defaulting to the bound
+        one) if set, else the bound address -- unless that is 0.0.0.0/:: (no one can dial it): then none."""
+        if self.config.external_address:
+            host, port = external_host_port(self.config.external_address)
+            return discovery.format_multiaddr(host, port or bound_port, self.peer_id)
+        if not discovery.dialable(bound_host):
+            return ""
+        return discovery.format_multiaddr(bound_host, bound_port, self.peer_id)
 
     def _listen_failed(self, failure: Failure) -> None:
         # The node still works without inbound peers (it dials out), so this is loud but not fatal.
@@ -385,7 +399,7 @@ class P2PService(service.Service):
         return {"protocol_version": m.PROTOCOL_VERSION, "chain_id": self.node.genesis.chain_id,
                 "genesis_hash": self.node.genesis.hash, "best_height": tip, "best_hash": tip_hash,
                 "finalized_height": tip, "finalized_hash": tip_hash,
-                "listen_addrs": [self.listen_addr] if self.listen_addr else [], "agent": AGENT,
+                "listen_addrs": [self.advertised_addr] if self.advertised_addr else [], "agent": AGENT,
                 "protocols": list(PROTOCOLS)}
 
     # -- reputation ------------------------------------------------------------------------------
