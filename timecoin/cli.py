@@ -123,6 +123,8 @@ def cmd_testnet(args: argparse.Namespace) -> None:
         if args.nodes is not None and testnet.parse_count(args.nodes, "--nodes", 1) < 4:
             raise CliError(f"--chaos needs --nodes 4 or more (so that f = (n-1)//3 >= 1 validator may be "
                            f"faulty), not {args.nodes}")
+    if args.netns:
+        return _testnet_netns(args)
     if args.nodes is None:
         if not args.start:
             raise CliError("--nodes N is required (or --start alone, to run the testnet already in --dir)")
@@ -151,6 +153,34 @@ def cmd_testnet(args: argparse.Namespace) -> None:
         code = testnet.run_layout(layout)
         if code:
             raise SystemExit(code)
+
+
+def _testnet_netns(args: argparse.Namespace) -> None:
+    """``testnet --netns --nodes N --start``: a fresh testnet, each node in its own network namespace."""
+    from timecoin import testnet
+
+    if os.geteuid() != 0:
+        raise CliError("--netns needs root (it makes network namespaces, veth pairs and a bridge)")
+    if not args.start or args.nodes is None or args.chaos is not None:
+        raise CliError("--netns writes a fresh testnet for the namespaces' addresses and runs it: give "
+                       "--nodes N --start (and no --chaos)")
+    nodes = testnet.parse_count(args.nodes, "--nodes", 1)
+    observers = testnet.parse_count(args.observers if args.observers is not None else 0, "--observers", 0)
+
+    def write(hosts: list[str], bridge: str) -> Any:
+        layout = testnet.write_testnet(
+            args.dir, nodes=nodes, observers=observers,
+            base_port=testnet.parse_count(args.base_port if args.base_port is not None else testnet.DEFAULT_BASE_PORT,
+                                          "--base-port", 1),
+            block_interval=testnet.parse_block_interval(
+                args.block_interval if args.block_interval is not None else testnet.DEFAULT_BLOCK_INTERVAL),
+            chain_id=args.chain_id, force=args.force, hosts=hosts, rpc_allow_ip=bridge)
+        print(testnet.format_summary(layout), flush=True)
+        return layout
+
+    code = testnet.run_in_namespaces(nodes + observers, write)
+    if code:
+        raise SystemExit(code)
 
 
 def _endpoint(args: argparse.Namespace) -> Any:
@@ -368,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-id", metavar="ID", help="default timecoin-testnet-<8 random hex>")
     p.add_argument("--force", action="store_true", help="replace genesis.json and node*/ in a non-empty D")
     p.add_argument("--start", action="store_true", help="run the nodes (child processes) until Ctrl-C/SIGTERM")
+    p.add_argument("--netns", action="store_true", help="root only, with --nodes N --start: each node in its own "
+                   "network namespace with its own 198.18.K.x address (veth on a bridge; all removed at exit)")
     p.add_argument("--chaos", metavar="SEED", help="with --start: every P2P link through a fault proxy, play the "
                    "seeded fault plan, then check one chain and nothing finalized lost (exit 0/1; docs/chaos.md)")
     p.add_argument("--chaos-duration", metavar="SECONDS", help="length of the fault plan (default 60)")

@@ -81,6 +81,8 @@ class NodeInfo:
     datadir: str
     config_file: str
     metrics_port: int = 0    # Prometheus /metrics (base + 2 x nodes + index)
+    host: str = "127.0.0.1"  # the P2P address (its own namespace's with --netns)
+    rpc_host: str = "127.0.0.1"
 
     @property
     def name(self) -> str:
@@ -183,7 +185,7 @@ def _write_text(path: str, text: str) -> None:
 
 def render_config(index: int, role: str, chain_id: str, p2p_port: int, rpc_port: int, block_interval: float,
                   bootstrap: Sequence[str], max_per_ip: int, max_inbound: int | None,
-                  metrics_port: int | None = None) -> str:
+                  metrics_port: int | None = None, host: str | None = None, rpc_allow_ip: str | None = None) -> str:
     """The text of ``node{index}/timecoin.conf``; keys as in :data:`timecoin.config.KEYS`."""
     lines = [
         f"# Timecoin local testnet {chain_id}: node{index}, {role}. Written by `timecoin testnet`.",
@@ -199,8 +201,10 @@ def render_config(index: int, role: str, chain_id: str, p2p_port: int, rpc_port:
         f"datadir = {DATADIR}",
         f"key_file = {KEY_FILE}",
         f"genesis_file = ../{GENESIS_FILE}",
-        "p2p_host = 127.0.0.1",
+        f"p2p_host = {host or '127.0.0.1'}",
         f"p2p_port = {p2p_port}",
+        *([f"# Its own network namespace (timecoin testnet --netns): RPC on its address, for {rpc_allow_ip}:",
+           f"rpc_host = {host}", f"rpc_allow_ip = {rpc_allow_ip}"] if host and rpc_allow_ip else []),
         f"rpc_port = {rpc_port}",
         *([f"metrics_port = {metrics_port}"] if metrics_port is not None else []),
         f"block_interval = {format_value(block_interval)}",
@@ -222,8 +226,12 @@ def render_config(index: int, role: str, chain_id: str, p2p_port: int, rpc_port:
 
 def write_testnet(directory: str, nodes: int, observers: int = 0, base_port: int = DEFAULT_BASE_PORT,
                   block_interval: float = DEFAULT_BLOCK_INTERVAL, chain_id: str | None = None,
-                  force: bool = False, genesis_time: int | None = None) -> Layout:
+                  force: bool = False, genesis_time: int | None = None, hosts: Sequence[str] | None = None,
+                  rpc_allow_ip: str | None = None) -> Layout:
     """Write genesis, keys and configs for ``nodes`` validators and ``observers`` observers; read them back.
+
+    ``hosts`` (one IP per node; ``--netns``): node i binds P2P and RPC to ``hosts[i]`` (RPC allowing
+    ``rpc_allow_ip``, the bridge's address) and the bootstrap lists name the others' addresses.
 
     Reading back goes through :func:`timecoin.config.build_config`, so every written file is known to load.
     """
@@ -232,6 +240,8 @@ def write_testnet(directory: str, nodes: int, observers: int = 0, base_port: int
     if observers < 0:
         raise TestnetError(f"--observers must be at least 0, not {observers}")
     total = nodes + observers
+    if hosts is not None and len(hosts) != total:
+        raise TestnetError(f"{total} node(s) need {total} host address(es), not {len(hosts)}")
     check_ports(base_port, total)
     if block_interval < 0:
         raise TestnetError(f"--block-interval must not be negative, not {block_interval:g}")
@@ -249,7 +259,8 @@ def write_testnet(directory: str, nodes: int, observers: int = 0, base_port: int
                                          balance=VALIDATOR_BALANCE, genesis_time=genesis_time)
         _write_text(os.path.join(directory, GENESIS_FILE), genesis.to_json())
         p2p = [base_port + 2 * i for i in range(total)]
-        validator_addrs = [multiaddr(p2p[i], keys[i].peer_id) for i in range(nodes)]
+        host_of = list(hosts) if hosts is not None else ["127.0.0.1"] * total
+        validator_addrs = [multiaddr(p2p[i], keys[i].peer_id, host_of[i]) for i in range(nodes)]
         # Each pair of local nodes may hold a connection each way, all from 127.0.0.1.
         max_per_ip = max(KEYS_BY_NAME["max_per_ip"].default_for("testnet"), 2 * total)
         default_inbound = KEYS_BY_NAME["max_inbound"].default_for("testnet")
@@ -262,7 +273,8 @@ def write_testnet(directory: str, nodes: int, observers: int = 0, base_port: int
             bootstrap = [addr for j, addr in enumerate(validator_addrs) if j != i]
             _write_text(os.path.join(node_dir, CONFIG_FILE),
                         render_config(i, role, chain_id, p2p[i], p2p[i] + 1, block_interval, bootstrap,
-                                      max_per_ip, max_inbound, metrics_port(base_port, total, i)))
+                                      max_per_ip, max_inbound, metrics_port(base_port, total, i),
+                                      hosts[i] if hosts is not None else None, rpc_allow_ip))
     except OSError as exc:
         raise TestnetError(f"cannot write the testnet in {directory}: {exc.strerror or exc}"
                            + (f" ({exc.filename})" if exc.filename else "")) from None
@@ -302,7 +314,8 @@ def read_layout(directory: str) -> Layout:
                               role="validator" if key.address in validators else "observer",
                               peer_id=key.peer_id, address=crypto.encode_address(key.address, config.network),
                               p2p_port=config.p2p_port, rpc_port=config.rpc_port, datadir=config.datadir,
-                              config_file=config_file, metrics_port=config.metrics_port))
+                              config_file=config_file, metrics_port=config.metrics_port, host=config.p2p_host,
+                              rpc_host=config.rpc_host))
     return Layout(directory, genesis.chain_id, genesis.hash.hex(), tuple(nodes))
 
 
@@ -470,3 +483,46 @@ def run_layout(layout: Layout, out: IO[str] | None = None, err: IO[str] | None =
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# -- in network namespaces (--netns) ---------------------------------------------------------------
+class _Stop(Exception):
+    """SIGTERM while the namespaces are being made: unwind (and remove them) like Ctrl-C does."""
+
+
+def run_in_namespaces(count: int, write: Callable[[list[str], str], Layout], out: IO[str] | None = None,
+                      err: IO[str] | None = None, grace: float = STOP_GRACE) -> int:
+    """``--netns --start``: ``count`` nodes, each in its own network namespace (:mod:`timecoin.sim.netns`).
+
+    Makes a lab with hosts node0..node{count-1}, calls ``write(addresses, bridge_address)`` to write the
+    layout for those addresses (P2P and RPC bound to the node's own address, RPC allowing the bridge's
+    address, so ``timecoin status --config node<i>/timecoin.conf`` works from the root namespace), runs
+    every node in its namespace (``ip netns exec``) until SIGINT/SIGTERM, then removes every namespace,
+    veth and the bridge -- also when writing or starting fails. Returns run_layout's exit code.
+    """
+    from timecoin.sim import netns
+
+    ok, why = netns.netns_permitted()
+    if not ok:
+        raise TestnetError(f"--netns: {why}")
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with netns.Lab([f"node{i}" for i in range(count)]) as lab:
+            addresses = [lab.address(f"node{i}") for i in range(count)]
+            layout = write(addresses, lab.bridge_address)
+            say = out or sys.stdout
+            say.write(f"network namespaces on bridge {lab.bridge} ({lab.bridge_address}/24); node i runs in "
+                      f"{lab.host('node0').netns[:-1]}<i>:\n")
+            for node in layout.nodes:
+                say.write(f"  {node.name}: {node.host}  (ip netns exec {lab.host(node.name).netns} ...)\n")
+            say.flush()
+            return run_layout(layout, out, err, argv=lambda node: lab.exec_argv(node.name, node_command()),
+                              grace=grace)
+    except (_Stop, KeyboardInterrupt):
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
