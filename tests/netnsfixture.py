@@ -151,9 +151,13 @@ class NsNet:
         assert min(hs) >= height, f"nodes {list(nodes)} at {hs} after {seconds} s, wanted {height}\n{self.logs()}"
 
     def wait_until(self, cond: Callable[[], Any], seconds: float, what: str) -> Any:
+        """Poll ``cond`` (an OSError counts as not yet) until truthy; AssertionError with the logs after ``seconds``."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:                            # bounded in time
-            value = cond()
+            try:
+                value = cond()
+            except OSError:                                           # not up yet: no cookie, no listener
+                value = None
             if value:
                 return value
             time.sleep(0.3)
