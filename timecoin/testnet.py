@@ -17,6 +17,9 @@ timecoin.conf`` in its folder, output appended to ``node.log``). It can follow t
 then continue their chains. SIGINT/SIGTERM stop all children (SIGTERM, 10 s grace, then SIGKILL).
 The children run in their own process group (a terminal's Ctrl-C reaches only the supervisor, which
 then stops them in order) and, on Linux, receive SIGTERM should the supervisor itself die.
+
+``--netns`` (root; :func:`run_in_namespaces`) writes a fresh layout for one network namespace per node
+(:mod:`timecoin.sim.netns`) and runs each node there; leaving, however it happens, removes the namespaces.
 """
 from __future__ import annotations
 
