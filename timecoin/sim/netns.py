@@ -211,7 +211,10 @@ class Lab:
         try:
             self.subnet = _free_subnet(self._rng)
             prefix = self.subnet.prefixlen
-            _ip("link", "add", self.bridge, "type", "bridge")
+            # nf_call_*: frames crossing this bridge skip the host's iptables (br_netfilter), so a host
+            # firewall with a FORWARD DROP policy (as Docker installs) cannot silently cut the lab.
+            _ip("link", "add", self.bridge, "type", "bridge", "nf_call_iptables", "0", "nf_call_ip6tables", "0",
+                "nf_call_arptables", "0")
             _ip("link", "set", self.bridge, "alias", f"{ALIAS}{self.pid}")
             _ip("addr", "add", f"{self.bridge_address}/{prefix}", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
