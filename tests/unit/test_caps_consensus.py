@@ -13,8 +13,8 @@ import pytest
 
 from tests.simnet import SimNet, SimNode, conflicting_vote, is_prevote
 from timecoin.consensus import app as chain_app
-from timecoin.crypto import PrivateKey
 from timecoin.consensus import engine as eng
+from timecoin.crypto import PrivateKey
 from timecoin.ledger.block import Evidence, Proposal, Vote, VoteType
 
 
