@@ -4,6 +4,8 @@
   distinct conflicting pairs, each a distinct, valid piece of evidence. The pool keeps one per validator
   (the newest height) and at most ``MAX_PENDING_EVIDENCE`` in all, forgets what no block can take any
   more -- and the validator is still jailed.
+* The proposer priority cache (``ChainApp._prio_cache``): one entry per committed height, so it is
+  bounded by ``MAX_CACHED_PRIORITIES`` (a slow leak, not a remote one, found while making this list).
 * The proposer cache (``Engine._proposers``): votes for ever new rounds (up to ``MAX_ROUND_AHEAD``) and a
   long stall fill it; it starts again at ``MAX_CACHED_PROPOSERS``.
 """
@@ -98,3 +100,12 @@ def test_the_proposer_cache_starts_again_at_its_cap(monkeypatch: pytest.MonkeyPa
         engine._proposer(1, r)
         assert len(engine._proposers) <= 8
     assert engine._proposer(1, 39) == net.nodes[0].app.proposer(1, 39)   # still answers right
+
+
+def test_the_proposer_priority_cache_stays_bounded_as_heights_are_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chain_app, "MAX_CACHED_PRIORITIES", 8)
+    net = SimNet(4, seed=2, latency=(0.001, 0.01))
+    net.start()
+    assert net.run_until_height(30, max_time=60.0)
+    net.assert_agreement()                                            # the rotation is still right for all
+    assert all(len(x.app._prio_cache) <= 8 for x in net.nodes)

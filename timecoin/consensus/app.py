@@ -21,6 +21,7 @@ from timecoin.ledger.tx import Transaction
 from timecoin.ledger.validators import ValidatorSet
 
 PRIORITIES_DB = "priorities"
+MAX_CACHED_PRIORITIES = 64        # heights whose proposer priorities are kept in memory (all dropped beyond)
 MAX_PENDING_EVIDENCE = 1_024      # evidence held for proposals, over all validators (one each: see add_evidence)
 
 
@@ -68,10 +69,14 @@ class ChainApp:
             p = self.priorities(start)
             for h in range(start, height):
                 p = prio.next_height(self.validator_set(h), p, self.validator_set(h + 1))
-        if len(self._prio_cache) > 64:
+        self._cache_priorities(height, p)
+        return p
+
+    def _cache_priorities(self, height: int, p: prio.Priorities) -> None:
+        """Keep ``p`` for ``height``: a bounded cache (one entry per committed height would grow forever)."""
+        if len(self._prio_cache) >= MAX_CACHED_PRIORITIES:
             self._prio_cache.clear()
         self._prio_cache[height] = p
-        return p
 
     def proposer(self, height: int, round_: int) -> bytes:
         return prio.proposer_for(self.validator_set(height), self.priorities(height), round_)
@@ -150,7 +155,7 @@ class ChainApp:
             p = prio.next_height(vs, p, vs_next)
             vs = vs_next
         self.chain.put(PRIORITIES_DB, (last + 1).to_bytes(8, "big"), prio.encode(p))
-        self._prio_cache[last + 1] = p
+        self._cache_priorities(last + 1, p)
         self.prune_evidence(last + 1)
         self._results.clear()
 
@@ -167,7 +172,7 @@ class ChainApp:
         self.chain.commit_block(block, cert, result,
                                 also={(PRIORITIES_DB, (height + 1).to_bytes(8, "big")): prio.encode(next_prio)})
         self._tip_time = (block.hash, block.header.timestamp)
-        self._prio_cache[height + 1] = next_prio
+        self._cache_priorities(height + 1, next_prio)
         self._results.clear()
         for ev in block.evidence:
             self.pending_evidence.pop(ev.hash, None)
