@@ -9,7 +9,8 @@ many identities come and go, and a flood must not reset what an honest, connecte
 * ``P2PService`` get_blocks byte budgets (``MAX_RESPONSE_BUDGETS``: full ones dropped first, else the oldest),
   addresses validator peers connected from (``MAX_VALIDATOR_IPS``: oldest forgotten, re-seen ones kept) and
   next-height messages refused for a per-sender cap (``MAX_CAPPED``: oldest forgotten, all at a new height).
-* ``PeerConnection`` relayed-tx backlog for a peer that does not keep up (``MAX_TX_BACKLOG``: newest dropped).
+* ``PeerConnection`` relayed-tx backlog for a peer that does not keep up (``MAX_TX_BACKLOG``: newest dropped),
+  and our unanswered pings (a peer silent for ``PING_MISSES_BEFORE_DROP`` intervals is charged and dropped).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from timecoin.crypto import PrivateKey
 from timecoin.p2p import peers, protocol, service
 from timecoin.p2p.peers import Event, PeerManager
 from timecoin.p2p.protocol import PeerConnection
-from timecoin.p2p.service import P2PService
+from timecoin.p2p.service import PING_MISSES_BEFORE_DROP, P2PService
 
 T0 = 1_700_000_000.0
 CAP = 4
@@ -129,3 +130,17 @@ def test_a_peer_that_does_not_keep_up_has_a_bounded_relay_backlog(monkeypatch: p
     sent = len(conn.transport.value())
     clock.advance(3_600.0)                             # the backlog still drains at the peer's pace
     assert conn.tx_backlog == 0 and len(conn.transport.value()) > sent
+
+
+def test_a_peer_that_never_answers_pings_holds_a_bounded_number_and_is_dropped() -> None:
+    svc, clock = make_service()
+    svc.peers = PeerManager(None, svc.config)
+    conn = PeerConnection(svc, clock, inbound=False)
+    conn.transport, conn.state, conn.peer_id = StringTransport(), "ready", HONEST
+    svc.connections[HONEST] = conn
+    svc.peers.connected(HONEST, PUBLIC_IP, False, False)
+    for _ in range(5 * PING_MISSES_BEFORE_DROP):
+        svc._ping_all()
+        assert len(conn.ping_sent) <= PING_MISSES_BEFORE_DROP + 1
+        clock.advance(svc.config.ping_interval)
+    assert conn.state in ("closing", "closed") and svc.peers.score(HONEST) < 0
