@@ -21,6 +21,8 @@ from timecoin.ledger.tx import Transaction
 from timecoin.ledger.validators import ValidatorSet
 
 PRIORITIES_DB = "priorities"
+MAX_CACHED_PRIORITIES = 64        # heights whose proposer priorities are kept in memory (all dropped beyond)
+MAX_PENDING_EVIDENCE = 1_024      # evidence held for proposals, over all validators (one each: see add_evidence)
 
 
 class ChainApp:
@@ -37,6 +39,8 @@ class ChainApp:
         self.candidates = candidates
         self.max_block_txs = max_block_txs
         self.pending_evidence: dict[bytes, Evidence] = {}
+        self._evidence_of: dict[bytes, bytes] = {}      # validator -> hash of its pending evidence (may be stale)
+        self._evidence_full_logged = False
         self._results: dict[bytes, BlockResult] = {}
         self._prio_cache: dict[int, prio.Priorities] = {}
         self._tip_time: tuple[bytes, int] | None = None      # (tip hash, its timestamp): see prev_block_time_ms
@@ -65,10 +69,14 @@ class ChainApp:
             p = self.priorities(start)
             for h in range(start, height):
                 p = prio.next_height(self.validator_set(h), p, self.validator_set(h + 1))
-        if len(self._prio_cache) > 64:
+        self._cache_priorities(height, p)
+        return p
+
+    def _cache_priorities(self, height: int, p: prio.Priorities) -> None:
+        """Keep ``p`` for ``height``: a bounded cache (one entry per committed height would grow forever)."""
+        if len(self._prio_cache) >= MAX_CACHED_PRIORITIES:
             self._prio_cache.clear()
         self._prio_cache[height] = p
-        return p
 
     def proposer(self, height: int, round_: int) -> bytes:
         return prio.proposer_for(self.validator_set(height), self.priorities(height), round_)
@@ -147,7 +155,8 @@ class ChainApp:
             p = prio.next_height(vs, p, vs_next)
             vs = vs_next
         self.chain.put(PRIORITIES_DB, (last + 1).to_bytes(8, "big"), prio.encode(p))
-        self._prio_cache[last + 1] = p
+        self._cache_priorities(last + 1, p)
+        self.prune_evidence(last + 1)
         self._results.clear()
 
     def commit(self, block: Block, cert: CommitCertificate) -> BlockResult:
@@ -163,15 +172,44 @@ class ChainApp:
         self.chain.commit_block(block, cert, result,
                                 also={(PRIORITIES_DB, (height + 1).to_bytes(8, "big")): prio.encode(next_prio)})
         self._tip_time = (block.hash, block.header.timestamp)
-        self._prio_cache[height + 1] = next_prio
+        self._cache_priorities(height + 1, next_prio)
         self._results.clear()
         for ev in block.evidence:
             self.pending_evidence.pop(ev.hash, None)
+        self.prune_evidence(height + 1)
         return result
 
     def add_evidence(self, ev: Evidence) -> bool:
-        """Queue evidence for the next proposal; False when it was already pending (so it is not re-gossiped)."""
+        """Queue evidence for the next proposal; False when it adds nothing (so it is not re-gossiped).
+
+        One piece per validator is kept: a single one jails it, and an equivocating validator can sign
+        any number of distinct pairs (a memory flood). A newer height replaces an older one (it stays
+        admissible longer); at :data:`MAX_PENDING_EVIDENCE` validators a newcomer is refused.
+        """
         if ev.hash in self.pending_evidence:
             return False
+        held_hash = self._evidence_of.get(ev.validator)
+        held = self.pending_evidence.get(held_hash) if held_hash is not None else None
+        if held is not None:
+            if ev.height <= held.height:
+                return False
+            del self.pending_evidence[held.hash]
+        elif len(self.pending_evidence) >= MAX_PENDING_EVIDENCE:
+            if not self._evidence_full_logged:
+                self._evidence_full_logged = True
+                self.log.warn("Evidence pool full ({n} validators): further evidence refused until it drains",
+                              n=len(self.pending_evidence))
+            return False
         self.pending_evidence[ev.hash] = ev
+        self._evidence_of[ev.validator] = ev.hash
         return True
+
+    def prune_evidence(self, next_height: int) -> None:
+        """Forget evidence no block can take any more: its validator is gone or jailed, or it is too old."""
+        for h, ev in list(self.pending_evidence.items()):
+            acct = self.chain.get_account(ev.validator)
+            if acct is None or acct.jailed or next_height - ev.height > self.params.evidence_max_age:
+                del self.pending_evidence[h]
+        self._evidence_of = {ev.validator: h for h, ev in self.pending_evidence.items()}
+        if len(self.pending_evidence) < MAX_PENDING_EVIDENCE:
+            self._evidence_full_logged = False

@@ -52,6 +52,8 @@ Served = tuple[SyncPeer, Block]
 STATE_CHECK_MARGIN = 2             # blocks below the height most peers hold (the newest may still spread)
 STATE_CHECK_PEERS = 3              # peers asked for their certified block at the checked height
 FORK_SUSPECT_INTERVAL = 10.0       # seconds: at most one fork check per suspecting peer in this window
+MAX_SUSPECT_TIMES = 4_096          # peers whose last suspicion time is kept (beyond: those outside the window go)
+MAX_SUSPECTS = 1_024               # suspicions waiting for a check (beyond: gone peers' go, else newcomers wait)
 
 
 class SyncStopped(Exception):
@@ -150,8 +152,14 @@ class SyncCoordinator(service.Service):
         if last is not None and now - last < FORK_SUSPECT_INTERVAL:
             return
         self._suspected_at[peer_id] = now
-        if len(self._suspected_at) > 4096:                  # bounded: forget the peers outside the window
+        if len(self._suspected_at) > MAX_SUSPECT_TIMES:     # bounded: forget the peers outside the window
             self._suspected_at = {p: t for p, t in self._suspected_at.items() if now - t < FORK_SUSPECT_INTERVAL}
+        if peer_id not in self._suspects and len(self._suspects) >= MAX_SUSPECTS:
+            # Identities churned during a long cycle: their suspicions are skipped by the check anyway.
+            connected = {p.peer_id for p in self.peers()}
+            self._suspects = {p: s for p, s in self._suspects.items() if p in connected}
+            if len(self._suspects) >= MAX_SUSPECTS:
+                return                               # all of connected peers: one of them is checked soon
         self._suspects[peer_id] = (height, bytes(block_hash))
         if self._busy or self._fork_scheduled:
             return                                   # _done schedules it when the running work ends
