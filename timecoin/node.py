@@ -111,7 +111,8 @@ class StoreService(service.Service):
 
     def startService(self) -> None:  # noqa: N802 - Twisted API
         cfg, genesis = self.node.config, self.node.genesis
-        store = Store(os.path.join(cfg.datadir, "chain"), map_size=cfg.lmdb_map_size)
+        store = Store(os.path.join(cfg.datadir, "chain"), map_size=cfg.lmdb_map_size,
+                      max_map_size=cfg.lmdb_max_map_size)
         try:
             if not store.is_initialized:
                 vs = genesis.validators()
