@@ -8,6 +8,8 @@ the store's own (``Store._write_failed``, as a full disk or a map at its cap end
 """
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -56,3 +58,24 @@ def test_a_refused_store_write_of_a_block_from_a_peer_is_fatal_not_an_exception(
     finally:
         monkeypatch.undo()
         behind.stopService()
+
+
+def test_a_refused_wal_write_after_a_sync_batch_is_fatal_not_an_exception(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sync commits a batch, then consensus writes the WAL's marker: a full disk there stops the node quietly."""
+    clock = Clock()
+    clock.advance(2_000_000_000)
+    node = make_node(build_config({"datadir": str(tmp_path / "a"), "block_interval": "1"}), clock)
+    node.startService()
+    try:
+        run_until(clock, node, 3)
+        wal = node.consensus.wal
+
+        def refused(height: int) -> None:
+            raise wal._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        monkeypatch.setattr(wal, "end_height", refused)
+        node.consensus.blocks_synced([node.store.get_block(3)])       # as the sync coordinator calls it
+        assert node.fatal_reason is not None and "No space left on device" in node.fatal_reason
+    finally:
+        monkeypatch.undo()
+        node.stopService()

@@ -300,10 +300,18 @@ class ConsensusService(service.Service):
 
         The engine's state for the heights they decided is dropped (they carry valid certificates, so
         whatever this node was doing at those heights is moot), its timers cancelled, the mempool
-        cleared of their transactions, and commit listeners told about the last one.
+        cleared of their transactions, and commit listeners told about the last one. A write the disk
+        refuses here (the WAL's marker, the priorities) stops the node like one in :meth:`_run`.
         """
-        if not blocks or self.engine is None:
+        if not blocks or self.engine is None or self._stopping():
             return
+        try:
+            self._blocks_synced(blocks)
+        except STORAGE_ERRORS:
+            if not self._stopping():
+                raise
+
+    def _blocks_synced(self, blocks: list[Block]) -> None:
         store = self.node.store
         tip = store.tip_height()
         last = blocks[-1]
