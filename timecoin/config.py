@@ -293,6 +293,8 @@ KEYS: tuple[Key, ...] = (
         "Lowest fee (units) accepted into the mempool; never below the chain's min_fee."),
     Key("lmdb_map_size", _size(1 << 20, 1 << 40), 64 << 20,
         "Initial LMDB map size; it doubles automatically when full."),
+    Key("lmdb_max_map_size", _size(1 << 20, 1 << 40), 1 << 40,
+        "Largest the LMDB map may grow to; a store that fills it stops the node with one line (bounds disk use)."),
     Key("metrics_host", _host, "127.0.0.1", "Address the Prometheus metrics endpoint binds to."),
     Key("metrics_port", _PORT, _per_network(29334, 19334, 9334),
         "Prometheus metrics TCP port (/metrics; 0: any free port)."),
@@ -359,6 +361,7 @@ class NodeConfig:
     mempool_max_bytes: int
     min_relay_fee: int
     lmdb_map_size: int
+    lmdb_max_map_size: int
     metrics_host: str
     metrics_port: int
     manhole_ssh_port: int
@@ -476,6 +479,8 @@ def check(config: NodeConfig) -> None:
         raise ConfigError("manhole_authorized_keys", "the SSH manhole (manhole_ssh_port) needs an authorized_keys file")
     if config.manhole_telnet_port and not config.manhole_passwd:
         raise ConfigError("manhole_passwd", "the telnet manhole (manhole_telnet_port) needs a passwd file")
+    if config.lmdb_max_map_size < config.lmdb_map_size:
+        raise ConfigError("lmdb_max_map_size", f"is below lmdb_map_size ({config.lmdb_map_size})")
     if bool(config.rpc_user) != bool(config.rpc_password):
         missing = "rpc_password" if config.rpc_user else "rpc_user"
         raise ConfigError(missing, "rpc_user and rpc_password go together (set both, or neither for the cookie)")

@@ -17,10 +17,18 @@ from twisted.logger import Logger
 
 from timecoin import crypto
 from timecoin.config import NodeConfig
+from timecoin.consensus.guardfile import GuardFileError
 from timecoin.errors import DecodeError, StoreError, TimecoinError
 from timecoin.ledger.genesis import Genesis, GenesisError
 from timecoin.mempool import Mempool
 from timecoin.store import Store
+
+# What a datadir can be wrong with at start (besides a bad key or genesis, found in makeService): one clear line.
+STARTUP_ERRORS = (TimecoinError, GuardFileError, OSError)
+
+
+class StartupError(TimecoinError):
+    """The node could not start on its datadir; the message is the one line the operator sees."""
 
 
 class Node(service.MultiService):
@@ -47,6 +55,25 @@ class Node(service.MultiService):
         self.metrics: Any = None
         self.fatal_reason: str | None = None
         self.on_fatal: Callable[[], Any] = self._stop_services     # twistd: reactor.stop (makeService)
+        self.start_error_exits = False          # twistd (makeService): a start-up error exits 1 with one line
+
+    def startService(self) -> None:  # noqa: N802 - Twisted API
+        """Start the children in order; a datadir that cannot be used (another chain or schema, read-only,
+        a corrupt guard file...) stops the ones already started and raises :class:`StartupError`."""
+        try:
+            super().startService()
+        except STARTUP_ERRORS as exc:
+            for child in reversed(list(self)):
+                if child.running:
+                    child.stopService()
+            self.running = False
+            if not self.start_error_exits:
+                raise StartupError(str(exc)) from None
+            # twistd: the application starts after it may have daemonized, outside any handler of ours, so an
+            # exception here would be a traceback. One line on stderr (twistd logs it) and exit status 1.
+            sys.stderr.write(f"twistd timecoin: error: {exc}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
 
     def fatal(self, reason: str) -> None:
         """The node cannot go on (e.g. its disk is full): say why in one line, then stop cleanly (once).
@@ -84,7 +111,8 @@ class StoreService(service.Service):
 
     def startService(self) -> None:  # noqa: N802 - Twisted API
         cfg, genesis = self.node.config, self.node.genesis
-        store = Store(os.path.join(cfg.datadir, "chain"), map_size=cfg.lmdb_map_size)
+        store = Store(os.path.join(cfg.datadir, "chain"), map_size=cfg.lmdb_map_size,
+                      max_map_size=cfg.lmdb_max_map_size)
         try:
             if not store.is_initialized:
                 vs = genesis.validators()
@@ -150,6 +178,7 @@ def makeService(config: NodeConfig) -> Node:  # noqa: N802 - twistd's name
     except (TimecoinError, GenesisError, StoreError, OSError) as exc:
         sys.stderr.write(f"twistd timecoin: error: {exc}\n")
         raise SystemExit(1) from None
+    node.start_error_exits = True           # twistd starts it outside any handler of ours: one line, exit 1
     node.rpc.on_stop = reactor.stop         # RPC ``stop`` ends twistd as SIGTERM does
     node.on_fatal = reactor.stop            # ... and so does a fatal store error (after its one clear line)
     Node.log.info("Timecoin node {peer_id} on {network} ({chain_id}), datadir {datadir}",

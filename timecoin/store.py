@@ -314,7 +314,7 @@ class Store:
         old = int(env.info()["map_size"])
         if old >= self.max_map_size:
             raise self._write_failed(f"the store at {self.path} is full: the map is at its cap of "
-                                     f"{self.max_map_size} bytes")
+                                     f"{self.max_map_size} bytes (lmdb_max_map_size)")
         new = min(old * 2, self.max_map_size)
         try:
             env.set_mapsize(new)

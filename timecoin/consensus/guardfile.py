@@ -79,17 +79,30 @@ class GuardFile:
             os.close(dfd)
 
     def _load(self) -> None:
+        """The latest valid slot. Refused (GuardFileError), never read as "nothing signed": a file of
+        another size (truncated: its newer slot may be the one cut off) or with no valid slot but
+        bytes that are not the initial zeros (garbled). Falling back to an older record, or to none,
+        would let the guard sign again what it signed before -- a double sign."""
+        size = os.fstat(self._fd).st_size
+        if size != 2 * SLOT_BYTES:
+            self.close()
+            raise GuardFileError(f"the double-sign guard file {self.path} is {size} bytes, not {2 * SLOT_BYTES}: "
+                                 "truncated or not a guard file; this validator cannot tell what it last signed")
         best: tuple[int, int, bytes] | None = None
+        garbled = False
         for slot in (0, 1):
             raw = os.pread(self._fd, SLOT_BYTES, slot * SLOT_BYTES)
-            if len(raw) < _HEAD.size:
-                continue
             seq, length, crc = _HEAD.unpack_from(raw)
             record = raw[_HEAD.size:_HEAD.size + length]
             if seq == 0 or len(record) != length or zlib.crc32(record) != crc:
-                continue                  # never written, or torn by a crash mid-write
+                garbled = garbled or raw.count(0) != len(raw)     # torn by a crash mid-write, or damaged
+                continue
             if best is None or seq > best[0]:
                 best = (seq, slot, record)
+        if best is None and garbled:
+            self.close()
+            raise GuardFileError(f"the double-sign guard file {self.path} is corrupt (no valid record): this "
+                                 "validator cannot tell what it last signed")
         if best is not None:
             self._seq, self._slot, self._record = best
 

@@ -42,10 +42,10 @@ from twisted.logger import Logger
 
 from timecoin.consensus import engine as eng
 from timecoin.consensus.app import ChainApp
-from timecoin.consensus.guardfile import GUARD_FILE, GuardFile
+from timecoin.consensus.guardfile import GUARD_FILE, GuardFile, GuardFileError
 from timecoin.consensus.privval import PrivValidator, proposal_from_record, vote_from_record
-from timecoin.consensus.wal import WalKind, WalRecord, WriteAheadLog
-from timecoin.errors import DecodeError, InvalidSignature, Reason, ValidationError
+from timecoin.consensus.wal import WalError, WalKind, WalRecord, WriteAheadLog
+from timecoin.errors import DecodeError, InvalidSignature, Reason, StoreError, ValidationError
 from timecoin.ledger.block import (
     Block,
     CommitCertificate,
@@ -59,6 +59,8 @@ from timecoin.ledger.block import (
 BroadcastFn = Callable[[Any], None]
 FetchBlockFn = Callable[[int, bytes, tuple[bytes, ...]], None]     # (height, block hash, voter addresses)
 HALT_FILE = "HALTED"            # in the datadir: why finalizing stopped; the operator removes it to resume
+# A write the disk refused (full, I/O, read-only): the store, WAL or guard has told node.fatal (one line).
+STORAGE_ERRORS = (StoreError, WalError, GuardFileError)
 
 
 class WalSigner:
@@ -151,9 +153,9 @@ class ConsensusService(service.Service):
         self.app = ChainApp(store, node.genesis.params, node.key.address, node.genesis.genesis_time,
                             candidates=lambda: node.mempool.iter_selected() if node.mempool else (),
                             max_block_txs=cfg.max_block_txs)
-        self.wal = WriteAheadLog(os.path.join(cfg.datadir, "consensus.wal"))
-        self.guard_file = GuardFile(os.path.join(cfg.datadir, GUARD_FILE), legacy=store,
-                                    on_write_error=getattr(node, "fatal", None))
+        fatal = getattr(node, "fatal", None)          # a refused write (disk full...) stops the node, one line
+        self.wal = WriteAheadLog(os.path.join(cfg.datadir, "consensus.wal"), on_write_error=fatal)
+        self.guard_file = GuardFile(os.path.join(cfg.datadir, GUARD_FILE), legacy=store, on_write_error=fatal)
         self.signer = WalSigner(PrivValidator(node.key, node.genesis.chain_id, self.guard_file), self.wal)
         timeouts = eng.Timeouts(cfg.timeout_propose, cfg.timeout_propose_delta, cfg.timeout_prevote,
                                 cfg.timeout_prevote_delta, cfg.timeout_precommit, cfg.timeout_precommit_delta,
@@ -298,10 +300,18 @@ class ConsensusService(service.Service):
 
         The engine's state for the heights they decided is dropped (they carry valid certificates, so
         whatever this node was doing at those heights is moot), its timers cancelled, the mempool
-        cleared of their transactions, and commit listeners told about the last one.
+        cleared of their transactions, and commit listeners told about the last one. A write the disk
+        refuses here (the WAL's marker, the priorities) stops the node like one in :meth:`_run`.
         """
-        if not blocks or self.engine is None:
+        if not blocks or self.engine is None or self._stopping():
             return
+        try:
+            self._blocks_synced(blocks)
+        except STORAGE_ERRORS:
+            if not self._stopping():
+                raise
+
+    def _blocks_synced(self, blocks: list[Block]) -> None:
         store = self.node.store
         tip = store.tip_height()
         last = blocks[-1]
@@ -374,11 +384,25 @@ class ConsensusService(service.Service):
         self._run(lambda: self.engine.on_timeout(height, round_, kind, self.clock.seconds()))
 
     # -- actions ---------------------------------------------------------------------------------
+    def _stopping(self) -> bool:
+        """The node is stopping on a fatal storage error: consensus takes no further input."""
+        return getattr(self.node, "fatal_reason", None) is not None
+
     def _run(self, step: Callable[[], list[eng.Action]]) -> None:
-        queue = list(step())
-        while queue:
-            action = queue.pop(0)
-            queue.extend(self._perform(action))
+        """Carry out the engine's actions. A storage write the disk refused stops the node (``node.fatal``
+        said why in one line); from then on nothing is processed -- the engine may be mid-height, and a
+        node that cannot record what it signs or commits must not go on (no traceback for each timer)."""
+        if self._stopping():
+            return
+        try:
+            queue = list(step())
+            while queue:
+                action = queue.pop(0)
+                queue.extend(self._perform(action))
+        except STORAGE_ERRORS:
+            if not self._stopping():
+                raise               # not a refused write (e.g. a store consistency refusal): a bug, loudly
+            return
         self._note_step()
 
     def _note_step(self) -> None:
@@ -417,8 +441,13 @@ class ConsensusService(service.Service):
         return []
 
     def _fire(self, height: int, round_: int, kind: eng.TimeoutKind) -> None:
+        if self._stopping():
+            return
         try:
             self._on_timeout(height, round_, kind)
+        except STORAGE_ERRORS:
+            if not self._stopping():
+                self.log.failure("Consensus timeout handling failed")
         except Exception:
             self.log.failure("Consensus timeout handling failed")
 

@@ -25,20 +25,32 @@ stop its scan there: downgrade after a crash mid-height loses the rest of that h
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from twisted.logger import Logger
+
+from timecoin.errors import TimecoinError
 
 _HEADER = struct.Struct(">II")
 MAX_RECORD = 64 * 1024 * 1024
 _CHUNK = 64 * 1024              # bytes read at a time while checking a record's CRC at open
 PREALLOC_BYTES = 1 << 20        # zeros kept ahead of the log's end (see WriteAheadLog._reserve)
 _MAX_MARKER = 1 + 16            # an END_HEIGHT record's body: kind + height (8 bytes; a little slack)
+
+
+class WalError(TimecoinError):
+    """The WAL cannot be opened or written (disk full, I/O error, read-only datadir): the node must stop.
+
+    A validator that cannot log what it is about to sign on must not sign: :class:`WalSigner` syncs the WAL
+    before asking the guard, so a failed write or sync means no signature is made or released.
+    """
 
 
 class WalKind(enum.IntEnum):
@@ -59,17 +71,37 @@ class WalRecord:
 class WriteAheadLog:
     log = Logger()
 
-    def __init__(self, path: str, rotate_bytes: int = 1 << 20, prealloc_bytes: int = PREALLOC_BYTES) -> None:
+    def __init__(self, path: str, rotate_bytes: int = 1 << 20, prealloc_bytes: int = PREALLOC_BYTES,
+                 on_write_error: Callable[[str], None] | None = None) -> None:
+        """``on_write_error``: told (one line) when a write fails, before :class:`WalError` is raised (node.fatal)."""
         self.path = path
         self.rotate_bytes = rotate_bytes
         self.prealloc_bytes = max(prealloc_bytes, 4096)
+        self.on_write_error = on_write_error
+        try:
+            self._open()
+        except OSError as exc:
+            if getattr(self, "_f", None) is not None:
+                self._f.close()
+            raise WalError(f"cannot open the consensus WAL {path}: {exc.strerror or exc}") from None
+
+    def _failed(self, exc: OSError) -> WalError:
+        """A write or sync that failed: the owner is told once per failure, the caller gets WalError."""
+        message = f"cannot write the consensus WAL {self.path}: {exc.strerror or exc}"
+        if self.on_write_error is not None:
+            self.on_write_error(message)
+        return WalError(message)
+
+    def _open(self) -> None:
+        path = self.path
         self._pending_at_open, self._last_end_at_open, good_len = self._scan()
         self._f = open(path, "r+b" if os.path.exists(path) else "w+b")  # noqa: SIM115 - held for the node's life
         self._end = good_len                  # the log's end: records live in [0, _end), zeros after it
         self._alloc = os.fstat(self._f.fileno()).st_size
         torn = self._nonzero_tail(good_len)
         if torn:
-            self.log.warn("WAL {path}: dropped a torn tail of {n} bytes", path=path, n=torn)
+            self.log.warn("WAL {path}: dropped a torn tail of {n} bytes (a record cut by a crash); the records "
+                          "before it are replayed", path=path, n=torn)
         if torn or self._alloc < good_len + self.prealloc_bytes:
             self._f.truncate(good_len)        # a torn record's bytes must never be read as a record later
             self._alloc = good_len
@@ -142,6 +174,13 @@ class WriteAheadLog:
         return self._last_end_at_open
 
     def append(self, kind: WalKind, data: bytes, sync: bool = False) -> None:
+        """Append one record (flushed; fdatasync'd too with ``sync``). WalError if the disk refuses it."""
+        try:
+            self._append(kind, data, sync)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _append(self, kind: WalKind, data: bytes, sync: bool) -> None:
         body = bytes((kind,)) + data
         record = _HEADER.pack(len(body), zlib.crc32(body)) + body
         self._reserve(len(record))
@@ -153,31 +192,44 @@ class WriteAheadLog:
 
     def sync(self) -> None:
         """Make everything appended so far durable (before the guard signs on what it led to)."""
-        self._f.flush()
-        os.fdatasync(self._f.fileno())
+        try:
+            self._f.flush()
+            os.fdatasync(self._f.fileno())
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def end_height(self, height: int) -> None:
         """Mark ``height`` committed; compact the file when it has grown."""
         marker = height.to_bytes(8, "big")
         if self._end > self.rotate_bytes:
-            body = bytes((WalKind.END_HEIGHT,)) + marker
-            record = _HEADER.pack(len(body), zlib.crc32(body)) + body
-            tmp = self.path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(record)
-                f.flush()
-                _write_zeros(f.fileno(), len(record), self.prealloc_bytes)
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            self._f.close()
-            self._f = open(self.path, "r+b")  # noqa: SIM115
-            self._f.seek(len(record))
-            self._end, self._alloc = len(record), len(record) + self.prealloc_bytes
+            try:
+                self._compact(marker)
+            except OSError as exc:
+                # The old log is untouched (the new one replaces it only once complete): drop the partial copy.
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path + ".tmp")
+                raise self._failed(exc) from None
         else:
             # Flushed, not synced: a marker lost to a power cut only leaves the committed height's records
             # before the next height's (replay takes the records of the store's tip + 1 only), and the next
             # signature's sync makes it durable with them.
             self.append(WalKind.END_HEIGHT, marker)
+
+    def _compact(self, marker: bytes) -> None:
+        """Rewrite the log as just the END_HEIGHT marker (a temp file, then an atomic rename)."""
+        body = bytes((WalKind.END_HEIGHT,)) + marker
+        record = _HEADER.pack(len(body), zlib.crc32(body)) + body
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(record)
+            f.flush()
+            _write_zeros(f.fileno(), len(record), self.prealloc_bytes)
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._f.close()
+        self._f = open(self.path, "r+b")  # noqa: SIM115
+        self._f.seek(len(record))
+        self._end, self._alloc = len(record), len(record) + self.prealloc_bytes
 
     def close(self) -> None:
         if not self._f.closed:
