@@ -1,0 +1,289 @@
+"""Hostile peers on the wire (issue 16, Wire): slow senders, connection floods, half-open connections.
+
+Real nodes (the production service tree, real LMDB in tmp_path) over real TCP/TLS on loopback; attackers
+are raw clients in the same process. Linux routes all of 127.0.0.0/8 to lo, so an attacker binds its
+own source address (127.0.0.2 ...) where the test needs many addresses. On loopback ``max_per_ip``
+counts each address, but offences ban by PeerID only (``peers.py``: loopback is never banned by IP);
+IP bans and per-IP limits on real addresses are the network-namespace tests' part.
+
+Timeouts the code reads from module constants (``PRE_TLS_TIMEOUT``, ``HANDSHAKE_TIMEOUT``,
+``CLOSE_GRACE``, ``MAX_SEND_BACKLOG``) are made small with monkeypatch, config ones (``ping_interval``)
+through the node's config; every wait is bounded.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.protocol import Protocol
+
+from tests.integration.test_p2p_misbehaviour import honest_unaffected, start_pair
+from tests.p2pnet import Net, RawPeer, banned, connect, connect_ready, make_keys, score, sleep, wait_for
+from timecoin import crypto
+from timecoin.node import Node
+from timecoin.p2p import protocol, sendbuffer
+from timecoin.p2p.identity import HostIdentity
+from timecoin.p2p.peers import DELTAS, Event
+from timecoin.wire import messages as m
+from timecoin.wire.framing import encode_frame
+
+DRIP = 0.25                                   # s between the bytes of a slow sender
+
+
+class Dripper(Protocol):
+    """A plain TCP client that sends ``data`` one byte per DRIP seconds and notes when it is closed."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.opened = time.monotonic()
+        self.closed_at: float | None = None
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.sent = 0
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted API
+        self.opened = time.monotonic()
+        self._next()
+
+    def _next(self) -> None:
+        if self.closed_at is None and self.sent < len(self.data):
+            self.transport.write(self.data[self.sent:self.sent + 1])
+            self.sent += 1
+            reactor.callLater(DRIP, self._next)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted API
+        self.closed_at = time.monotonic()
+        self.lost.callback(None)
+
+
+async def drip_tcp(node: Node, data: bytes, source: str = "127.0.0.2") -> Dripper:
+    port = node.p2p.listening_port.getHost().port
+    proto = Dripper(data)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
+    await endpoints.connectProtocol(endpoint, proto)
+    return proto
+
+
+def drip(peer: RawPeer, data: bytes, stop: list[bool]) -> None:
+    """Write ``data`` to a raw TLS peer one byte per DRIP seconds (until closed or ``stop[0]``)."""
+    if data and not peer.lost.called and not stop[0]:
+        cast(Any, peer.transport).write(data[:1])
+        reactor.callLater(DRIP, drip, peer, data[1:], stop)
+
+
+def admitted(target: Node, peer_id: str) -> bool:
+    conn = target.p2p.connections.get(peer_id)
+    return conn is not None and conn.state == "ready"
+
+
+# -- 1. slow senders: one byte at a time never extends the TLS, hello or idle deadlines --------------------
+@pytest_twisted.ensureDeferred
+async def test_a_tls_handshake_dripped_a_byte_at_a_time_loses_its_slot_at_the_pre_tls_deadline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "PRE_TLS_TIMEOUT", 1.5)
+    net = await start_pair(tmp_path)
+    try:
+        target, honest = net.nodes
+        # A real TLS ClientHello's first bytes (record header, handshake header): it never completes.
+        slow = await drip_tcp(target, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 500)
+        await wait_for(lambda: slow.lost.called, 1.5 + 2.0, "the slow TLS client closed")
+        assert slow.closed_at is not None and slow.closed_at - slow.opened <= 1.5 + 1.0
+        assert 3 <= slow.sent < 40                            # it was sending all along, and far from done
+        assert target.p2p.pending.count() == 0                # its pending slot is free again
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hello_dripped_a_byte_at_a_time_loses_its_slot_at_the_handshake_deadline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "HANDSHAKE_TIMEOUT", 2.0)
+    monkeypatch.setattr(protocol, "PRE_TLS_TIMEOUT", 2.0)
+    net = await start_pair(tmp_path)
+    try:
+        target = net.nodes[0]
+        key = make_keys(1, seed=161)[0]
+        start = time.monotonic()
+        peer = await connect(key, target)
+        hello = encode_frame(m.encode_message(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": []}))
+        stop = [False]
+        drip(peer, hello, stop)
+        await wait_for(lambda: peer.lost.called, 2.0 + 2.0, "the slow hello dropped")
+        stop[0] = True
+        assert time.monotonic() - start <= 2.0 + 1.5
+        assert not admitted(target, key.peer_id) and key.peer_id not in target.p2p.connections
+        # A handshake that runs out of time is not provable (a slow link): a small charge, no ban.
+        assert score(target, key) == DELTAS[Event.TIMEOUT] and not banned(target, key)
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_dripped_after_hello_does_not_keep_an_unresponsive_peer_connected(tmp_path: Path) -> None:
+    # ping_interval 0.5 s: a peer that answers no ping for 4 intervals is dropped. A peer stuck in the middle
+    # of a frame cannot answer one (frames are read in order), however steadily its bytes come.
+    net = Net(tmp_path, 1, observers=1, ping_interval="0.5")
+    await net.start()
+    try:
+        await wait_for(lambda: min(net.heights()) >= 2 and len(net.nodes[0].p2p.connections) == 1, 15.0, "pair")
+        target = net.nodes[0]
+        key = make_keys(1, seed=162)[0]
+        peer = await connect_ready(key, target)
+        conn = target.p2p.connections[key.peer_id]
+        start = time.monotonic()
+        frame = encode_frame(m.encode_message(m.MsgType.PING, {"nonce": 1, "payload": b"\x00" * 60_000}))
+        stop = [False]
+        drip(peer, frame, stop)                              # a valid 60 kB ping, a byte at a time
+        await wait_for(lambda: conn.state == "closed", 0.5 * 4 + 3.0, "the dripping peer dropped")
+        stop[0] = True
+        assert time.monotonic() - start <= 0.5 * 4 + 2.5
+        assert conn.decoder.buffered > 0                     # it was dropped mid-frame
+        assert score(target, key) == DELTAS[Event.TIMEOUT] and not banned(target, key)
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+# -- 2. connection floods from one address and from many ---------------------------------------------------
+async def connect_from(key: crypto.PrivateKey, target: Node, source: str) -> RawPeer | None:
+    """TLS from ``source`` and a correct hello; the peer if the target admitted it, else None (refused
+    before TLS, or after it with a reject)."""
+    port = target.p2p.listening_port.getHost().port
+    tcp = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
+    endpoint = endpoints.wrapClientTLS(cast(Any, HostIdentity(key).client_creator(target.p2p.peer_id)),
+                                       cast(Any, tcp))
+    peer = RawPeer()
+    try:
+        await endpoints.connectProtocol(endpoint, peer)
+        await peer.handshake
+    except Exception:                                    # refused before TLS: closed at accept
+        return None
+    peer.send(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": [], "agent": "flood"})
+    for _ in range(100):
+        if admitted(target, key.peer_id):
+            return peer
+        if peer.lost.called:
+            return None
+        await sleep(0.02)
+    cast(Any, peer.transport).abortConnection()
+    return None
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def flood_and_check(tmp_path: Path, sources: list[str], per_source: int, cap: int, **extra: str) -> None:
+    """Two validators (both needed to finalize); ``len(sources) x per_source`` authenticated attackers
+    connect to node0 first; then node1 must get in and the chain must keep growing, with at most ``cap``
+    attackers admitted and the process's open fds bounded by what is admitted."""
+    net = Net(tmp_path, 2, **extra)
+    net.nodes[0] = net.make(0, max_outbound="0", **extra)     # node1 must get in inbound, past the flood
+    try:
+        await net.start(connect=False)
+        target, validator = net.nodes
+        before = open_fds()
+        keys = make_keys(len(sources) * per_source, seed=163)
+        peers = [await connect_from(k, target, src) for i, src in enumerate(sources)
+                 for k in keys[i * per_source:(i + 1) * per_source]]
+        held = [p for p in peers if p is not None]
+        assert 0 < len(held) <= cap, f"{len(held)} attackers admitted, cap {cap}"
+        inbound = sum(1 for c in target.p2p.connections.values() if c.inbound)
+        assert inbound == len(held)
+        await sleep(0.3)                                     # refused sockets finish closing
+        # Each admitted attacker holds two fds in this process (its end and the node's); refused ones none.
+        assert open_fds() - before <= 2 * len(held) + 8
+        validator.p2p.peerstore.add(target.p2p.listen_addr, "bootstrap", reactor.seconds())
+        await wait_for(lambda: admitted(target, validator.p2p.peer_id), 10.0, "the validator admitted")
+        h = target.store.tip_height()
+        await wait_for(lambda: target.store.tip_height() >= h + 3, 15.0, "the chain keeps finalizing")
+        assert target.running and all(not banned(target, k) for k in keys)      # a connection is no offence
+        for p in held:
+            cast(Any, p.transport).abortConnection()
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_flood_from_one_address_gets_max_per_ip_slots_and_the_validator_still_gets_in(
+        tmp_path: Path) -> None:
+    await flood_and_check(tmp_path, ["127.0.0.7"], 30, cap=4, max_per_ip="4")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_flood_from_many_addresses_fills_max_inbound_only_and_the_validator_still_gets_in(
+        tmp_path: Path) -> None:
+    sources = [f"127.0.0.{i}" for i in range(2, 32)]          # 30 addresses x 2 authenticated connections
+    await flood_and_check(tmp_path, sources, 2, cap=12, max_per_ip="4", max_inbound="12", validator_slots="2")
+
+
+# -- 3. half-open connections: a peer that stops reading ---------------------------------------------------
+async def stop_reading(peer: RawPeer) -> None:
+    """The raw peer stops reading its socket (and shrinks its receive buffer, so the kernel holds little)."""
+    handle = cast(Any, peer.transport).transport.getHandle()
+    handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    cast(Any, peer.transport).pauseProducing()
+
+
+def ping_flood(peer: RawPeer, count: int, size: int) -> None:
+    """``count`` pings each asking for a ``size``-byte echo (a pong carries the ping's payload back)."""
+    for i in range(count):
+        peer.send(m.MsgType.PING, {"nonce": i + 1, "payload": b"\xaa" * size}, request_id=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_stops_reading_is_dropped_once_its_send_backlog_passes_the_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sendbuffer, "MAX_SEND_BACKLOG", 1 << 20)
+    net = Net(tmp_path, 1, observers=1, max_frame_bytes="262144", rate_limit="6000", rate_limit_burst="400")
+    await net.start()
+    try:
+        await wait_for(lambda: min(net.heights()) >= 2 and len(net.nodes[0].p2p.connections) == 1, 15.0, "pair")
+        target = net.nodes[0]
+        key = make_keys(1, seed=164)[0]
+        peer = await connect_ready(key, target)
+        conn = target.p2p.connections[key.peer_id]
+        assert conn.sendbuf.limit == 1 << 20
+        await stop_reading(peer)
+        ping_flood(peer, 300, 60_000)                         # 18 MB of echoes it will never read
+        await wait_for(lambda: conn.state == "closed", 15.0, "the non-reading peer dropped")
+        assert conn.sendbuf.stalls >= 1 and conn.sendbuf.since_blocked > conn.sendbuf.limit
+        # Our buffer for it held at most the transport's own 64 KiB plus the limit (and one frame).
+        assert conn.messages_out < 300
+        assert not banned(target, key)                        # a slow reader is not provable misbehaviour
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closing_connection_that_cannot_flush_is_aborted_after_the_grace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sendbuffer, "CLOSE_GRACE", 1.0)
+    net = Net(tmp_path, 1, observers=1, max_frame_bytes="262144", rate_limit="6000", rate_limit_burst="400",
+              ping_interval="0.5")
+    await net.start()
+    try:
+        await wait_for(lambda: min(net.heights()) >= 2 and len(net.nodes[0].p2p.connections) == 1, 15.0, "pair")
+        target = net.nodes[0]
+        key = make_keys(1, seed=165)[0]
+        peer = await connect_ready(key, target)
+        conn = target.p2p.connections[key.peer_id]
+        await stop_reading(peer)
+        ping_flood(peer, 150, 60_000)                         # 9 MB: under the 16 MiB backlog limit
+        await wait_for(lambda: conn.sendbuf.blocked, 10.0, "our buffer for it full")
+        # It answers no ping: dropped (closed) after 4 intervals; the close cannot flush to a peer that does
+        # not read, so only the grace timer ends it.
+        await wait_for(lambda: conn.state in ("closing", "closed"), 0.5 * 4 + 3.0, "closed for the missed pings")
+        await wait_for(lambda: conn.state == "closed", 1.0 + 2.0, "aborted after the close grace")
+        assert key.peer_id not in target.p2p.connections
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
