@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol
 from tests.integration.test_p2p_misbehaviour import honest_unaffected, start_pair
 from tests.p2pnet import Net, RawPeer, banned, connect, connect_ready, make_keys, score, sleep, wait_for
 from timecoin import crypto
+from timecoin.ledger.block import NIL_HASH, Vote, VoteType
 from timecoin.node import Node
 from timecoin.p2p import protocol, sendbuffer
 from timecoin.p2p.identity import HostIdentity
@@ -285,5 +286,103 @@ async def test_a_closing_connection_that_cannot_flush_is_aborted_after_the_grace
         await wait_for(lambda: conn.state == "closed", 1.0 + 2.0, "aborted after the close grace")
         assert key.peer_id not in target.p2p.connections
         await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+# -- 4. message floods below the rate limit: served, never charged ----------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_requests_paced_inside_the_rate_limit_are_all_served_and_never_charged(tmp_path: Path) -> None:
+    # rate_limit 600 a minute (10/s), burst 10: the burst at once, then 5 a second (half the rate) for 4 s.
+    net = Net(tmp_path, 1, observers=1, rate_limit="600", rate_limit_burst="10")
+    await net.start()
+    try:
+        await wait_for(lambda: min(net.heights()) >= 2 and len(net.nodes[0].p2p.connections) == 1, 15.0, "pair")
+        target = net.nodes[0]
+        key = make_keys(1, seed=166)[0]
+        peer = await connect_ready(key, target)
+        for i in range(10):
+            peer.send(m.MsgType.GET_STATUS, {}, request_id=i + 1)
+        for i in range(20):
+            await sleep(0.2)
+            peer.send(m.MsgType.GET_STATUS, {}, request_id=100 + i)
+        await wait_for(lambda: sum(1 for t, _ in peer.messages if t == m.MsgType.STATUS) == 30 or peer.lost.called,
+                       10.0, "every request answered")
+        assert sum(1 for t, _ in peer.messages if t == m.MsgType.STATUS) == 30
+        assert peer.rejects() == [] and not peer.lost.called
+        assert score(target, key) >= 0 and not banned(target, key)
+        await honest_unaffected(net)
+    finally:
+        await net.stop()
+
+
+# -- 5. replayed and cross-chain signed messages ----------------------------------------------------------
+async def one_of_two_validators(tmp_path: Path) -> Net:
+    """Validator node0 of a 2-validator chain, alone and quiet (round 0 of height 1 for the whole test):
+    validator 1's key is held by the test, which signs real votes with it."""
+    net = Net(tmp_path, 2, block_interval="3600", timeout_propose="3600", gossip_interval="3600",
+              ping_interval="3600")
+    net.nodes = net.nodes[:1]
+    await net.start(connect=False)
+    node = net.nodes[0]
+    await wait_for(lambda: node.consensus.engine is not None and node.consensus.engine.height >= 1, 10.0, "engine")
+    return net
+
+
+def voters(engine: Any, round_: int, vtype: VoteType) -> dict[bytes, Vote]:
+    """The engine's stored votes of (round, type) at its height, by validator address."""
+    held = engine.votes.sets.get((round_, vtype))
+    return {} if held is None else dict(held.votes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_valid_vote_replayed_thousands_of_times_is_taken_once_and_costs_a_hash_per_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    net = await one_of_two_validators(tmp_path)
+    try:
+        node = net.nodes[0]
+        engine = node.consensus.engine
+        vote = Vote(VoteType.PREVOTE, engine.height, 0, NIL_HASH, net.keys[1].address).signed(
+            net.keys[1], node.genesis.chain_id)
+        peer = await connect_ready(make_keys(1, seed=167)[0], node)
+        decoded: list[int] = []
+        real = m.decode_message
+
+        def counting(payload: bytes) -> Any:
+            if payload and payload[0] == int(m.MsgType.VOTE):
+                decoded.append(1)
+            return real(payload)
+
+        monkeypatch.setattr(m, "decode_message", counting)
+        accepted, copies = node.p2p.accepted[m.MsgType.VOTE], node.p2p.duplicates[m.MsgType.VOTE]
+        frame = encode_frame(m.encode_message(m.MsgType.VOTE, vote.to_wire()))
+        cast(Any, peer.transport).write(frame * 3_000)
+        await wait_for(lambda: node.p2p.duplicates[m.MsgType.VOTE] - copies >= 2_999, 15.0, "the copies counted")
+        assert node.p2p.accepted[m.MsgType.VOTE] == accepted + 1             # one effect
+        assert len(decoded) == 1                                            # copies never decoded
+        assert voters(engine, 0, VoteType.PREVOTE) == {net.keys[1].address: vote}   # held once
+        # A relay sends copies routinely: no charge, and the peer stays.
+        assert 0 <= node.p2p.peers.score(make_keys(1, seed=167)[0].peer_id) <= 1 and not peer.lost.called
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_validators_vote_signed_for_another_chain_costs_invalid_signature_and_a_ban(tmp_path: Path) -> None:
+    net = await one_of_two_validators(tmp_path)
+    try:
+        node = net.nodes[0]
+        engine = node.consensus.engine
+        key = make_keys(1, seed=168)[0]
+        peer = await connect_ready(key, node)
+        # The real validator key, the right height, round and signer: only the chain differs. The chain id is
+        # part of what is signed (crypto.signing_digest), so here the signature does not verify.
+        foreign = Vote(VoteType.PREVOTE, engine.height, 0, NIL_HASH, net.keys[1].address).signed(
+            net.keys[1], "timecoin-elsewhere")
+        peer.send(m.MsgType.VOTE, foreign.to_wire())
+        await wait_for(lambda: peer.lost.called, 5.0, "the sender dropped")
+        assert score(node, key) == DELTAS[Event.INVALID_SIGNATURE] and banned(node, key)
+        assert node.p2p.accepted[m.MsgType.VOTE] == 0 and net.keys[1].address not in voters(engine, 0,
+                                                                                           VoteType.PREVOTE)
     finally:
         await net.stop()
