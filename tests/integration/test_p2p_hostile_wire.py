@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +28,10 @@ from twisted.internet.protocol import Protocol
 from tests.integration.test_p2p_misbehaviour import honest_unaffected, start_pair
 from tests.p2pnet import Net, RawPeer, banned, connect, connect_ready, make_keys, score, sleep, wait_for
 from timecoin import crypto
+from timecoin.consensus.engine import MAX_BUFFERED_PER_KIND, MAX_BUFFERED_ROUNDS, MAX_ROUND_AHEAD
+from timecoin.errors import Reason
 from timecoin.ledger.block import NIL_HASH, Vote, VoteType
+from timecoin.ledger.tx import Transaction, TxKind
 from timecoin.node import Node
 from timecoin.p2p import protocol, sendbuffer
 from timecoin.p2p.identity import HostIdentity
@@ -384,5 +389,80 @@ async def test_a_validators_vote_signed_for_another_chain_costs_invalid_signatur
         assert score(node, key) == DELTAS[Event.INVALID_SIGNATURE] and banned(node, key)
         assert node.p2p.accepted[m.MsgType.VOTE] == 0 and net.keys[1].address not in voters(engine, 0,
                                                                                            VoteType.PREVOTE)
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tx_of_another_chain_is_refused_and_relabelled_for_ours_it_costs_a_ban(tmp_path: Path) -> None:
+    net = await one_of_two_validators(tmp_path)
+    try:
+        node = net.nodes[0]
+        key = make_keys(1, seed=169)[0]
+        peer = await connect_ready(key, node)
+        sender = net.keys[1]                                  # funded at genesis: only the chain is wrong
+        elsewhere = Transaction.create(sender, TxKind.TRANSFER, "timecoin-elsewhere", 0, 10_000, 1, key.address)
+        peer.send(m.MsgType.TX, elsewhere.to_wire(), request_id=1)
+        await wait_for(lambda: peer.rejects(), 5.0, "the foreign tx refused")
+        assert peer.rejects() == [int(Reason.WRONG_CHAIN)] and len(node.mempool) == 0
+        # Not a race (an honest peer's mempool refuses it too), but charged as an invalid tx: -1, no ban.
+        assert score(node, key) == DELTAS[Event.INVALID_TX] and not peer.lost.called
+        # The same signature with our chain id written in: the chain id is signed, so it does not verify.
+        relabelled = replace(elsewhere, chain_id=node.genesis.chain_id)
+        peer.send(m.MsgType.TX, relabelled.to_wire(), request_id=2)
+        await wait_for(lambda: peer.lost.called, 5.0, "the forger dropped")
+        assert peer.rejects()[-1] == int(Reason.BANNED) and len(node.mempool) == 0
+        assert score(node, key) == DELTAS[Event.INVALID_TX] + DELTAS[Event.INVALID_SIGNATURE] and banned(node, key)
+    finally:
+        await net.stop()
+
+
+# -- 6. a validator's valid but useless votes: far heights, far rounds ------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_validators_valid_votes_for_far_heights_and_rounds_are_bounded_and_do_not_stall_the_chain(
+        tmp_path: Path) -> None:
+    # Four validators; three run, the test holds the fourth key (3 of 4 > 2/3: the chain finalizes without it).
+    net = Net(tmp_path, 4, block_interval="1")        # a height lasts long enough to sign for it
+    net.nodes = net.nodes[:3]
+    await net.start()
+    try:
+        await wait_for(lambda: min(net.heights()) >= 2, 20.0, "three validators finalizing")
+        target = net.nodes[0]
+        byz = net.keys[3]
+        peer = await connect_ready(byz, target)
+        conn = target.p2p.connections[byz.peer_id]
+        assert conn.is_validator
+        chain_id = target.genesis.chain_id
+
+        def signed(height: int, round_: int, vtype: VoteType) -> bytes:
+            v = Vote(vtype, height, round_, NIL_HASH, byz.address).signed(byz, chain_id)
+            return encode_frame(m.encode_message(m.MsgType.VOTE, v.to_wire()))
+
+        batches: list[Callable[[int, int], list[bytes]]] = [
+            lambda h, r: [signed(h + 2 + i, 0, VoteType.PREVOTE) for i in range(1_000)],               # far heights
+            lambda h, r: [signed(h, r + MAX_ROUND_AHEAD + 1 + i, VoteType.PREVOTE) for i in range(1_000)],  # far rounds
+            lambda h, r: [signed(h + 1, i, t) for i in range(50) for t in VoteType],                   # next height
+            lambda h, r: [signed(h, r + 1 + i, t) for i in range(MAX_ROUND_AHEAD) for t in VoteType],  # near rounds
+        ]
+        start_height = target.store.tip_height()
+        most_sets = most_next = 0
+        for make in batches:
+            e = target.consensus.engine
+            cast(Any, peer.transport).write(b"".join(make(e.height, e.round)))    # signed for the moment's height
+            for _ in range(10):
+                await sleep(0.05)
+                e = target.consensus.engine
+                most_sets = max(most_sets, len(e.votes.sets))
+                most_next = max(most_next, len(e._next_height_msgs))
+        print(f"\nvote sets held at most {most_sets}, next-height messages {most_next}, score {score(target, byz)}")
+        await wait_for(lambda: target.store.tip_height() >= start_height + 3, 15.0, "the chain keeps finalizing")
+        # Held within the engine's bounds: rounds up to MAX_ROUND_AHEAD past the current one (two vote types
+        # each, and the honest nodes' later rounds), the next height's per-sender caps.
+        assert MAX_ROUND_AHEAD < most_sets <= 2 * (MAX_ROUND_AHEAD + 3), most_sets    # the near rounds were taken
+        assert 0 < most_next <= MAX_BUFFERED_ROUNDS * MAX_BUFFERED_PER_KIND * 2 + 3 * 2 * 2, most_next
+        # Far heights and rounds are what a lagging or partitioned honest validator sends too: not provable,
+        # at most one small charge a window, never a ban (the bound above is what protects).
+        assert not banned(target, byz) and score(target, byz) > DELTAS[Event.MALFORMED_FRAME]
+        assert conn.decoder.frames_dropped >= 1_000 * 0.9            # far heights: skipped while framing
     finally:
         await net.stop()
