@@ -171,6 +171,7 @@ async def connect_from(key: crypto.PrivateKey, target: Node, source: str) -> Raw
         await peer.handshake
     except Exception:                                    # refused before TLS: closed at accept
         return None
+    peer.on_message = lambda t, rid, body: answer_ping(peer, t, rid, body)       # it stays: slots are held
     peer.send(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": [], "agent": "flood"})
     for _ in range(100):
         if admitted(target, key.peer_id):
@@ -180,6 +181,11 @@ async def connect_from(key: crypto.PrivateKey, target: Node, source: str) -> Raw
         await sleep(0.02)
     cast(Any, peer.transport).abortConnection()
     return None
+
+
+def answer_ping(peer: RawPeer, msg_type: m.MsgType, rid: int, body: Any) -> None:
+    if msg_type == m.MsgType.PING and not peer.lost.called:
+        peer.send(m.MsgType.PONG, {"nonce": body.nonce, "payload": body.payload}, rid)
 
 
 def open_fds() -> int:
@@ -211,6 +217,7 @@ async def flood_and_check(tmp_path: Path, sources: list[str], per_source: int, c
         h = target.store.tip_height()
         await wait_for(lambda: target.store.tip_height() >= h + 3, 15.0, "the chain keeps finalizing")
         assert target.running and all(not banned(target, k) for k in keys)      # a connection is no offence
+        assert all(not p.lost.called for p in held)                               # the flood is still there
         for p in held:
             cast(Any, p.transport).abortConnection()
     finally:
