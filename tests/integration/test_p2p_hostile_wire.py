@@ -95,11 +95,18 @@ async def test_a_tls_handshake_dripped_a_byte_at_a_time_loses_its_slot_at_the_pr
     net = await start_pair(tmp_path)
     try:
         target, honest = net.nodes
-        # A real TLS ClientHello's first bytes (record header, handshake header): it never completes.
-        slow = await drip_tcp(target, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 500)
-        await wait_for(lambda: slow.lost.called, 1.5 + 2.0, "the slow TLS client closed")
-        assert slow.closed_at is not None and slow.closed_at - slow.opened <= 1.5 + 1.0
-        assert 3 <= slow.sent < 40                            # it was sending all along, and far from done
+        # A real TLS ClientHello's first bytes (record header, handshake header): it never completes. Eight
+        # such clients from eight addresses hold sockets while an honest peer connects.
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 500
+        slow = [await drip_tcp(target, hello, f"127.0.0.{i}") for i in range(2, 10)]
+        fresh = make_keys(1, seed=160)[0]
+        await connect_ready(fresh, target)
+        assert not any(s.lost.called for s in slow)          # the honest peer got in while they were held
+        await wait_for(lambda: all(s.lost.called for s in slow), 1.5 + 2.0, "the slow TLS clients closed")
+        for s in slow:
+            assert s.closed_at is not None and s.closed_at - s.opened <= 1.5 + 1.0
+            assert 3 <= s.sent < 40                           # it was sending all along, and far from done
+        assert admitted(target, fresh.peer_id)
         assert target.p2p.pending.count() == 0                # its pending slot is free again
         await honest_unaffected(net)
     finally:
@@ -120,7 +127,11 @@ async def test_a_hello_dripped_a_byte_at_a_time_loses_its_slot_at_the_handshake_
         hello = encode_frame(m.encode_message(m.MsgType.HELLO, target.p2p.hello_body() | {"listen_addrs": []}))
         stop = [False]
         drip(peer, hello, stop)
+        fresh = make_keys(1, seed=170)[0]
+        await connect_ready(fresh, target)                    # an honest peer gets in while it is held
+        assert not peer.lost.called
         await wait_for(lambda: peer.lost.called, 2.0 + 2.0, "the slow hello dropped")
+        assert admitted(target, fresh.peer_id)
         stop[0] = True
         assert time.monotonic() - start <= 2.0 + 1.5
         assert not admitted(target, key.peer_id) and key.peer_id not in target.p2p.connections
