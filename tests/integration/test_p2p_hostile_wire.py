@@ -6,7 +6,8 @@ own source address (127.0.0.2 ...) where the test needs many addresses. On loopb
 counts each address, but offences ban by PeerID only (``peers.py``: loopback is never banned by IP);
 IP bans and per-IP limits on real addresses are the network-namespace tests' part.
 
-Timeouts the code reads from module constants (``PRE_TLS_TIMEOUT``, ``HANDSHAKE_TIMEOUT``,
+The send bound is also checked without sockets (``timecoin.sim.feed``), where no kernel buffer size is
+involved. Timeouts the code reads from module constants (``PRE_TLS_TIMEOUT``, ``HANDSHAKE_TIMEOUT``,
 ``CLOSE_GRACE``, ``MAX_SEND_BACKLOG``) are made small with monkeypatch, config ones (``ping_interval``)
 through the node's config; every wait is bounded.
 """
@@ -36,6 +37,7 @@ from timecoin.node import Node
 from timecoin.p2p import protocol, sendbuffer
 from timecoin.p2p.identity import HostIdentity
 from timecoin.p2p.peers import DELTAS, Event
+from timecoin.sim.feed import attach_peer, frame
 from timecoin.wire import messages as m
 from timecoin.wire.framing import encode_frame
 
@@ -483,5 +485,33 @@ async def test_a_validators_valid_votes_for_far_heights_and_rounds_are_bounded_a
         # at most one small charge a window, never a ban (the bound above is what protects).
         assert not banned(target, byz) and score(target, byz) > DELTAS[Event.MALFORMED_FRAME]
         assert conn.decoder.frames_dropped >= 1_000 * 0.9            # far heights: skipped while framing
+    finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_is_written_to_a_full_transport_is_capped_exactly(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same bound without sockets (no kernel buffer sizes involved): a fed peer whose transport says it is
+    # full (pauseProducing, as TCP does past 64 KiB) gets pongs until the next one would pass the limit.
+    monkeypatch.setattr(sendbuffer, "MAX_SEND_BACKLOG", 1 << 20)
+    net = Net(tmp_path, 1, block_interval="3600", timeout_propose="3600", gossip_interval="3600",
+              ping_interval="3600", max_frame_bytes="262144", rate_limit_burst="400")
+    await net.start(connect=False)
+    try:
+        node = net.nodes[0]
+        peer = attach_peer(node, make_keys(1, seed=171)[0])
+        ping = frame(m.MsgType.PING, {"nonce": 1, "payload": b"\xaa" * 60_000})
+        peer.feed(ping * 40)                                   # a transport that drains: no bound applies
+        assert peer.conn.state == "ready" and len(peer.written()) > 40 * 60_000
+        peer.conn.sendbuf.pauseProducing()
+        for _ in range(40):
+            peer.feed(ping)
+            if peer.conn.state != "ready":
+                break
+        written = len(peer.written())
+        assert peer.conn.state in ("closing", "closed") and peer.transport.disconnecting
+        assert written <= peer.conn.sendbuf.limit < written + len(ping) + 64     # up to the limit, not past it
+        assert not node.p2p.peers.is_banned(peer.peer_id, None, reactor.seconds())
     finally:
         await net.stop()
