@@ -10,7 +10,9 @@ connection
 * queues decoded frames and lets the service take them one per peer in turn; a peer whose
   unprocessed input passes ``MAX_QUEUED_BYTES`` is paused (``pauseProducing``) until it drains, so one
   flooding peer cannot starve the others (SPEC §5 "Fairness under load");
-* matches responses to its own requests by request id, each with a timeout.
+* matches responses to its own requests by request id, each with a timeout;
+* bounds what it queues for a peer that does not read (:mod:`timecoin.p2p.sendbuffer`): past the limit
+  the connection is dropped, and a closing connection that cannot flush is aborted after CLOSE_GRACE.
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ from zope.interface import implementer
 
 from timecoin import crypto
 from timecoin.errors import DecodeError, Reason, TimecoinError
+from timecoin.p2p import sendbuffer
 from timecoin.p2p.channel import certificate_time
 from timecoin.p2p.discovery import parse_multiaddr
 from timecoin.p2p.gossip import MAX_SENT_IDS, SeenCache
 from timecoin.p2p.identity import PeerAuthError, peer_public_key
 from timecoin.p2p.peers import TX_GOSSIP_BURST, TX_GOSSIP_RATE, gcra
+from timecoin.p2p.sendbuffer import SendBuffer, send_limit
 from timecoin.wire import messages as m
 from timecoin.wire.framing import FrameDecoder, encode_frame
 
@@ -92,6 +96,9 @@ class PeerConnection(Protocol):
         self.inbox_bytes = 0
         self.paused = False
         self.pauses = 0                        # times its input was paused for passing MAX_QUEUED_BYTES
+        self.sendbuf = SendBuffer(send_limit(service.config.max_frame_bytes))   # our output it has not read
+        self._producing = False                # sendbuf registered as the transport's producer
+        self._close_timer: Any = None
         self._requests: dict[int, tuple[defer.Deferred[Any], Any, m.MsgType]] = {}
         self._ids = itertools.count(1)
         self._handshake_timer: Any = None
@@ -148,6 +155,10 @@ class PeerConnection(Protocol):
             self.abort()
             return
         self.state = "hello"
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            register(self.sendbuf, True)
+            self._producing = True
         reason = self.service.admit(self)
         if reason != Reason.OK:
             self.reject(reason, "connection refused")
@@ -182,6 +193,9 @@ class PeerConnection(Protocol):
         self.state = "closed"
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         if self._tx_flush is not None and self._tx_flush.active():
             self._tx_flush.cancel()
         self._tx_flush = None
@@ -199,13 +213,29 @@ class PeerConnection(Protocol):
     def close(self) -> None:
         """Finish writing what is queued (answers, the reject that says why), then disconnect.
 
-        Input still queued is dropped: nothing more from this peer will be handled.
+        Input still queued is dropped: nothing more from this peer will be handled. A peer that does not
+        read would keep a closing connection (and its slot) forever: it is aborted after CLOSE_GRACE.
         """
         self.inbox.clear()
         self.inbox_bytes = 0
         if self.transport is not None and self.state not in ("closed", "closing"):
             self.state = "closing"
+            self._stop_producing()                 # TLS waits for the producer to go before it closes
             self.transport.loseConnection()
+            if self.state == "closing":
+                self._close_timer = self.clock.callLater(sendbuffer.CLOSE_GRACE, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if self.state == "closing":
+            self.log.debug("Peer {peer} did not take our last bytes in time", peer=self.peer_id)
+            abort = getattr(self.transport, "abortConnection", None)
+            (abort or self.transport.loseConnection)()
+
+    def _stop_producing(self) -> None:
+        if self._producing and self.transport is not None:
+            self._producing = False
+            self.transport.unregisterProducer()
 
     def abort(self) -> None:
         """Drop at once (protocol violations: nothing more from this peer is worth reading)."""
@@ -293,9 +323,15 @@ class PeerConnection(Protocol):
     def send_payload(self, payload: bytes) -> None:
         if self.transport is None or self.state == "closed":
             return
+        data = encode_frame(payload, self.service.config.max_frame_bytes)
+        if not self.sendbuf.admit(len(data)):
+            self.log.info("Peer {peer} is not reading: dropped with {n} bytes queued past a full transport",
+                          peer=self.peer_id, n=self.sendbuf.since_blocked)
+            self.abort()
+            return
         self.messages_out += 1
         self.service.count_traffic("out", payload)
-        self.transport.write(encode_frame(payload, self.service.config.max_frame_bytes))
+        self.transport.write(data)
 
     def send_tx(self, payload: bytes) -> None:
         """Relay a tx, paced inside the peer's tx gossip budget (assumed configured like ours).
