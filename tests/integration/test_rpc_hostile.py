@@ -94,8 +94,8 @@ def ws_upgrade(port: int) -> bytes:
 # -- every method with hostile parameters ---------------------------------------------------------------
 HOSTILE: list[Any] = [
     True, False, 0, -1, -(2**63), 2**63, MAX_INT, 10**30, -(10**30), int("9" * 4000), 1.5, 1e308, -1e308, 5e-324,
-    "", "x", "\ud800", "zz", "-1", "ab" * 200_000, "9" * 4000, "0" * 64, "f" * 64,
-    "TIME0" + "z" * 200_000, "TIME1" + "2" * 200_000,                   # base58 decoding is quadratic
+    "", "x", "\ud800", "zz", "-1", "ab" * 50_000, "9" * 4000, "0" * 64, "f" * 64,
+    "TIME0" + "z" * 100_000, "TIME1" + "2" * 100_000,                  # base58 decoding is quadratic
     [], [1], [None], [[]], ["00"], ["zz"], ["ab" * 50_000], [0] * 10_000, {}, {"a": [1]}, [[[[[]]]]],
 ]
 
