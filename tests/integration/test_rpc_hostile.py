@@ -151,6 +151,9 @@ async def test_every_method_answers_hostile_parameters_with_an_rpc_error(tmp_pat
                 for value in HOSTILE:
                     tries.append(base[:i] + [value] + base[i + 1:])
                     tries.append({p.name: value})
+            if "command" in (p.name for p in method.params):           # addnode, setban: each real command
+                tries += [[value, command] for value in HOSTILE if isinstance(value, str)
+                          for command in ("add", "remove", "onetry")]
             for params in tries:
                 calls += 1
                 t0 = time.monotonic()

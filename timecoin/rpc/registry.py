@@ -65,8 +65,6 @@ class Param:
         elif t in ("str", "hex"):
             if not isinstance(value, str):
                 raise self._bad(value, "a string")
-            if not value.isascii() and not _utf8(value):
-                raise RPCError(INVALID_PARAMS, f"{self.name} must be text (a lone surrogate such as \\ud800 is not)")
             if t == "hex":
                 if len(value) % 2 or not _HEX.issuperset(value):
                     raise RPCError(INVALID_PARAMS, f"{self.name} must be hex (an even number of 0-9a-f digits)")
@@ -199,15 +197,6 @@ class MethodTable:
             out += [m.usage() for m in sorted(groups[group], key=lambda m: m.name)]
             out.append("")
         return "\n".join(out).rstrip()
-
-
-def _utf8(value: str) -> bool:
-    """Whether ``value`` can be encoded (JSON's ``\\ud800`` escape decodes to a lone surrogate, which cannot)."""
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _num(x: float) -> str:
