@@ -61,7 +61,7 @@ async def test_malformed_subscribe_messages_get_errors_and_oversized_ones_close(
         # One byte over the cap: autobahn fails the connection (1009, dropped) before the JSON is read.
         answered = len(got)
         sub.protocol.sendMessage(b" " * (MAX_MESSAGE_BYTES + 1))
-        await sub.closed
+        await wait_for(lambda: sub.protocol is None, 10.0, "the oversized message to close the connection")
         assert len(got) == answered, "the oversized message was read"
         await wait_for(lambda: not node.rpc.ws_factory.connections, 10.0, "the connection closed")
         hub = node.namedServices["notify"].hub
