@@ -73,3 +73,28 @@ def test_the_right_password_logs_in_at_once_and_edits_take_effect(passwd: str) -
     result = login(checker, b"ops", b"other")
     clock.advance(FAILED_LOGIN_DELAY)
     assert result[0].check(error.UnauthorizedLogin)
+
+
+def test_the_datadir_and_every_secret_in_it_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Local users on the host: the datadir is 0700 and the node key, RPC cookie and manhole host key 0600,
+    set explicitly (under umask 0 a file without an explicit mode would be world-readable)."""
+    import os
+    import stat
+
+    from timecoin.config import build_config
+    from timecoin.manhole.auth import HOST_KEY_FILE, host_key
+    from timecoin.node import prepare_datadir
+    from timecoin.rpc.auth import cookie_path, write_cookie
+
+    datadir = tmp_path / "data"
+    old = os.umask(0)
+    try:
+        config = build_config({"datadir": str(datadir)})
+        prepare_datadir(config)
+        write_cookie(str(datadir))
+        host_key(str(datadir))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(datadir).st_mode) == 0o700
+    for path in (config.key_path, cookie_path(str(datadir)), str(datadir / HOST_KEY_FILE)):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path

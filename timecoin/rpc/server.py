@@ -22,11 +22,13 @@ than ``rpc_max_concurrent`` requests in progress from one client IP get HTTP 429
 and ``Retry-After: 1``) -- an HTTP status because the limit is about the client, not any one call.
 
 ``GET /health`` needs no credentials (load balancers and monitors): HTTP 200 or 503 with the JSON of
-:func:`timecoin.rpc.core.health_report`. Every other path is 404, every other HTTP method 405. A client
-outside ``rpc_allow_ip`` gets 403 on every path; missing or wrong credentials get 401 with
-``WWW-Authenticate: Basic realm="jsonrpc"`` after 250 ms (bitcoind's brute-force brake, without
-blocking the reactor). Handlers may return Deferreds; when the client disconnects they are cancelled.
-An exception in a handler is logged with its traceback and answered -32603 "Internal error" only.
+:func:`timecoin.rpc.core.health_report` -- only public chain state (height, tip hash and time, sync and halt
+status, peer count), nothing a P2P peer does not learn: no key, address, path or setting. Every other path
+is 404, every other HTTP method 405. A client outside ``rpc_allow_ip`` gets 403 on every path; missing or
+wrong credentials get 401 with ``WWW-Authenticate: Basic realm="jsonrpc"`` after 250 ms (bitcoind's brute-
+force brake, without blocking the reactor). Handlers may return Deferreds; when the client disconnects they
+are cancelled. An exception in a handler is logged with its traceback and answered -32603 "Internal error"
+only.
 """
 from __future__ import annotations
 
