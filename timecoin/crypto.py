@@ -193,6 +193,9 @@ def encode_address(address: bytes, network: str = "devnet") -> str:
     return prefix + base58.b58encode(address + _address_checksum(prefix, address)).decode()
 
 
+MAX_ADDRESS_CHARS = 64            # an address's 24 bytes are 33 base58 characters after its prefix
+
+
 def decode_address(text: str) -> bytes:
     """Parse a ``TIME1…``/``TIME0…`` address; DecodeError on anything else."""
     for prefix in (MAINNET_PREFIX, TESTNET_PREFIX):
@@ -200,6 +203,8 @@ def decode_address(text: str) -> bytes:
             break
     else:
         raise DecodeError("an address starts with TIME1 (mainnet) or TIME0 (testnet, devnet)")
+    if len(text) > MAX_ADDRESS_CHARS:           # base58 decoding is quadratic: a long string would burn CPU
+        raise DecodeError(f"address too long ({len(text)} characters, at most {MAX_ADDRESS_CHARS})")
     try:
         raw = base58.b58decode(text[len(prefix):])
     except ValueError:
@@ -234,8 +239,13 @@ def peer_id_of(pubkey: bytes) -> str:
     return base58.b58encode(bytes((0x00, len(proto))) + proto).decode()
 
 
+MAX_PEER_ID_CHARS = 64            # a PeerID's 39 bytes are 54 base58 characters at most
+
+
 def pubkey_from_peer_id(peer_id: str) -> bytes:
     """Inverse of peer_id_of for secp256k1 identity-multihash PeerIDs; DecodeError otherwise."""
+    if len(peer_id) > MAX_PEER_ID_CHARS:        # base58 decoding is quadratic: a long string would burn CPU
+        raise DecodeError(f"PeerID too long ({len(peer_id)} characters, at most {MAX_PEER_ID_CHARS})")
     try:
         raw = base58.b58decode(peer_id)
     except ValueError:

@@ -6,18 +6,25 @@ lets nobody in.
 """
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.checkers import IAuthorizedKeysDB, readAuthorizedKeyFile
 from twisted.conch.ssh import keys
+from twisted.cred import credentials, error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from timecoin.errors import TimecoinError
+from timecoin.rpc.auth import digest
 
 HOST_KEY_FILE = "manhole_host_key"
+FAILED_LOGIN_DELAY = 1.0        # seconds before a wrong telnet password is answered (a brake on guessing)
 log = Logger()
 
 
@@ -90,3 +97,53 @@ def check_passwd(path: str) -> None:
         raise TimecoinError(f"cannot read manhole_passwd {path}: {exc.strerror or exc}") from None
     if not any(b":" in line and not line.startswith(b"#") and line.split(b":", 1)[0] for line in lines):
         raise TimecoinError(f"manhole_passwd {path} has no user:password line")
+
+
+def read_passwd(path: str) -> list[tuple[bytes, bytes]]:
+    """The (user, password) pairs of a passwd file (``user:password`` a line, ``#`` comments); [] if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        log.error("Manhole login refused: cannot read manhole_passwd {path}: {why}", path=path,
+                  why=exc.strerror or str(exc))
+        return []
+    pairs = []
+    for line in lines:
+        parts = line.rstrip().split(b":")
+        if len(parts) >= 2 and parts[0] and not line.startswith(b"#"):
+            pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+@implementer(ICredentialsChecker)
+class PasswdChecker:
+    """The telnet manhole's user:password check, in constant time and slowed when wrong.
+
+    Twisted's ``FilePasswordDB`` compares with ``==`` (its time depends on how many leading bytes match)
+    and answers an unknown user at once. Here every line of the file (read at each login, so an edit
+    takes effect without a restart) is compared as fixed-length digests of user and password with
+    :func:`hmac.compare_digest`, and a failure is logged and answered only after ``delay`` seconds,
+    without blocking the reactor, so guessing runs at one try a second per connection.
+    """
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, path: str, reactor: Any, delay: float = FAILED_LOGIN_DELAY) -> None:
+        self.path = path
+        self.reactor = reactor
+        self.delay = delay
+
+    def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes]:  # noqa: N802 - Twisted API
+        user, password = digest(creds.username), digest(creds.password)
+        ok = False
+        for name, secret in read_passwd(self.path):     # every line compared: the time says nothing
+            ok |= hmac.compare_digest(user, digest(name)) & hmac.compare_digest(password, digest(secret))
+        if ok:
+            return defer.succeed(creds.username)
+        log.warn("Manhole: failed telnet login as {user!r}", user=creds.username[:64])
+        return task.deferLater(self.reactor, self.delay, _refuse)
+
+
+def _refuse() -> bytes:
+    raise error.UnauthorizedLogin()

@@ -16,14 +16,14 @@ from twisted.conch import interfaces as iconch
 from twisted.conch import manhole, manhole_ssh, telnet
 from twisted.conch.checkers import SSHPublicKeyChecker
 from twisted.conch.insults import insults
-from twisted.cred import checkers, portal
+from twisted.cred import portal
 from twisted.internet import defer, protocol
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from zope.interface import implementer
 
-from timecoin.manhole.auth import AnyUserKeyDB, check_passwd, host_key
+from timecoin.manhole.auth import AnyUserKeyDB, PasswdChecker, check_passwd, host_key
 from timecoin.manhole.namespace import build_namespace
 
 TELNET_HOST = "127.0.0.1"       # telnet sends the password in clear: loopback only, by construction
@@ -93,10 +93,11 @@ def ssh_factory(node: Any, authorized_keys: str, datadir: str) -> manhole_ssh.Co
     return factory
 
 
-def telnet_factory(node: Any, passwd: str) -> protocol.ServerFactory:
-    """The telnet server: a login prompt checked against the passwd file (read at each login)."""
+def telnet_factory(node: Any, passwd: str, reactor: Any) -> protocol.ServerFactory:
+    """The telnet server: a login prompt checked against the passwd file (read at each login, compared in
+    constant time, a wrong password answered after a delay: :class:`PasswdChecker`)."""
     check_passwd(passwd)
-    checker: Any = checkers.FilePasswordDB(passwd, cache=False)
+    checker: Any = PasswdChecker(passwd, reactor)
     realm: Any = _TelnetRealm(node)
     tportal = portal.Portal(realm, [checker])
     factory = protocol.ServerFactory()
@@ -121,7 +122,7 @@ class ManholeService(service.Service):
                 ssh_factory(node, cfg.manhole_authorized_keys, cfg.datadir))))
         if cfg.manhole_telnet_port:
             self._factories.append(("telnet", TELNET_HOST, cfg.manhole_telnet_port,
-                                    WrappingFactory(telnet_factory(node, cfg.manhole_passwd))))
+                                    WrappingFactory(telnet_factory(node, cfg.manhole_passwd, reactor))))
         self.ports: dict[str, int] = {}
         self._listeners: list[Any] = []
 

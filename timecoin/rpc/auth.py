@@ -3,7 +3,8 @@
 As bitcoind: with no ``rpc_user``/``rpc_password`` the node writes ``<datadir>/.cookie`` holding
 ``__cookie__:<64 hex chars>`` at each start (a fresh secret, mode 0600, written atomically) and removes
 it at a clean stop; local tools read it to authenticate. Credentials are compared in constant time
-(:func:`hmac.compare_digest`) so a wrong password leaks nothing through timing. Loopback clients are
+(:func:`hmac.compare_digest` over SHA-256 digests, so neither a password's bytes nor its length leak
+through timing: ``compare_digest`` itself returns early on a length mismatch). Loopback clients are
 always allowed; others only from a network in ``rpc_allow_ip``.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -61,7 +63,7 @@ class Credentials:
     """The accepted ``user:password`` pairs; :meth:`check` reads an ``Authorization`` header."""
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self._accepted = [f"{u}:{p}".encode() for u, p in pairs]
+        self._accepted = [digest(f"{u}:{p}".encode()) for u, p in pairs]
 
     def check(self, header: bytes | None) -> bool:
         """True if ``header`` is ``Basic <base64 user:password>`` of an accepted pair (constant time)."""
@@ -74,10 +76,17 @@ class Credentials:
             given = base64.b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):
             return False
+        given_digest = digest(given)
         ok = False
         for accepted in self._accepted:         # every pair compared: the time does not say which matched
-            ok |= hmac.compare_digest(given, accepted)
+            ok |= hmac.compare_digest(given_digest, accepted)
         return ok
+
+
+def digest(secret: bytes) -> bytes:
+    """The fixed-length (32-byte) form in which secrets are compared, so a comparison's time says nothing
+    about the length of either side."""
+    return hashlib.sha256(secret).digest()
 
 
 def is_loopback_host(host: str) -> bool:

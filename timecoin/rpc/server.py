@@ -12,30 +12,37 @@
   unknown); a body or batch element that is neither an object nor an array is -32600 (JSON-RPC 2.0's rule;
   bitcoind says -32700 for a top-level scalar).
 
-Caps, each a clear answer and never a crash: a body above ``rpc_max_body_bytes`` gets HTTP 413 as soon as
-its ``Content-Length`` (or, chunked, the bytes read so far) exceed the cap, before the rest is read, and
-the connection is closed; a batch above ``rpc_max_batch`` is one -32600 error (HTTP 400); more than
-``rpc_max_concurrent`` requests in progress from one client IP get HTTP 429 (a JSON-RPC -32603 body, and
-``Retry-After: 1``) -- an HTTP status because the limit is about the client, not any one call.
+Caps, each a clear answer and never a crash: a request not received whole within ``REQUEST_DEADLINE``
+seconds of its first byte (slowloris) gets HTTP 408 and is closed; connections beyond
+:class:`timecoin.rpc.limits.ConnectionLimit`'s caps are closed at once; a body above ``rpc_max_body_bytes``
+gets HTTP 413 as soon as its ``Content-Length`` (or, chunked, the bytes read so far) exceed the cap, before
+the rest is read, and the connection is closed; a batch above ``rpc_max_batch`` is one -32600 error (HTTP
+400) (its elements are never batches: an array inside a batch is one -32600 reply, so nothing nests); more
+than ``rpc_max_concurrent`` requests in progress from one client IP get HTTP 429 (a JSON-RPC -32603 body,
+and ``Retry-After: 1``) -- an HTTP status because the limit is about the client, not any one call.
 
 ``GET /health`` needs no credentials (load balancers and monitors): HTTP 200 or 503 with the JSON of
-:func:`timecoin.rpc.core.health_report`. Every other path is 404, every other HTTP method 405. A client
-outside ``rpc_allow_ip`` gets 403 on every path; missing or wrong credentials get 401 with
-``WWW-Authenticate: Basic realm="jsonrpc"`` after 250 ms (bitcoind's brute-force brake, without
-blocking the reactor). Handlers may return Deferreds; when the client disconnects they are cancelled.
-An exception in a handler is logged with its traceback and answered -32603 "Internal error" only.
+:func:`timecoin.rpc.core.health_report` -- only public chain state (height, tip hash and time, sync and halt
+status, peer count), nothing a P2P peer does not learn: no key, address, path or setting. Every other path
+is 404, every other HTTP method 405. A client outside ``rpc_allow_ip`` gets 403 on every path; missing or
+wrong credentials get 401 with ``WWW-Authenticate: Basic realm="jsonrpc"`` after 250 ms (bitcoind's brute-
+force brake, without blocking the reactor). Handlers may return Deferreds; when the client disconnects they
+are cancelled. An exception in a handler is logged with its traceback and answered -32603 "Internal error"
+only.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from timecoin.rpc.auth import REALM, AllowList, Credentials
 from timecoin.rpc.context import RPCContext
@@ -46,6 +53,9 @@ from timecoin.rpc.registry import MethodTable
 JSON = b"application/json"          # exactly this: python-bitcoinrpc refuses any other Content-Type
 AUTH_FAILURE_DELAY = 0.25           # seconds before a 401 (bitcoind sleeps 250 ms)
 IDLE_TIMEOUT = 120                  # seconds an idle keep-alive connection stays open
+REQUEST_DEADLINE = 30.0             # seconds to send one whole request (bitcoind's rpcservertimeout is 30)
+REQUEST_TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
+                         b"Connection: close\r\nContent-Length: 0\r\n\r\n")
 _ABSENT = object()
 
 
@@ -53,10 +63,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is not a finite number")
+    return value
+
+
 def _decode(body: bytes) -> Any:
-    """The JSON of a body; ValueError for anything that is not strict JSON (NaN, bad UTF-8, deep nesting)."""
+    """The JSON of a body; ValueError for anything that is not strict JSON (NaN, a number that overflows a
+    float such as 1e999999, an integer of more than 4300 digits (Python's int-str limit, so no quadratic
+    parse), bad UTF-8 (strictly: no surrogates, no UTF-16), deep nesting)."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        text = body.decode("utf-8")            # strict: json.loads(bytes) would pass lone surrogates and UTF-16
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
 
@@ -185,14 +205,68 @@ class CappedRequest(server.Request):
         super().requestReceived(command, path, version)
 
 
+class RPCChannel(http.HTTPChannel):
+    """An HTTP connection that must send each request whole within the site's ``request_deadline``.
+
+    Twisted's idle timeout restarts at every byte received, so a client sending its headers or body
+    one byte at a time (slowloris) would hold the connection forever. The deadline starts when the
+    connection opens and at the first byte of each later request; it stops once the request is whole
+    (the handler may then take as long as it needs: ``waitfornewblock``). On expiry: HTTP 408, closed.
+    """
+
+    log = Logger()
+    _deadline: Any = None
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted API
+        super().connectionMade()
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
+        if self._deadline is None and not self._handlingRequest:
+            self._arm()
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:  # noqa: N802 - Twisted API
+        self._disarm()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted API
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _arm(self) -> None:
+        deadline = float(getattr(getattr(self, "site", None), "request_deadline", REQUEST_DEADLINE))
+        call_later: Any = self.callLater
+        self._deadline = call_later(deadline, self._too_slow, deadline)
+
+    def _disarm(self) -> None:
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _too_slow(self, deadline: float) -> None:
+        self._deadline = None
+        transport: Any = self.transport
+        if transport is None:                    # handed over (a WebSocket)
+            return
+        self.log.info("RPC: dropping {peer}: no whole request within {s} s", peer=str(transport.getPeer()),
+                      s=deadline)
+        transport.write(REQUEST_TIMEOUT_REPLY)
+        self.timeoutConnection()                 # close, and abort if the client does not let go
+
+
 class RPCSite(server.Site):
-    """The HTTP site: capped requests, quiet access log, and the open channels (closed at stop)."""
+    """The HTTP site: capped requests, a deadline per request, quiet access log, and the open channels
+    (closed at stop)."""
 
     requestFactory = CappedRequest
+    protocol = RPCChannel  # type: ignore[assignment]
 
-    def __init__(self, root: resource.Resource, max_body_bytes: int) -> None:
-        super().__init__(root, timeout=IDLE_TIMEOUT)
+    def __init__(self, root: resource.Resource, max_body_bytes: int, reactor: Any = None,
+                 request_deadline: float = REQUEST_DEADLINE) -> None:
+        super().__init__(root, timeout=IDLE_TIMEOUT, reactor=reactor)
         self.max_body_bytes = max_body_bytes
+        self.request_deadline = request_deadline
         self.channels: set[Any] = set()
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted API

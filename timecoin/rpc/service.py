@@ -17,6 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from timecoin.rpc.auth import COOKIE_USER, AllowList, Credentials, cookie_path, remove_cookie, write_cookie
+from timecoin.rpc.limits import ConnectionLimit
 from timecoin.rpc.methods import TABLE
 from timecoin.rpc.server import RPCResource, RPCSite
 
@@ -31,6 +32,7 @@ class RPCService(service.Service):
         self.port: int | None = None            # the bound TCP port once listening
         self.site: RPCSite | None = None
         self.resource: RPCResource | None = None
+        self.limit: ConnectionLimit | None = None   # the connection caps around the site
         self.on_stop: Callable[[], Any] = self._stop_node
         self._listener: Any = None
         self._cookie = False
@@ -60,7 +62,8 @@ class RPCService(service.Service):
                                     self.reactor.seconds(), cfg.rpc_max_batch, cfg.rpc_max_concurrent)
         self.site = RPCSite(self._mount_ws(self.resource), cfg.rpc_max_body_bytes)
         try:
-            self._listener = self.reactor.listenTCP(cfg.rpc_port, self.site, interface=cfg.rpc_host)
+            self.limit = ConnectionLimit(self.site)
+            self._listener = self.reactor.listenTCP(cfg.rpc_port, self.limit, interface=cfg.rpc_host)
         except CannotListenError as exc:
             self.log.error("Cannot listen for JSON-RPC on {host}:{port}: {why}; running without RPC",
                            host=cfg.rpc_host, port=cfg.rpc_port, why=str(exc.socketError))
