@@ -94,3 +94,22 @@ async def test_websocket_connections_past_the_per_address_cap_are_refused(tmp_pa
             await sub.closed
     finally:
         await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_channels_handed_to_websockets_are_not_kept_by_the_site(tmp_path: Path) -> None:
+    """autobahn takes the transport from the HTTP channel, whose connectionLost then never runs: without
+    the hand-over hook every WebSocket ever opened would leave its channel in the site's table."""
+    net = Net(tmp_path, 1, chain_id="timecoin-ws-channels", **NET)
+    node = net.nodes[0]
+    try:
+        await net.start(connect=False)
+        site = node.rpc.site
+        before = len(site.channels)
+        for _ in range(20):
+            sub = await subscribe(ws_client(node), [], lambda m: None)
+            sub.close()
+            await wait_for(lambda: not node.rpc.ws_factory.connections, 10.0, "the WebSocket closed")
+        await wait_for(lambda: len(site.channels) <= before, 10.0, "the site to forget the handed-over channels")
+    finally:
+        await net.stop()

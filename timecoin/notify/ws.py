@@ -165,9 +165,27 @@ class NotifyFactory(WebSocketServerFactory):
             proto.dropConnection(abort=False)
 
 
+class HandoverResource(WebSocketResource):
+    """autobahn's resource, that also tells the RPC site when an HTTP channel became a WebSocket.
+
+    autobahn takes the transport from the channel, so the channel's ``connectionLost`` never runs and the
+    site (which keeps its open channels to close them at stop) would hold every channel ever upgraded.
+    The WebSocket itself is closed at stop through :meth:`NotifyFactory.close_all`.
+    """
+
+    def render(self, request: Any) -> Any:
+        channel = request.channel
+        result = super().render(request)
+        if getattr(channel, "transport", None) is None:          # handed over
+            channels = getattr(getattr(request, "site", None), "channels", None)
+            if channels is not None:
+                channels.discard(channel)
+        return result
+
+
 def ws_resource(hub: Hub, credentials: Credentials, allow: AllowList) -> tuple[WebSocketResource, NotifyFactory]:
     factory = NotifyFactory(hub, credentials, allow)
-    return WebSocketResource(factory), factory
+    return HandoverResource(factory), factory
 
 
 class WSRoot(Resource):
