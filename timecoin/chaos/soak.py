@@ -53,7 +53,7 @@ RPC_TIMEOUT = 5.0
 LOAD_SEGMENT = 60.0     # seconds of load per run_load call (see Soak.start_load)
 # Heap a node may add per transaction while its bounded caches fill (docs/soak.md): the verified-signature
 # and seen-cache entries (about 170 bytes each, one or two per tx and per vote) with room for dict growth.
-CACHE_BYTES_PER_TX = 1_000
+CACHE_BYTES_PER_TX = 600
 
 
 def free_base_port(count: int, tries: int = 50) -> int:
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--provable-after", type=float, default=None,
                     help="seconds before the Byzantine peer's provable offence (default: half the run)")
     ap.add_argument("--rss-mb-per-min", type=float, default=None,
-                    help="bound on the RssAnon slope (default: 1 + 1,000 bytes per tx/s of load, per minute)")
+                    help="bound on the RssAnon slope (default: 1 MB + 600 bytes per tx of load, per minute)")
     ap.add_argument("--fd-per-min", type=float, default=Limits.fd_per_min)
     ap.add_argument("--dir", default=None, help="the testnet folder (default: a temporary one, removed on a pass)")
     ap.add_argument("--json", action="store_true")
