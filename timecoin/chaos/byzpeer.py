@@ -12,7 +12,8 @@ TLS with a correct hello, and misbehaves on it continuously:
 
 Everything it does is one line on stdout (at most one per connection event) and a JSON status file
 (``--status``) rewritten every few seconds, so a soak run can tell how much misbehaviour was delivered.
-It is not a validator, so the honest network needs nothing from it; it stops on SIGTERM.
+It answers pings (a node drops a peer that does not), so each connection lasts until the ban. It is not
+a validator, so the honest network needs nothing from it; it stops on SIGTERM.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ class ByzantinePeer:
         endpoint = endpoints.wrapClientTLS(cast(Any, HostIdentity(self.key).client_creator(node.peer_id)),
                                            cast(Any, tcp))
         peer = RawPeer()
-        peer.on_message = lambda t, rid, body: self.received(node, peer, t, body)
+        peer.on_message = lambda t, rid, body: self.received(node, peer, t, rid, body)
         d = endpoints.connectProtocol(endpoint, peer)
         d.addCallback(lambda _: peer.handshake)
         d.addCallback(lambda _: self.connected(node, peer))
@@ -115,9 +116,11 @@ class ByzantinePeer:
                                     "finalized_hash": self.genesis_hash, "listen_addrs": [],
                                     "agent": "timecoin-byzpeer", "protocols": []})
 
-    def received(self, node: NodeInfo, peer: RawPeer, msg_type: m.MsgType, body: Any) -> None:
+    def received(self, node: NodeInfo, peer: RawPeer, msg_type: m.MsgType, rid: int, body: Any) -> None:
         counts = self.counts[node.name]
-        if msg_type == m.MsgType.HELLO:
+        if msg_type == m.MsgType.PING:              # answered, so the node keeps the connection (and the abuse)
+            peer.send(m.MsgType.PONG, {"nonce": body.nonce, "payload": body.payload}, rid)
+        elif msg_type == m.MsgType.HELLO:
             counts.ready += 1
             self.peers[node.name] = peer
             self.heights[node.name] = int(body.best_height)
