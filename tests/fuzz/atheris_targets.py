@@ -11,6 +11,12 @@ any other exception, or an inconsistency, is a crash that libFuzzer reports with
 * ``account``: ``Account.decode`` (struct fast path, then the guarded codec) -- re-encodes to itself.
 * ``framing``: the frame decoder fed the input in chunks whose sizes the input's first byte chooses: only
   DecodeError, and the frames it returns are exactly the input's complete frames.
+* ``certificate``: the libp2p TLS certificate check a peer's certificate meets before anything else
+  (``public_key_from_certificate``): only PeerAuthError. (A random input seldom parses as X.509; the seed
+  is a real certificate, so mutations reach the extension and signature checks.)
+* ``signedkey``: the certificate extension's DER ``SignedKey``: only PeerAuthError; accepted re-encodes.
+* ``rpcjson``: the JSON-RPC body decoder: only ValueError; what it accepts serializes back (no NaN or
+  infinity gets through).
 
 The corpus is kept in the repository (``tests/fuzz/corpus/<target>/``, seeded from valid encodings by
 ``--seed-corpus``); ``tox -e fuzz`` runs every target for minutes and adds what it finds there, and CI runs
@@ -20,13 +26,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable
 
+from timecoin import crypto
 from timecoin.errors import DecodeError
 from timecoin.ledger import account as account_codec
 from timecoin.ledger.account import Account
+from timecoin.p2p import identity
+from timecoin.rpc import server as rpc_server
 from timecoin.wire import messages
 from timecoin.wire.framing import FrameDecoder, encode_frame
 
@@ -118,6 +128,40 @@ def framing(data: bytes) -> None:
         raise AssertionError(f"frames returned are not the input's frames: {stream.hex()}")
 
 
+RPC_SEEDS: list[object] = [
+    {"jsonrpc": "2.0", "id": 1, "method": "getblockcount", "params": []},
+    [{"id": "a", "method": "getblock", "params": ["00" * 32, 2]}, {"method": "getbalance", "params": {"address": "x"}}],
+    {"id": None, "method": "sendrawtransaction", "params": ["ab" * 40, 1.5e-8, -1, True, None]},
+]
+CERT_NOW = 1_900_000_000.0        # a fixed "now" inside the seed certificate's validity: runs are repeatable
+
+
+def certificate(data: bytes) -> None:
+    try:
+        key = identity.public_key_from_certificate(data, now=CERT_NOW)
+    except identity.PeerAuthError:
+        return
+    if not crypto.valid_pubkey(key):
+        raise AssertionError(f"a certificate proved an invalid host key: {data.hex()}")
+
+
+def signedkey(data: bytes) -> None:
+    try:
+        proto, signature = identity.decode_signed_key(data)
+    except identity.PeerAuthError:
+        return
+    if identity.encode_signed_key(proto, signature) != data:
+        raise AssertionError(f"decode_signed_key accepted non-canonical DER {data.hex()}")
+
+
+def rpcjson(data: bytes) -> None:
+    try:
+        value = rpc_server._decode(data)
+    except ValueError:
+        return
+    rpc_server._dumps(value)            # ValueError here (NaN, infinity) is a crash: the decoder let it in
+
+
 def canary(data: bytes) -> None:
     """A planted fault (not in the corpus, not in ``tox -e fuzz``): proves a run finds and reports a crash."""
     if data[:3] == b"\xde\xad\x01":
@@ -125,7 +169,8 @@ def canary(data: bytes) -> None:
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
-    "envelope": envelope, "fast": fast, "layouts": layouts, "account": account, "framing": framing}
+    "envelope": envelope, "fast": fast, "layouts": layouts, "account": account, "framing": framing,
+    "certificate": certificate, "signedkey": signedkey, "rpcjson": rpcjson}
 HARNESS_CHECK = {"canary": canary}
 
 
@@ -179,6 +224,12 @@ def seed_corpus() -> None:
     for i, codec in enumerate(LAYOUT_CODECS):
         seeds["layouts"] += [bytes([i]) + data for kind, data in encoded if kind == codec.name]
     seeds["account"] += [data for kind, data in encoded if kind == "Account"]
+    for i in (1, 2):
+        host = identity.HostIdentity(crypto.PrivateKey(bytes([i]) * 32), now=CERT_NOW)
+        seeds["certificate"].append(host.certificate_der)
+        ext = host.certificate.extensions.get_extension_for_oid(identity.EXTENSION_OID).value
+        seeds["signedkey"].append(ext.value)
+    seeds["rpcjson"] += [json.dumps(r).encode() for r in RPC_SEEDS]
     for name, items in seeds.items():
         folder = os.path.join(CORPUS, name)
         os.makedirs(folder, exist_ok=True)

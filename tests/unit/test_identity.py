@@ -5,6 +5,7 @@ checks are tested against an independent builder, not against themselves.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -474,3 +475,15 @@ async def test_client_refuses_a_server_that_did_not_negotiate_libp2p_alpn(
                 server.peers.clear()
         finally:
             await server.stop()
+
+
+@pytest.mark.parametrize("name", ["found-unknown-key-type", "found-invalid-version"])
+def test_certificates_the_fuzzer_found_are_peer_auth_errors(name: str) -> None:
+    """Found by the ``certificate`` fuzz target: a key type cryptography cannot load (UnsupportedAlgorithm)
+    and an X.509 version it does not know (InvalidVersion) escaped the check instead of refusing the peer."""
+    found = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "fuzz", "corpus", "certificate", name)
+    with open(found, "rb") as f:
+        der = f.read()
+    with pytest.raises(PeerAuthError):
+        public_key_from_certificate(der, now=1_900_000_000.0)

@@ -25,6 +25,7 @@ from typing import Any
 import coincurve
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
@@ -183,13 +184,13 @@ def _check_certificate(cert_der: bytes) -> tuple[bytes, float, float]:
     """
     try:
         cert = x509.load_der_x509_certificate(cert_der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:    # InvalidVersion is not a ValueError (found by fuzzing)
         raise PeerAuthError(f"not a DER X.509 certificate: {exc}") from None
     if cert.version != x509.Version.v3:
         raise PeerAuthError("not an X.509 v3 certificate")
     try:
         cert.verify_directly_issued_by(cert)               # self-issued, and its signature verifies
-    except (ValueError, TypeError, _CryptoInvalidSignature) as exc:
+    except (ValueError, TypeError, _CryptoInvalidSignature, _CryptoUnsupported) as exc:   # a key type we cannot load
         raise PeerAuthError(f"certificate is not validly self-signed: {exc!r}") from None
     try:
         extensions = cert.extensions
