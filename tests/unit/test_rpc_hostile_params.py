@@ -131,6 +131,21 @@ def test_a_request_sent_one_byte_a_second_is_dropped_at_the_deadline(part: str) 
                                       b"Connection: close\r\nContent-Length: 0\r\n\r\n")
 
 
+def test_a_slow_second_request_on_a_kept_alive_connection_gets_its_own_deadline() -> None:
+    """A client that is prompt once, then dribbles its next request on the same connection: the deadline
+    is armed again at the next request's first byte (else only Twisted's idle timeout, reset by every
+    byte, would apply, and a slowloris would only need to be polite once)."""
+    world = World()
+    proto, transport = world.connect()
+    proto.dataReceived(REQUEST)
+    assert b"200 OK" in transport.value()
+    transport.clear()
+    head, _, _ = REQUEST.partition(b"\r\n\r\n")
+    took = dribble(world, proto, transport, head, 4 * REQUEST_DEADLINE)
+    assert took <= REQUEST_DEADLINE + 1, f"a slow second request kept its connection for {took} s"
+    assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout")
+
+
 def test_a_silent_connection_is_dropped_at_the_deadline_a_prompt_one_is_served_and_kept() -> None:
     world = World()
     silent, silent_t = world.connect()
