@@ -12,13 +12,18 @@
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from timecoin import crypto
 from timecoin.consensus.guardfile import GUARD_FILE, GuardFile
@@ -207,3 +212,31 @@ def _all_records(path: Path) -> list[tuple[WalKind, bytes]]:
             out.append((WalKind(body[0]), body[1:]))
             off += _HEADER.size + length
     return out
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``8m``) of our own at ``where`` (root only: skips the test with the reason
+    otherwise), unmounted however the test ends."""
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until its filesystem refuses (ENOSPC), the last partial pages too.
+    Bounded: at most 64 GiB of 64 KiB writes, far past any tmpfs a test mounts."""
+    with open(path, "ab", buffering=0) as f:
+        for size in (65536, 4096, 512, 1):
+            try:
+                for _ in range(1 << 20):
+                    f.write(bytes(size))
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+            else:
+                raise AssertionError(f"the filesystem of {path} never filled")

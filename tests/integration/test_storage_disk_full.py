@@ -9,14 +9,13 @@ replayed from genesis), and the node restarts on it and finalizes further.
 """
 from __future__ import annotations
 
-import errno
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import storagenode
 from tests.storagenode import ChainChecker, double_signs, prepare, signatures, start, wait_for_line
 from timecoin import crypto
 from timecoin.ledger.genesis import Genesis
@@ -28,36 +27,10 @@ STOP_LINE = "Stopping the node: "
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    where = tmp_path / "fs"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode(errors='replace').strip()}")
-    try:
+    with storagenode.tmpfs(tmp_path / "fs", "8m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def _fill(path: Path) -> None:
-    """Write zeros until the filesystem refuses (bounded: the tmpfs is 8 MiB)."""
-    chunk = bytes(64 * 1024)
-    with open(path, "wb", buffering=0) as f:
-        for _ in range(1024):
-            try:
-                f.write(chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
-        else:
-            raise AssertionError("the filesystem never filled")
-    for size in (4096, 512, 1):                              # the last partial pages too
-        with open(path, "ab", buffering=0) as f:
-            try:
-                while True:
-                    f.write(bytes(size))
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
 
 
 def test_disk_full_is_one_clear_line_a_clean_stop_and_a_datadir_that_resumes(tmpfs: Path, tmp_path: Path) -> None:
@@ -68,7 +41,7 @@ def test_disk_full_is_one_clear_line_a_clean_stop_and_a_datadir_that_resumes(tmp
     proc = start(datadir, log, "--block-interval", "0")
     try:
         assert wait_for_line(log, "Committed block 20 ", 60.0, proc), log.read_text()[-3000:]
-        _fill(tmpfs / "filler")
+        storagenode.fill(tmpfs / "filler")
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import storagenode
 from tests.storagenode import one_error_line, prepare, run_to_exit
 from timecoin.consensus.guardfile import GUARD_FILE, SLOT_BYTES
 from timecoin.store import K_SCHEMA, META, SCHEMA_VERSION, Store
@@ -70,16 +71,8 @@ def test_a_damaged_double_sign_guard_file(tmp_path: Path, damage: str) -> None:
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A small tmpfs of our own (root only), unmounted however the test ends."""
-    where = tmp_path / "fs"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode(errors='replace').strip()}")
-    try:
+    with storagenode.tmpfs(tmp_path / "fs", "16m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def test_a_read_only_datadir(tmpfs: Path) -> None:

@@ -9,13 +9,12 @@ failure is told to ``on_write_error`` (``node.fatal``: one line, the node stops)
 """
 from __future__ import annotations
 
-import errno
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import storagenode
 from timecoin import crypto
 from timecoin.consensus.guardfile import GuardFile
 from timecoin.consensus.privval import PrivValidator
@@ -30,25 +29,10 @@ PREALLOC = 4096
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    where = tmp_path / "fs"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode(errors='replace').strip()}")
-    try:
+    with storagenode.tmpfs(tmp_path / "fs", "1m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def _fill(path: Path) -> None:
-    with open(path, "wb", buffering=0) as f:
-        for size in (65536, 4096, 512, 1):
-            try:
-                for _ in range(1 << 20):
-                    f.write(bytes(size))
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
 
 
 def _full_wal(tmpfs: Path, told: list[str]) -> WriteAheadLog:
@@ -56,7 +40,7 @@ def _full_wal(tmpfs: Path, told: list[str]) -> WriteAheadLog:
     wal = WriteAheadLog(str(tmpfs / "consensus.wal"), prealloc_bytes=PREALLOC, on_write_error=told.append)
     while wal.size + 2 * 64 < PREALLOC:
         wal.append(WalKind.TIMEOUT, bytes(55))             # 64-byte records
-    _fill(tmpfs / "filler")
+    storagenode.fill(tmpfs / "filler")
     return wal
 
 
@@ -95,7 +79,7 @@ def test_a_compaction_the_full_disk_refuses_keeps_the_old_log_and_is_reported(tm
         wal.append(WalKind.TIMEOUT, bytes(55))
     wal.sync()
     before = path.read_bytes()
-    _fill(tmpfs / "filler")
+    storagenode.fill(tmpfs / "filler")
     with pytest.raises(WalError):
         wal.end_height(3)                                       # past rotate_bytes: rewritten into a new file
     assert len(told) == 1 and "No space left on device" in told[0]
