@@ -20,6 +20,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
+from tests.integration.test_manhole import reachable
 from tests.integration.test_rpc_server import DevNode, basic, call_http
 from tests.p2pnet import wait_for
 from timecoin.rpc.auth import read_cookie
@@ -264,14 +265,6 @@ async def test_slowloris_and_idle_floods_lose_their_connections_while_others_are
 
 
 # -- listeners bind only where configured ----------------------------------------------------------------
-def reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest_twisted.ensureDeferred
 async def test_rpc_and_metrics_listen_only_on_their_configured_addresses(tmp_path: Path) -> None:
     dev = DevNode(tmp_path, rpc_host="127.0.0.2", metrics_host="127.0.0.3", metrics_port="0")
