@@ -65,6 +65,11 @@ async def test_a_node_without_peers(node: Node) -> None:
     assert info["version"] == _version_number(__version__) and info["subversion"] == f"/timecoin:{__version__}/"
     assert info["protocolversion"] == m.PROTOCOL_VERSION and info["peer_id"] == node.peer_id
     assert info["localaddresses"] == [node.p2p.listen_addr] and info["networkactive"] is True
+    # What peers are told to dial (external_address, as bitcoind's localaddresses), not the bound address.
+    node.p2p.advertised_addr = f"/ip4/198.51.100.7/tcp/9333/p2p/{node.peer_id}"
+    assert call(node, "getnetworkinfo")["localaddresses"] == [node.p2p.advertised_addr]
+    node.p2p.advertised_addr = ""
+    assert call(node, "getnetworkinfo")["localaddresses"] == []
     assert (info["connections"], info["connections_in"], info["connections_out"]) == (0, 0, 0)
     assert info["limits"]["max_outbound"] == node.config.max_outbound
     assert info["relayfee"] == "0.00001000"                  # min_relay_fee 1000 units

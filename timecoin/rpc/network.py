@@ -108,7 +108,7 @@ def getnetworkinfo(ctx: RPCContext) -> dict[str, Any]:
         "subversion": f"/timecoin:{__version__}/",
         "protocolversion": m.PROTOCOL_VERSION,
         "peer_id": p2p.peer_id,
-        "localaddresses": [p2p.listen_addr] if p2p.listen_addr else [],
+        "localaddresses": [p2p.advertised_addr] if p2p.advertised_addr else [],   # what peers are told to dial
         "networkactive": bool(p2p.running),
         "connections": len(p2p.connections),
         "connections_in": snap["inbound"],
