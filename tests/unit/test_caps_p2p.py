@@ -14,6 +14,7 @@ many identities come and go, and a flood must not reset what an honest, connecte
 """
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -26,6 +27,7 @@ from timecoin.p2p import peers, protocol, service
 from timecoin.p2p.peers import Event, PeerManager
 from timecoin.p2p.protocol import PeerConnection
 from timecoin.p2p.service import PING_MISSES_BEFORE_DROP, P2PService
+from timecoin.store import Store
 
 T0 = 1_700_000_000.0
 CAP = 4
@@ -144,3 +146,28 @@ def test_a_peer_that_never_answers_pings_holds_a_bounded_number_and_is_dropped()
         assert len(conn.ping_sent) <= PING_MISSES_BEFORE_DROP + 1
         clock.advance(svc.config.ping_interval)
     assert conn.state in ("closing", "closed") and svc.peers.score(HONEST) < 0
+
+
+def test_a_flood_of_banned_identities_and_addresses_keeps_both_ban_tables_bounded(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each provable offence from a new PeerID and a new address adds a ban of each: at ``MAX_BANS`` a table
+    forgets the automatic ban that ends soonest (the oldest), never an operator's ban nor the newest, and
+    the stored records follow the tables (a restart loads no more than the cap)."""
+    monkeypatch.setattr(peers, "MAX_BANS", CAP)
+    with Store(str(tmp_path / "chain")) as store:
+        mgr = PeerManager(store, build_config())
+        mgr.set_ban("198.51.100.250", 3600, T0, reason="operator")
+        for i in range(3 * CAP):
+            ip = f"198.51.100.{i + 1}"
+            mgr.connected(flooder(i), ip, True, False)
+            assert mgr.record(flooder(i), Event.MALFORMED_FRAME, T0 + i).newly_banned
+            mgr.disconnected(flooder(i))
+            assert len(mgr._peer_bans) <= CAP and len(mgr._ip_bans) <= CAP
+        last = 3 * CAP - 1
+        assert mgr.is_banned(flooder(last), None, T0 + last)
+        assert mgr.is_banned(None, f"198.51.100.{last + 1}", T0 + last)
+        assert mgr.is_banned(None, "198.51.100.250", T0 + last), "an operator's ban was evicted by a flood"
+        assert not mgr.is_banned(flooder(0), "198.51.100.1", T0 + last), "the oldest automatic ban is still held"
+        assert len(list(store.items(peers.BANS))) == len(mgr._peer_bans) + len(mgr._ip_bans)
+        again = PeerManager(store, build_config())
+        assert len(again._peer_bans) <= CAP and len(again._ip_bans) <= CAP

@@ -88,6 +88,9 @@ RACE_WINDOW = 60.0            # at most one race-prone fault is charged per wind
 GOOD_WINDOW = 60.0            # good deliveries earn at most GOOD_PER_WINDOW points per window and peer
 GOOD_PER_WINDOW = 3           # net of decay (1/min) at most +2 a minute: ~50 minutes of service to reach +100
 MAX_SCORES = 10_000           # persisted scores kept (a PeerID costs nothing to make: bound the table)
+MAX_BANS = 50_000             # bans kept per table (PeerIDs; addresses): each costs an attacker a connection and
+                              # an offence, but keys and IPv6 /64s are plentiful. At the cap the automatic ban that
+                              # ends soonest goes (never an operator's): a flood can only shorten the oldest bans.
 MAX_BAN_SECONDS = 10 * 365 * 86400.0
 MAX_BUCKETS = 4_096           # token buckets kept for disconnected peers before the full ones are dropped
 RATE_SLACK = 1e-3             # seconds of clock rounding forgiven by the token bucket
@@ -378,6 +381,7 @@ class PeerManager:
         self._scores: dict[str, _Score] = {}
         self._peer_bans: dict[str, Ban] = {}
         self._ip_bans: dict[str, Ban] = {}
+        self._bans_full_logged = False
         self._conns: dict[str, _Conn] = {}
         self._per_ip: dict[str, int] = {}         # connections by ip_key (an IPv6 /64 counts as one address)
         self._buckets: dict[str, float] = {}      # token buckets as theoretical arrival times
@@ -410,6 +414,8 @@ class PeerManager:
             else:
                 ban = self._rekeyed_ip_ban(ban, key, rekeyed)
                 self._ip_bans[ban.target] = ban
+        for ban in self._evict_bans(set()):     # a store written with a larger cap
+            rekeyed[ban.key] = None
         if rekeyed:
             store.write_many(BANS, rekeyed)
 
@@ -550,8 +556,30 @@ class PeerManager:
     def _put_bans(self, bans: list[Ban]) -> None:
         for ban in bans:
             (self._peer_bans if ban.kind == "peer" else self._ip_bans)[ban.target] = ban
+        evicted = self._evict_bans({ban.target for ban in bans})
         if self.store is not None:
-            self.store.write_many(BANS, {ban.key: ban.encode() for ban in bans})
+            writes: dict[bytes, bytes | None] = {ban.key: None for ban in evicted}
+            writes.update({ban.key: ban.encode() for ban in bans})
+            self.store.write_many(BANS, writes)
+
+    def _evict_bans(self, keep: set[str]) -> list[Ban]:
+        """Hold each ban table to :data:`MAX_BANS`: the automatic bans that end soonest go first, never an
+        operator's ban nor one in ``keep`` (just made). The caller deletes the evicted records."""
+        evicted: list[Ban] = []
+        for table in (self._peer_bans, self._ip_bans):
+            excess = len(table) - MAX_BANS
+            if excess <= 0:
+                continue
+            movable = sorted((b for b in table.values()
+                              if b.target not in keep and not b.reason.startswith("operator")),
+                             key=lambda b: (b.until, b.target))
+            for ban in movable[:excess]:
+                del table[ban.target]
+                evicted.append(ban)
+        if evicted and not self._bans_full_logged:
+            self._bans_full_logged = True
+            self.log.warn("Ban table full ({cap} per kind): the bans ending soonest are forgotten early", cap=MAX_BANS)
+        return evicted
 
     def _ban_until(self, table: dict[str, Ban], target: str | None, now: float) -> float | None:
         """The ban's end if ``target`` is banned at ``now``; an expired ban is lifted here."""
