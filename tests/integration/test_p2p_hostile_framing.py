@@ -7,7 +7,9 @@ then cost about what cutting the frame does (``python -m benchmarks --only hosti
 """
 from __future__ import annotations
 
+import math
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +84,13 @@ async def test_notices_past_their_budget_are_dropped_while_framing_answers_never
         queued = queued_counter(peer)
         flood = 10 * p2p_service.NOTICE_BURST
         tip = max(node.store.tip_height(), 1)
-        peer.feed(b"".join(frame(m.MsgType.NEW_BLOCK, {"height": 1 + i % tip, "hash": secrets.token_bytes(32)})
-                           for i in range(flood)))
-        assert queued[0] <= 2 * p2p_service.NOTICE_BURST, f"{queued[0]} of {flood} notices were queued"
+        stream = b"".join(frame(m.MsgType.NEW_BLOCK, {"height": 1 + i % tip, "hash": secrets.token_bytes(32)})
+                          for i in range(flood))
+        started = time.monotonic()
+        peer.feed(stream)
+        # The budget refills while the flood is read (NOTICE_RATE a minute): a loaded machine reads slower.
+        refilled = math.ceil(p2p_service.NOTICE_RATE / 60.0 * (time.monotonic() - started)) + 1
+        assert queued[0] <= 2 * p2p_service.NOTICE_BURST + refilled, f"{queued[0]} of {flood} notices were queued"
         assert peer.conn.decoder.frames_muted >= flood - 2 * p2p_service.NOTICE_BURST
         assert node.p2p.peers.score(peer.peer_id) < 0            # rate_limited (race-prone)
         # While muted, a reject that answers one of our requests still gets through.
