@@ -349,6 +349,7 @@ class SlowWorld:
     def __init__(self, max_concurrent: int) -> None:
         self.table = MethodTable()
         self.waiting: list[defer.Deferred[str]] = []
+        self.tags: list[str] = []                 # the tag of each waiting call (requests may arrive in any order)
         self.cancelled = 0
 
         @self.table.method("slow", Param("tag", "str", "echoed"), summary="wait", result="tag", group="Test")
@@ -357,6 +358,7 @@ class SlowWorld:
                 self.cancelled += 1
             d: defer.Deferred[str] = defer.Deferred(cancel)
             self.waiting.append(d)
+            self.tags.append(tag)
             return d
 
         @self.table.method("boom", summary="fail", result="nothing", group="Test")
@@ -401,7 +403,8 @@ async def test_deferred_handlers_concurrency_cap_cancel_and_internal_errors() ->
         await wait_for(lambda: len(world.waiting) == 3, 10.0, "three calls waiting")
         status, headers, raw = await call_http(world.number, {"method": "slow", "params": ["d"], "id": 4}, auth)
         assert status == 429 and headers["retry-after"] == "1" and "rpc_max_concurrent" in raw.decode()
-        for d, tag in zip(world.waiting, "abc", strict=True):
+        assert sorted(world.tags) == ["a", "b", "c"]
+        for d, tag in zip(world.waiting, world.tags, strict=True):   # the two requests race: either is first
             d.callback(tag)
         status, _, raw = await first
         assert status == 200 and json.loads(raw) == {"jsonrpc": "2.0", "result": "a", "id": 1}
