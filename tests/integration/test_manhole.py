@@ -68,9 +68,9 @@ def telnet(port: int, user: str, password: str, line: str) -> str:
     """A minimal telnet client: answers option negotiation (ECHO and SGA accepted), logs in, types ``line``."""
     text, buf = bytearray(), bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        def pump(token: bytes, seconds: float = 5.0) -> None:
+        def pump(token: bytes, seconds: float = 5.0, or_: bytes = b"") -> None:
             deadline = time.monotonic() + seconds
-            while token not in text and time.monotonic() < deadline:
+            while token not in text and not (or_ and or_ in text) and time.monotonic() < deadline:
                 try:
                     data = sock.recv(4096)
                 except TimeoutError:
@@ -103,9 +103,10 @@ def telnet(port: int, user: str, password: str, line: str) -> str:
         sock.sendall(user.encode() + b"\r\n")
         pump(b"Password: ")
         sock.sendall(password.encode() + b"\r\n")
-        pump(b">>> ")
-        sock.sendall(line.encode() + b"\r\n")
-        pump(b"\n2", 3.0)
+        pump(b">>> ", or_=b"Authentication failed")
+        if b">>> " in text:                          # logged in (else refused: nothing to wait for)
+            sock.sendall(line.encode() + b"\r\n")
+            pump(b"\n2", 3.0)
     return ANSI.sub(b"", bytes(text)).decode(errors="replace")
 
 
