@@ -88,32 +88,37 @@ class AnyUserKeyDB:
             return []
 
 
-def check_passwd(path: str) -> None:
-    """The telnet passwd file must be readable and hold at least one ``user:password`` line."""
+def _passwd_lines(path: str) -> list[bytes]:
     try:
         with open(path, "rb") as f:
-            lines = f.read().splitlines()
+            return f.read().splitlines()
     except OSError as exc:
         raise TimecoinError(f"cannot read manhole_passwd {path}: {exc.strerror or exc}") from None
-    if not any(b":" in line and not line.startswith(b"#") and line.split(b":", 1)[0] for line in lines):
-        raise TimecoinError(f"manhole_passwd {path} has no user:password line")
 
 
-def read_passwd(path: str) -> list[tuple[bytes, bytes]]:
-    """The (user, password) pairs of a passwd file (``user:password`` a line, ``#`` comments); [] if unreadable."""
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        log.error("Manhole login refused: cannot read manhole_passwd {path}: {why}", path=path,
-                  why=exc.strerror or str(exc))
-        return []
+def _passwd_pairs(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """(user, password) of each ``user:password`` line (``#`` comments and lines without a user skipped)."""
     pairs = []
     for line in lines:
         parts = line.rstrip().split(b":")
         if len(parts) >= 2 and parts[0] and not line.startswith(b"#"):
             pairs.append((parts[0], parts[1]))
     return pairs
+
+
+def check_passwd(path: str) -> None:
+    """The telnet passwd file must be readable and hold at least one ``user:password`` line."""
+    if not _passwd_pairs(_passwd_lines(path)):
+        raise TimecoinError(f"manhole_passwd {path} has no user:password line")
+
+
+def read_passwd(path: str) -> list[tuple[bytes, bytes]]:
+    """The (user, password) pairs of a passwd file (``user:password`` a line, ``#`` comments); [] if unreadable."""
+    try:
+        return _passwd_pairs(_passwd_lines(path))
+    except TimecoinError as exc:
+        log.error("Manhole login refused: {why}", why=str(exc))
+        return []
 
 
 @implementer(ICredentialsChecker)
